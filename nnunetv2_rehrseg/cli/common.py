@@ -1,0 +1,42 @@
+"""Shared command-line pieces: nnU-Net-style flags, device choice, logging."""
+import argparse
+import logging
+
+import torch
+
+from nnunetv2_rehrseg.errors import InputError
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-device", default=None, choices=("cuda", "cpu", "mps"),
+                        help="cuda (default where available), cpu or mps")
+
+
+def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-preset", default="fast", choices=("fast", "default"),
+                        help="self-SR budget: 'fast' is CPU-practical, 'default' is sized for a GPU")
+    parser.add_argument("-r", type=int, default=None, help="scale factor (default: round(slice/target spacing))")
+    parser.add_argument("-target_spacing", type=float, default=None,
+                        help="HR spacing along the thick axis in mm (default: median in-plane spacing)")
+    parser.add_argument("-slice_thickness", type=float, default=None,
+                        help="slice thickness in mm (NIfTI has none; default: the slice spacing, i.e. no gap)")
+    parser.add_argument("-slice_profile", default=None, choices=("gaussian", "rf-pulse-slr"),
+                        help="through-plane slice profile (default gaussian, or dataset.json 'rehrseg')")
+    parser.add_argument("-init_checkpoint", default=None,
+                        help="optional weights to start the self-SR from (matching tensors only; never downloaded)")
+    parser.add_argument("-iterations", type=int, default=None, help="override the preset's iteration budget")
+    parser.add_argument("-seed", type=int, default=None)
+
+
+def resolve_device(name) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("-device cuda was requested but no CUDA device is available; use -device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("-device mps was requested but MPS is not available; use -device cpu")
+    return torch.device(name)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,27 @@
+"""rehrseg_selfsr: stage 1 alone (self-SR fit -> pseudo-HR dataset + QC)."""
+import argparse
+
+from nnunetv2_rehrseg.cli.common import add_device_flag, add_stage1_flags, resolve_device, setup_logging
+from nnunetv2_rehrseg.errors import exits_cleanly
+
+
+def stage1_kwargs(args: argparse.Namespace) -> dict:
+    return dict(preset=args.preset, r=args.r, target_spacing=args.target_spacing,
+                slice_thickness=args.slice_thickness, profile=args.slice_profile, num_processes=args.np,
+                init_checkpoint=args.init_checkpoint, iterations=args.iterations, seed=args.seed)
+
+
+@exits_cleanly
+def selfsr_entry(argv=None) -> None:
+    from nnunetv2_rehrseg.selfsr.stage1 import run_stage1
+
+    parser = argparse.ArgumentParser(description="REHRSeg stage 1: fit the self-supervised SR on the LR training "
+                                                 "cases and write the pseudo-HR dataset under nnUNet_preprocessed")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-np", type=int, default=2, help="processes for reading and writing images")
+    add_stage1_flags(parser)
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    folder = run_stage1(args.d, resolve_device(args.device), **stage1_kwargs(args))
+    print(f"stage 1 done: {folder}")

@@ -1,0 +1,166 @@
+"""Slice profiles and the thick-slice degradation model.
+
+One grid convention everywhere (same field of view): LR slice k covers HR slices r*k .. r*k+r-1 and its centre
+lies at HR index c_k = r*k + (r-1)/2. Degradation is LR_k = sum_j h(j - c_k) HR_j, so the profile h is sampled at
+offsets i - (r-1)/2 (half-integers for even r). A phase is an integer shift of the HR data, never an off-centre
+kernel. LR labels follow the annotator model: per-voxel majority over the r HR sub-slices.
+"""
+from functools import lru_cache
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+SLICE_PROFILES = ("gaussian", "rf-pulse-slr")
+
+
+def profile_fwhm_in_voxels(slice_thickness: float, target_spacing: float, hr_slice_thickness: float = 0.0) -> float:
+    """FWHM of the slice profile in HR voxels.
+
+    The slice thickness is the FWHM of the excitation profile. When the HR data already carries a profile of its
+    own (thickness `hr_slice_thickness`), only the extra blur sqrt(t^2 - t_hr^2) is applied (method.md R10).
+    """
+    if slice_thickness <= 0 or target_spacing <= 0:
+        raise ValueError(f"slice thickness ({slice_thickness}) and target spacing ({target_spacing}) must be > 0")
+    if hr_slice_thickness >= slice_thickness:
+        raise ValueError(f"HR slice thickness {hr_slice_thickness} must be smaller than {slice_thickness}")
+    return float(np.sqrt(slice_thickness ** 2 - hr_slice_thickness ** 2) / target_spacing)
+
+
+def gaussian_profile(offsets: np.ndarray, fwhm: float) -> np.ndarray:
+    sigma = fwhm / FWHM_PER_SIGMA
+    return np.exp(-0.5 * (offsets / sigma) ** 2)
+
+
+@lru_cache(maxsize=4)
+def _slr_profile_unit_fwhm(time_bandwidth: float = 16.0, n_samples: int = 128) -> Tuple[np.ndarray, np.ndarray]:
+    """|Mxy| of an SLR excitation pulse (sigpy design + Bloch simulation), positions scaled to FWHM = 1."""
+    import sigpy.mri.rf as rf
+
+    pulse = rf.dzrf(n=n_samples, tb=time_bandwidth, ptype="ex", ftype="ls", d1=0.01, d2=0.01)
+    positions = np.linspace(-2.0 * time_bandwidth, 2.0 * time_bandwidth, 4001)
+    alpha, beta = rf.sim.abrm(pulse, positions)
+    magnitude = np.abs(2 * np.conj(alpha) * beta)
+    magnitude = magnitude / magnitude.max()
+    above = positions[magnitude >= 0.5]
+    return positions / (above.max() - above.min()), magnitude
+
+
+def slr_profile(offsets: np.ndarray, fwhm: float) -> np.ndarray:
+    positions, magnitude = _slr_profile_unit_fwhm()
+    return np.interp(offsets / fwhm, positions, magnitude, left=0.0, right=0.0)
+
+
+def slice_kernel(r: int, fwhm: float, profile: str = "gaussian") -> Tuple[np.ndarray, int]:
+    """Weights w_i = h(i - (r-1)/2), normalised to sum 1, and the first index i_min.
+
+    LR_k = sum_i w_i HR_{r*k + i_min + i}; the support is symmetric about the slice centre, so a linear ramp is
+    reproduced exactly at c_k.
+    """
+    if r < 1:
+        raise ValueError(f"scale r must be >= 1, got {r}")
+    if profile not in SLICE_PROFILES:
+        raise ValueError(f"unknown slice profile '{profile}', choose one of {SLICE_PROFILES}")
+    centre = (r - 1) / 2.0
+    half_support = max(1.5 * fwhm, r / 2.0)
+    i_min = int(np.ceil(centre - half_support))
+    i_max = int(np.floor(centre + half_support))
+    # make the support symmetric about the centre: i_min + i_max == r - 1
+    i_min = min(i_min, r - 1 - i_max)
+    i_max = r - 1 - i_min
+    indices = np.arange(i_min, i_max + 1)
+    profile_fn = gaussian_profile if profile == "gaussian" else slr_profile
+    weights = profile_fn(indices - centre, fwhm)
+    if weights.sum() <= 0:
+        raise ValueError(f"slice profile '{profile}' with FWHM {fwhm} has no support")
+    return (weights / weights.sum()).astype(np.float32), i_min
+
+
+def blur_subsample(hr: Union[np.ndarray, torch.Tensor], axis: int, r: int, fwhm: float,
+                   profile: str = "gaussian", phase: int = 0) -> Union[np.ndarray, torch.Tensor]:
+    """Thick slices from thin ones along `axis`: LR_k = sum_j h(j - c_k) HR_{j + phase}.
+
+    Works on numpy arrays and torch tensors (any device) of any rank. Z HR slices give Z // r LR slices after the
+    phase shift; data beyond the volume is edge-replicated (the scanner sees tissue there, not zeros).
+    """
+    is_numpy = isinstance(hr, np.ndarray)
+    x = torch.from_numpy(np.ascontiguousarray(hr)) if is_numpy else hr
+    weights, i_min = slice_kernel(r, fwhm, profile)
+    axis = axis % x.ndim
+    n_hr = x.shape[axis] - phase
+    n_lr = n_hr // r
+    if n_lr < 1:
+        raise ValueError(f"{x.shape[axis]} HR slices with phase {phase} are fewer than r={r}")
+    moved = x.movedim(axis, -1)
+    lead_shape = moved.shape[:-1]
+    lines = moved.reshape(-1, 1, moved.shape[-1]).to(torch.float32)
+    lines = lines[..., phase:phase + n_lr * r]
+    pad_left = max(0, -i_min)
+    pad_right = max(0, i_min + len(weights) - 1 - (r - 1))
+    lines = F.pad(lines, (pad_left, pad_right), mode="replicate")
+    kernel = torch.as_tensor(weights, dtype=lines.dtype, device=lines.device).view(1, 1, -1)
+    # output k starts at HR index r*k + i_min, i.e. padded index r*k + i_min + pad_left
+    start = i_min + pad_left
+    lr = F.conv1d(lines[..., start:], kernel, stride=r)[..., :n_lr]
+    lr = lr.reshape(*lead_shape, n_lr).movedim(-1, axis).to(x.dtype if x.is_floating_point() else torch.float32)
+    return lr.numpy() if is_numpy else lr
+
+
+def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: int, phase: int = 0,
+                    num_classes: Optional[int] = None) -> Union[np.ndarray, torch.Tensor]:
+    """LR labels as an annotator on thick slices draws them: per-voxel majority over the r sub-slices.
+
+    Ties go to the lowest label value (deterministic; argmax picks the first maximum).
+    """
+    is_numpy = isinstance(hr_labels, np.ndarray)
+    y = torch.from_numpy(np.ascontiguousarray(hr_labels)) if is_numpy else hr_labels
+    axis = axis % y.ndim
+    n_lr = (y.shape[axis] - phase) // r
+    if n_lr < 1:
+        raise ValueError(f"{y.shape[axis]} HR slices with phase {phase} are fewer than r={r}")
+    y = y.narrow(axis, phase, n_lr * r).long()
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.numel() else 1
+    one_hot = F.one_hot(y, num_classes)  # (..., C)
+    shape = list(one_hot.shape)
+    shape[axis:axis + 1] = [n_lr, r]
+    counts = one_hot.reshape(shape).sum(dim=axis + 1)
+    lr = counts.argmax(dim=-1)
+    return lr.numpy().astype(hr_labels.dtype) if is_numpy else lr.to(hr_labels.dtype)
+
+
+def detect_lr_axis(spacing: Sequence[float], min_anisotropy: float = 1.5) -> int:
+    """Index of the thick-slice axis (largest spacing); raises for (near-)isotropic spacing."""
+    spacing = np.asarray(spacing, dtype=float)
+    axis = int(np.argmax(spacing))
+    in_plane = np.delete(spacing, axis)
+    ratio = spacing[axis] / in_plane.max()
+    if ratio < min_anisotropy:
+        raise ValueError(f"spacing {tuple(spacing.round(4))} is (nearly) isotropic (ratio {ratio:.2f} < "
+                         f"{min_anisotropy}): there is no thick-slice axis to super-resolve")
+    return axis
+
+
+def resolve_scale(slice_spacing: float, in_plane_spacing: float, r: Optional[int] = None,
+                  target_spacing: Optional[float] = None) -> Tuple[int, float, Optional[str]]:
+    """(r, HR spacing along the LR axis, warning or None).
+
+    Target defaults to the in-plane spacing and r = round(slice spacing / target). The HR spacing is then
+    slice_spacing / r exactly, so the HR grid covers the LR field of view; a non-integer ratio is rounded with a
+    warning (resampling the LR data instead would invent a grid the annotations were never drawn on).
+    """
+    warning = None
+    if r is None:
+        target = in_plane_spacing if target_spacing is None else target_spacing
+        if target <= 0:
+            raise ValueError(f"target spacing must be > 0, got {target}")
+        ratio = slice_spacing / target
+        r = max(1, int(round(ratio)))
+        if abs(ratio - r) > 0.05 * r:
+            warning = (f"slice spacing / target spacing = {slice_spacing:.4g} / {target:.4g} = {ratio:.3f} is not an "
+                       f"integer: using r = {r} (HR spacing {slice_spacing / r:.4g} mm)")
+    if r < 2:
+        raise ValueError(f"scale r = {r}: the data is not thick-sliced relative to the target spacing")
+    return int(r), float(slice_spacing) / r, warning

@@ -1,0 +1,33 @@
+"""Image IO with SimpleITK: arrays in (z, y, x) order with their grid; atomic writes."""
+import os
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_rehrseg.errors import InputError
+from nnunetv2_rehrseg.geometry import Grid
+
+
+def read_image(path) -> Tuple[np.ndarray, Grid]:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: unreadable or truncated image ({str(e).strip().splitlines()[-1][:120]}); "
+                         f"re-export it as NIfTI") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
+                         f"component(s); REHRSeg needs 3D single-component volumes (one file per channel)")
+    return sitk.GetArrayFromImage(image), Grid.of(image)
+
+
+def write_image(array: np.ndarray, grid: Grid, path) -> None:
+    """Write via a temporary name in the same folder, then rename (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = grid.apply_to(sitk.GetImageFromArray(array))
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(path.name[: -len(suffix)] + ".partial" + suffix)
+    sitk.WriteImage(image, str(tmp), useCompression=True)
+    os.replace(tmp, path)

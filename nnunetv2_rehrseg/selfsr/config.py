@@ -1,0 +1,81 @@
+"""Self-SR settings and presets, self-configured from the data and the device like nnU-Net's plans."""
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import List, Sequence, Tuple
+
+PRESETS = {
+    # CPU-practical: about 0.5 s per iteration on 2 cores (batch 8, 4x48x48 windows)
+    "fast": dict(features=(16, 32, 64), fused_features=64, blocks_per_stage=1, patch=48, batch_size=8,
+                 iterations=1200),
+    # a GPU budget: wider, deeper, larger patches, longer schedule
+    "default": dict(features=(32, 64, 128), fused_features=128, blocks_per_stage=2, patch=96, batch_size=16,
+                    iterations=20000),
+}
+
+
+@dataclass
+class SelfSRConfig:
+    image_channels: int
+    num_classes: int
+    r: int
+    fwhm: float                        # slice profile FWHM in HR voxels
+    profile: str = "gaussian"
+    window: int = 4
+    features: Tuple[int, ...] = (16, 32, 64)
+    fused_features: int = 64
+    blocks_per_stage: int = 1
+    hypotheses: int = 16
+    patch: int = 48
+    batch_size: int = 8
+    iterations: int = 1200
+    uasr_fraction: float = 0.25        # last part of the schedule: UASR head fine-tuning (R4)
+    learning_rate: float = 1e-3
+    label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
+    checkpoint_every: int = 200
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def plain_iterations(self) -> int:
+        return int(round(self.iterations * (1 - self.uasr_fraction)))
+
+    def network_kwargs(self) -> dict:
+        return dict(image_channels=self.image_channels, num_classes=self.num_classes, r=self.r, window=self.window,
+                    features=tuple(self.features), blocks_per_stage=self.blocks_per_stage,
+                    fused_features=self.fused_features, hypotheses=self.hypotheses)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SelfSRConfig":
+        d = dict(d)
+        d["features"] = tuple(d["features"])
+        return cls(**d)
+
+
+def configure(preset: str, device_type: str, image_channels: int, num_classes: int, r: int, fwhm: float,
+              profile: str, frame_plane_sizes: Sequence[Tuple[int, int]], **overrides) -> SelfSRConfig:
+    """Preset values, with the patch shrunk to the smallest frame plane of the data (a multiple of the network's
+    in-plane divisor) and any explicit overrides applied last."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}', choose one of {sorted(PRESETS)}")
+    if preset == "default" and device_type == "cpu":
+        warnings.warn("the 'default' self-SR preset is sized for a GPU; on the CPU use '-preset fast'")
+    values = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    divisor = 2 ** (len(values["features"]) - 1)
+    smallest = min(min(sizes) for sizes in frame_plane_sizes)
+    patch = min(values["patch"], smallest // divisor * divisor)
+    if patch < divisor:
+        raise ValueError(f"volumes with an in-plane size of {smallest} voxels are too small for the self-SR network "
+                         f"(needs >= {divisor})")
+    values["patch"] = patch
+    config = SelfSRConfig(image_channels=image_channels, num_classes=num_classes, r=r, fwhm=fwhm, profile=profile)
+    return replace(config, **values)
+
+
+def summarise(config: SelfSRConfig) -> List[str]:
+    return [f"{k}: {v}" for k, v in config.to_dict().items()]

@@ -1,0 +1,48 @@
+"""Self-SR inference: sliding windows of thick slices over the LR axis (ends edge-replicated, so Z thick slices give
+r*Z thin ones), full in-plane extent per window."""
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nnunetv2_rehrseg.selfsr.network import SelfSRNet
+
+
+@torch.no_grad()
+def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.ndarray], device: torch.device,
+                         batch_size: int = 4, progress: bool = False) -> Dict[str, np.ndarray]:
+    """image (C, Z, Y, X) scaled like the training data, labels (Z, Y, X) or None (image-only mode).
+
+    Returns image (C, rZ, Y, X), labels (rZ, Y, X), probabilities (n_classes, rZ, Y, X) and, for a UASR network,
+    uncertainty (rZ, Y, X).
+    """
+    net.eval()
+    c, z, y, x = image.shape
+    r, window, centre, divisor = net.r, net.window, net.centre, net.divisor
+    one_hot = np.zeros((net.num_classes, z, y, x), np.float32)
+    if labels is not None:
+        one_hot = np.eye(net.num_classes, dtype=np.float32)[labels.astype(np.int64)].transpose(3, 0, 1, 2)
+    volume = torch.from_numpy(np.concatenate([image.astype(np.float32), one_hot]))[None]
+    pad_y, pad_x = -y % divisor, -x % divisor
+    volume = F.pad(volume, (0, pad_x, 0, pad_y, centre, window - 1 - centre), mode="replicate")[0].to(device)
+    out_image = np.zeros((c, r * z, y, x), np.float32)
+    out_prob = np.zeros((net.num_classes, r * z, y, x), np.float32)
+    out_u = np.zeros((r * z, y, x), np.float32) if net.use_uasr else None
+    use_amp = device.type == "cuda"
+    for first in tqdm(range(0, z, batch_size), desc="super-resolve", disable=not progress, leave=False):
+        slices = range(first, min(first + batch_size, z))
+        batch = torch.stack([volume[:, s:s + window] for s in slices])
+        with torch.autocast(device.type, enabled=use_amp):
+            pred = net(batch)
+        for i, s in enumerate(slices):
+            hr = slice(r * s, r * s + r)
+            out_image[:, hr] = pred["image"][i, :, :, :y, :x].float().cpu().numpy()
+            out_prob[:, hr] = torch.softmax(pred["seg"][i, :, :, :y, :x].float(), 0).cpu().numpy()
+            if out_u is not None:
+                out_u[hr] = pred["uncertainty"][i, 0, :, :y, :x].float().cpu().numpy()
+    result = {"image": out_image, "probabilities": out_prob, "labels": out_prob.argmax(0).astype(np.uint8)}
+    if out_u is not None:
+        result["uncertainty"] = out_u
+    return result

@@ -1,0 +1,40 @@
+"""Self-SR losses: R1 (plain phase) and R4 (UASR phase) of method.md, for multi-class labels."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+MIN_UNCERTAINTY = 1e-4  # keeps |error| / U finite where the head is (over-)confident
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - 2 sum(p t) / (sum p^2 + sum t^2) per class over the batch, averaged over classes present or predicted."""
+    probs = torch.softmax(logits.float(), dim=1)
+    one_hot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).float()
+    dims = (0,) + tuple(range(2, logits.ndim))
+    intersection = (probs * one_hot).sum(dims)
+    denominator = (probs ** 2).sum(dims) + (one_hot ** 2).sum(dims)
+    return 1 - (2 * intersection / denominator.clamp_min(1e-5)).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), target.long()) + soft_dice_loss(logits, target)
+
+
+def plain_sr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """R1: L1 on the image + CE + Dice on the labels."""
+    l1 = (pred["image"].float() - image).abs().mean()
+    seg = segmentation_loss(pred["seg"], labels)
+    return {"loss": l1 + seg, "l1": l1, "seg": seg}
+
+
+def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """R4: L1 + Laplace NLL (|e| / U + log U) + |U - sg(|e|)| + CE + Dice; |e| averaged over image channels."""
+    error = (pred["image"].float() - image).abs()
+    l1 = error.mean()
+    voxel_error = error.mean(dim=1, keepdim=True)
+    u = pred["uncertainty"].float().clamp_min(MIN_UNCERTAINTY)
+    nll = (voxel_error / u + torch.log(u)).mean()
+    regression = (pred["uncertainty"].float() - voxel_error.detach()).abs().mean()
+    seg = segmentation_loss(pred["seg"], labels)
+    return {"loss": l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression, "seg": seg}

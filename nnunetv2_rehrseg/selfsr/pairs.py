@@ -1,0 +1,134 @@
+"""Self-supervised training pairs from the LR volumes themselves.
+
+Each LR volume (thick axis first) is first made pseudo-isotropic along its thick axis (cubic B-spline, same field
+of view). Its in-plane axes then carry true HR information: degrading one of them with the slice profile and r-fold
+subsampling gives a thick-slice window whose thin sub-slices are known. Both in-plane axes and all r phases are used.
+"""
+from dataclasses import dataclass
+from typing import Dict, List
+
+import numpy as np
+import torch
+from scipy.ndimage import zoom
+
+from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
+
+
+@dataclass
+class SRCase:
+    """One LR training case, thick axis first: image (C, Z, Y, X) scaled to [0, 1], labels (Z, Y, X)."""
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def upsample_thick_axis(image: np.ndarray, r: int) -> np.ndarray:
+    """Cubic B-spline upsampling of axis 1 of (C, Z, Y, X) by r, same field of view."""
+    return np.stack([zoom(c, (r, 1, 1), order=3, mode="reflect", grid_mode=True) for c in image]).astype(np.float32)
+
+
+class _DegradedViews:
+    """Per case: the pseudo-isotropic volume and its degraded versions along each in-plane axis and phase."""
+
+    def __init__(self, case: SRCase, r: int, fwhm: float, profile: str, num_classes: int):
+        self.hr_image = upsample_thick_axis(case.image, r)
+        self.hr_labels = np.repeat(case.labels, r, axis=0)  # nearest: every sub-slice keeps its thick slice's label
+        self.lr_image: Dict = {}
+        self.lr_labels: Dict = {}
+        for axis in (2, 3):  # in-plane axes of (C, Z, Y, X)
+            for phase in range(r):
+                self.lr_image[axis, phase] = blur_subsample(self.hr_image, axis, r, fwhm, profile, phase)
+                self.lr_labels[axis, phase] = majority_labels(self.hr_labels, axis - 1, r, phase, num_classes)
+
+
+class PairSampler:
+    """Draws batches of (window of thick slices, r thin sub-slices of the window's reference slice).
+
+    All randomness comes from one numpy Generator whose state is saved with the checkpoints, so a resumed run draws
+    exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, cases: List[SRCase], r: int, fwhm: float, profile: str, num_classes: int, window: int,
+                 patch: int, label_dropout: float = 0.5, edge_replicate: float = 0.1, seed: int = 0):
+        if not cases:
+            raise ValueError("no training cases for the self-SR")
+        self.r, self.window, self.patch, self.num_classes = r, window, patch, num_classes
+        self.centre = (window - 1) // 2
+        self.label_dropout, self.edge_replicate = label_dropout, edge_replicate
+        self.views = [_DegradedViews(c, r, fwhm, profile, num_classes) for c in cases]
+        for v in self.views:
+            for (axis, phase), lr in v.lr_image.items():
+                if lr.shape[axis] < window:
+                    raise ValueError(f"an in-plane axis of {v.hr_image.shape[axis]} voxels gives {lr.shape[axis]} "
+                                     f"thick slices at r={r}, fewer than the SR window ({window})")
+        self.rng = np.random.default_rng(seed)
+
+    def _crop_plane(self, arr: np.ndarray, starts, plane_axes) -> np.ndarray:
+        index = [slice(None)] * arr.ndim
+        for a, s in zip(plane_axes, starts):
+            index[a] = slice(s, s + self.patch)
+        out = arr[tuple(index)]
+        pad = [(0, 0)] * arr.ndim
+        for a in plane_axes:
+            pad[a] = (0, self.patch - out.shape[a])
+        return np.pad(out, pad, mode="edge") if any(p[1] for p in pad) else out
+
+    def sample_one(self):
+        rng = self.rng
+        view = self.views[rng.integers(len(self.views))]
+        axis = int(rng.choice((2, 3)))
+        phase = int(rng.integers(self.r))
+        lr = view.lr_image[axis, phase]
+        n_lr = lr.shape[axis]
+        first = int(rng.integers(0, n_lr - self.window + 1))
+        ref = first + self.centre
+        plane_axes = [a for a in (1, 2, 3) if a != axis]
+        starts = [int(rng.integers(0, max(1, lr.shape[a] - self.patch + 1))) for a in plane_axes]
+        # window of thick slices and the r thin sub-slices of the reference slice, degraded axis moved to front
+        lr_window = np.take(lr, range(first, first + self.window), axis=axis)
+        lab_window = np.take(view.lr_labels[axis, phase], range(first, first + self.window), axis=axis - 1)
+        hr_range = range(phase + self.r * ref, phase + self.r * ref + self.r)
+        hr_image = np.take(view.hr_image, hr_range, axis=axis)
+        hr_labels = np.take(view.hr_labels, hr_range, axis=axis - 1)
+        lr_window = np.moveaxis(self._crop_plane(lr_window, starts, plane_axes), axis, 1)
+        hr_image = np.moveaxis(self._crop_plane(hr_image, starts, plane_axes), axis, 1)
+        label_axes = [a - 1 for a in plane_axes]
+        lab_window = np.moveaxis(self._crop_plane(lab_window, starts, label_axes), axis - 1, 0)
+        hr_labels = np.moveaxis(self._crop_plane(hr_labels, starts, label_axes), axis - 1, 0)
+
+        # the thick slices at the volume ends are replicated at inference: show the network that case too
+        if rng.random() < self.edge_replicate:
+            lr_window[:, :self.centre] = lr_window[:, self.centre:self.centre + 1]
+            lab_window[:self.centre] = lab_window[self.centre:self.centre + 1]
+        if rng.random() < self.edge_replicate:
+            lr_window[:, self.centre + 1:] = lr_window[:, self.centre:self.centre + 1]
+            lab_window[self.centre + 1:] = lab_window[self.centre:self.centre + 1]
+        # in-plane flips and a swap of the two frame axes (the frame plane mixes the thick and an in-plane axis)
+        if rng.random() < 0.5:
+            lr_window, hr_image = lr_window[..., ::-1, :], hr_image[..., ::-1, :]
+            lab_window, hr_labels = lab_window[..., ::-1, :], hr_labels[..., ::-1, :]
+        if rng.random() < 0.5:
+            lr_window, hr_image = lr_window[..., ::-1], hr_image[..., ::-1]
+            lab_window, hr_labels = lab_window[..., ::-1], hr_labels[..., ::-1]
+        if rng.random() < 0.5:
+            lr_window, hr_image = lr_window.swapaxes(-1, -2), hr_image.swapaxes(-1, -2)
+            lab_window, hr_labels = lab_window.swapaxes(-1, -2), hr_labels.swapaxes(-1, -2)
+        # a global intensity scale commutes with the (linear) degradation, so it keeps the pair consistent
+        scale = float(rng.uniform(0.8, 1.2))
+        one_hot = np.eye(self.num_classes, dtype=np.float32)[lab_window].transpose(3, 0, 1, 2)
+        if rng.random() < self.label_dropout:
+            one_hot = np.zeros_like(one_hot)
+        net_input = np.concatenate([lr_window * scale, one_hot], axis=0)
+        return net_input, hr_image * scale, hr_labels
+
+    def sample(self, batch_size: int):
+        items = [self.sample_one() for _ in range(batch_size)]
+        net_input = torch.from_numpy(np.ascontiguousarray(np.stack([i[0] for i in items]), dtype=np.float32))
+        image = torch.from_numpy(np.ascontiguousarray(np.stack([i[1] for i in items]), dtype=np.float32))
+        labels = torch.from_numpy(np.ascontiguousarray(np.stack([i[2] for i in items])).astype(np.int64))
+        return net_input, image, labels
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

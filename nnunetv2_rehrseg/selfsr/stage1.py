@@ -1,0 +1,265 @@
+"""Stage 1 end to end: raw LR dataset -> self-SR fit -> pseudo-HR images, labels and uncertainty + QC.
+
+Everything is written under nnUNet_preprocessed/<dataset>/rehrseg/ (nnUNet_raw is only read):
+  settings.json            r, LR axis, slice thickness, profile (written first; a rerun must match it)
+  selfsr/                  self-SR checkpoints (latest, plain, final) and training log
+  pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
+  qc/                      lr_dice.json (pseudo-HR labels degraded back to LR vs the real LR labels), montage.png
+  summary.json             written last: stage 1 is complete
+"""
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
+                                          resolve_scale)
+from nnunetv2_rehrseg.errors import InputError
+from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
+from nnunetv2_rehrseg.io import write_image
+from nnunetv2_rehrseg.qc import dice_per_label, save_montage
+from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
+from nnunetv2_rehrseg.selfsr.config import configure
+from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.selfsr.training import FINAL, load_network, train_selfsr
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage1Settings:
+    r: int
+    lr_axis: int                 # sitk index order (0 = x, 2 = z)
+    slice_spacing: float         # median over the training cases, mm
+    in_plane_spacing: float
+    hr_spacing: float            # slice_spacing / r
+    slice_thickness: float
+    fwhm: float                  # slice profile FWHM in HR voxels
+    profile: str
+    preset: str
+
+    @classmethod
+    def load(cls, path) -> "Stage1Settings":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def stage1_folder(dataset_name: str) -> Path:
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    if not nnUNet_preprocessed.is_set():
+        raise InputError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+    return Path(str(nnUNet_preprocessed)) / dataset_name / "rehrseg"
+
+
+def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
+    """Move the thick axis (sitk index order) of a (C,) z, y, x array to the front of the spatial axes."""
+    offset = 1 if channel_first else 0
+    return np.moveaxis(array, offset + numpy_axis_of(lr_axis), offset)
+
+
+def lr_first_inverse(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
+    offset = 1 if channel_first else 0
+    return np.moveaxis(array, offset, offset + numpy_axis_of(lr_axis))
+
+
+def intensity_range(image: np.ndarray) -> np.ndarray:
+    """Per-channel (min, max); the self-SR works on [0, 1] and writes back on the input's own scale."""
+    lo = image.reshape(image.shape[0], -1).min(1)
+    hi = image.reshape(image.shape[0], -1).max(1)
+    return np.stack([lo, np.where(hi > lo, hi, lo + 1)], axis=1).astype(np.float32)
+
+
+def to_unit(image: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    return (image - ranges[:, :1, None, None]) / (ranges[:, 1:, None, None] - ranges[:, :1, None, None])
+
+
+def from_unit(image: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    return image * (ranges[:, 1:, None, None] - ranges[:, :1, None, None]) + ranges[:, :1, None, None]
+
+
+def derive_settings(cases: List[LoadedCase], dataset_json: dict, preset: str, r: Optional[int],
+                    target_spacing: Optional[float], slice_thickness: Optional[float], profile: Optional[str],
+                    source: str) -> Tuple[Stage1Settings, Optional[str]]:
+    """One r and LR axis per dataset (median spacing); every case must share the LR axis."""
+    spacings = np.array([c.grid.spacing for c in cases])
+    try:
+        axes = {c.identifier: detect_lr_axis(c.grid.spacing) for c in cases}
+    except ValueError as e:
+        raise InputError(f"{source}: {e}; REHRSeg needs thick-slice (anisotropic) volumes") from None
+    lr_axis = int(np.bincount(list(axes.values())).argmax())
+    odd = [k for k, a in axes.items() if a != lr_axis]
+    if odd:
+        raise InputError(f"{source}: cases {odd[:5]} have their thick axis elsewhere than the others (axis "
+                         f"{lr_axis}); reorient them so all cases share one slice direction")
+    slice_spacing = float(np.median(spacings[:, lr_axis]))
+    in_plane = float(np.median(np.delete(spacings, lr_axis, axis=1)))
+    user = dataset_json.get("rehrseg", {})
+    r, hr_spacing, warning = resolve_scale(slice_spacing, in_plane, r or user.get("r"),
+                                           target_spacing or user.get("target_spacing"))
+    thickness = float(slice_thickness or user.get("slice_thickness") or slice_spacing)
+    profile = profile or user.get("slice_profile", "gaussian")
+    if profile not in SLICE_PROFILES:
+        raise InputError(f"{source}: unknown slice profile '{profile}'; choose one of {SLICE_PROFILES}")
+    fwhm = profile_fwhm_in_voxels(thickness, hr_spacing)
+    return Stage1Settings(r, lr_axis, slice_spacing, in_plane, hr_spacing, thickness, fwhm, profile, preset), warning
+
+
+def _check_settings(folder: Path, settings: Stage1Settings) -> None:
+    settings_file = folder / "settings.json"
+    if settings_file.is_file():
+        previous = Stage1Settings.load(settings_file)
+        if previous != settings:
+            raise InputError(f"{settings_file} holds other stage-1 settings ({previous}); delete {folder} to start "
+                             f"over with the new ones")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = settings_file.with_suffix(".partial")
+        tmp.write_text(json.dumps(asdict(settings), indent=1))
+        tmp.replace(settings_file)
+
+
+def pseudo_hr_paths(folder: Path, identifier: str, num_channels: int) -> Dict[str, object]:
+    base = folder / "pseudo_hr"
+    return {"images": [base / "imagesTr" / f"{identifier}_{c:04d}.nii.gz" for c in range(num_channels)],
+            "label": base / "labelsTr" / f"{identifier}.nii.gz",
+            "uncertainty": base / "uncertaintyTr" / f"{identifier}.nii.gz"}
+
+
+def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges: np.ndarray,
+                         settings: Stage1Settings, paths: Dict[str, object]) -> None:
+    """Write pseudo-HR image channels, labels (if requested) and U on the HR grid derived from the LR header."""
+    grid = hr_grid(case.grid, settings.lr_axis, settings.r)
+    image = lr_first_inverse(from_unit(result["image"], ranges), settings.lr_axis)
+    for c, path in enumerate(paths["images"]):
+        write_image(image[c].astype(np.float32), grid, path)
+    if paths.get("label") is not None:
+        write_image(lr_first_inverse(result["labels"], settings.lr_axis, False), grid, paths["label"])
+    if "uncertainty" in result and paths.get("uncertainty") is not None:
+        write_image(lr_first_inverse(result["uncertainty"], settings.lr_axis, False).astype(np.float32), grid,
+                    paths["uncertainty"])
+
+
+def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r: Optional[int] = None,
+               target_spacing: Optional[float] = None, slice_thickness: Optional[float] = None,
+               profile: Optional[str] = None, num_processes: int = 2, init_checkpoint: Optional[str] = None,
+               **config_overrides) -> Path:
+    """Run (or resume) stage 1; returns the stage-1 folder."""
+    t0 = time.time()
+    dataset: RawDataset = open_raw_dataset(dataset_name_or_id)
+    # validate and read everything before the first write
+    with ThreadPoolExecutor(max(1, num_processes)) as pool:
+        cases = list(tqdm(pool.map(lambda c: load_case(dataset, c), dataset.cases.values()), total=len(dataset.cases),
+                          desc="reading LR cases", leave=False))
+    source = str(dataset.folder)
+    settings, warning = derive_settings(cases, dataset.dataset_json, preset, r, target_spacing, slice_thickness,
+                                        profile, source)
+    if warning:
+        logger.warning(warning)
+    lr_cases = [lr_first(c.image, settings.lr_axis) for c in cases]
+    window = config_overrides.get("window") or 4
+    for case, image in zip(cases, lr_cases):
+        if image.shape[1] < window:
+            raise InputError(f"{case.identifier}: {image.shape[1]} thick slice(s), fewer than the self-SR window "
+                             f"({window}); such volumes cannot be super-resolved")
+        if min(image.shape[2:]) < window * settings.r:
+            raise InputError(f"{case.identifier}: in-plane size {image.shape[2:]} is too small to make training "
+                             f"pairs at r={settings.r} (needs >= {window * settings.r} voxels)")
+    if init_checkpoint and not Path(init_checkpoint).is_file():
+        raise InputError(f"{init_checkpoint}: initialisation checkpoint not found; check -init_checkpoint")
+    folder = stage1_folder(dataset.name)
+    _check_settings(folder, settings)
+    logger.info("stage 1 on %s: %d cases, LR axis %d, r=%d, HR spacing %.4g mm, profile %s (FWHM %.3g HR voxels)",
+                dataset.name, len(cases), settings.lr_axis, settings.r, settings.hr_spacing, settings.profile,
+                settings.fwhm)
+
+    ranges = [intensity_range(image) for image in lr_cases]
+    sr_cases = [SRCase(to_unit(image, rng), lr_first(c.labels, settings.lr_axis, False))
+                for image, rng, c in zip(lr_cases, ranges, cases)]
+    num_classes = max(dataset.label_values) + 1
+    frame_planes = [(settings.r * c.image.shape[1], min(c.image.shape[2:])) for c in sr_cases]
+    config = configure(preset, device.type, dataset.num_channels, num_classes, settings.r, settings.fwhm,
+                       settings.profile, frame_planes, **config_overrides)
+    t_train = time.time()
+    checkpoint = train_selfsr(sr_cases, config, folder / "selfsr", device, init_checkpoint)
+    train_seconds = time.time() - t_train
+    net, _ = load_network(checkpoint, device)
+
+    t_infer = time.time()
+    qc, montage_rows = {}, []
+    for case, sr_case, rng in tqdm(list(zip(cases, sr_cases, ranges)), desc="pseudo-HR data"):
+        paths = pseudo_hr_paths(folder, case.identifier, dataset.num_channels)
+        result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
+        if not all(Path(p).is_file() for p in paths["images"] + [paths["label"], paths["uncertainty"]]):
+            write_super_resolved(case, result, rng, settings, paths)
+        back_to_lr = majority_labels(result["labels"], 0, settings.r, num_classes=num_classes)
+        qc[case.identifier] = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
+        if len(montage_rows) < 4:
+            montage_rows.append(_montage_row(sr_case, result, settings.r, case.identifier))
+    infer_seconds = time.time() - t_infer
+
+    mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
+    (folder / "qc").mkdir(exist_ok=True)
+    _write_json(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
+                                                 "mean": float(np.mean(list(mean_dice.values())))})
+    for identifier, scores in qc.items():
+        logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
+                    ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
+    save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], folder / "qc" / "montage.png",
+                 title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
+    _write_pseudo_dataset_json(folder, dataset, settings, len(cases))
+    _write_json(folder / "summary.json", {"settings": asdict(settings), "selfsr": config.to_dict(),
+                                          "cases": len(cases), "qc_mean_lr_dice": mean_dice,
+                                          "seconds": {"train": train_seconds, "pseudo_data": infer_seconds,
+                                                      "total": time.time() - t0}})
+    return folder
+
+
+def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: str):
+    """A plane through the LR axis (vertical) at the middle of the last axis."""
+    x = sr_case.image.shape[-1] // 2
+    lr = np.repeat(sr_case.image[0, :, :, x], r, axis=0)
+    lr_labels = np.repeat(sr_case.labels[:, :, x], r, axis=0)
+    row = {"LR image (nearest)": lr, "pseudo-HR image": result["image"][0, :, :, x],
+           "LR labels (nearest)": lr_labels, "pseudo-HR labels": result["labels"][:, :, x]}
+    if "uncertainty" in result:
+        row["uncertainty"] = result["uncertainty"][:, :, x]
+    return row, name
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _write_pseudo_dataset_json(folder: Path, dataset: RawDataset, settings: Stage1Settings, num_cases: int) -> None:
+    dataset_json = {k: v for k, v in dataset.dataset_json.items() if k not in ("dataset", "rehrseg")}
+    dataset_json.update({"numTraining": num_cases, "file_ending": ".nii.gz",
+                         "name": f"{dataset.name} pseudo-HR (REHRSeg stage 1)",
+                         "rehrseg": {**asdict(settings), "source_dataset": dataset.name}})
+    (folder / "pseudo_hr").mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "pseudo_hr" / "dataset.json", dataset_json)
+
+
+def load_stage1(dataset_name_or_id, device: torch.device):
+    """(network, Stage1Settings) of a completed stage 1."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"dataset {dataset_name_or_id}: {e}; check -d") from None
+    folder = stage1_folder(name)
+    checkpoint = folder / "selfsr" / FINAL
+    if not checkpoint.is_file() or not (folder / "settings.json").is_file():
+        raise InputError(f"{checkpoint} not found: run rehrseg_selfsr -d {dataset_name_or_id} first")
+    net, _ = load_network(checkpoint, device)
+    return net, Stage1Settings.load(folder / "settings.json")

@@ -1,0 +1,136 @@
+"""Self-SR training: plain phase (R1), then UASR fine-tuning (R4); Adam + OneCycle per phase, AMP on CUDA,
+checkpoints every N iterations, exact resume (weights, optimiser, schedule, sampler and torch RNG state)."""
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nnunetv2_rehrseg.checkpoint import load_matching, load_safe, save_atomic
+from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
+from nnunetv2_rehrseg.selfsr.losses import plain_sr_loss, uasr_loss
+from nnunetv2_rehrseg.selfsr.network import SelfSRNet
+from nnunetv2_rehrseg.selfsr.pairs import PairSampler, SRCase
+
+logger = logging.getLogger(__name__)
+
+LATEST, PLAIN, FINAL = "checkpoint_latest.pth", "checkpoint_plain.pth", "checkpoint_final.pth"
+
+
+def build_network(config: SelfSRConfig, uasr: bool = True) -> SelfSRNet:
+    return SelfSRNet(**config.network_kwargs(), uasr=uasr)
+
+
+def load_network(path, device: torch.device = torch.device("cpu")):
+    """(network in eval mode, config) from a saved self-SR checkpoint."""
+    ckpt = load_safe(path)
+    config = SelfSRConfig.from_dict(ckpt["config"])
+    net = build_network(config, uasr=ckpt["uasr"])
+    net.load_state_dict(ckpt["network_weights"])
+    return net.to(device).eval(), config
+
+
+def _optimizer(net: SelfSRNet, config: SelfSRConfig, uasr: bool):
+    inactive = "plain_head." if uasr else "uasr_head."
+    params = [p for n, p in net.named_parameters() if not n.startswith(inactive)]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    steps = config.iterations - config.plain_iterations if uasr else config.plain_iterations
+    # the UASR phase fine-tunes a trained backbone: a lower peak rate
+    max_lr = config.learning_rate * (0.3 if uasr else 1.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(steps, 1))
+    return optimizer, scheduler
+
+
+def _weights_file(net: SelfSRNet, config: SelfSRConfig) -> dict:
+    return {"network_weights": net.state_dict(), "config": config.to_dict(), "uasr": net.use_uasr}
+
+
+def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: torch.device,
+                 init_checkpoint: Optional[str] = None,
+                 on_iteration: Optional[Callable[[int, dict], None]] = None) -> Path:
+    """Fit the self-SR on the pooled cases; resumes from output_dir/checkpoint_latest.pth when present.
+
+    Returns the path of the final checkpoint (UASR head).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if (output_dir / FINAL).is_file():
+        logger.info("self-SR already trained: %s", output_dir / FINAL)
+        return output_dir / FINAL
+    torch.manual_seed(config.seed)
+    sampler = PairSampler(cases, config.r, config.fwhm, config.profile, config.num_classes, config.window,
+                          config.patch, config.label_dropout, seed=config.seed)
+    net = build_network(config, uasr=False).to(device)
+    iteration, history = 0, []
+    latest = output_dir / LATEST
+    if latest.is_file():
+        ckpt = load_safe(latest)
+        if ckpt["config"] != config.to_dict():
+            raise ValueError(f"{latest} was written with other self-SR settings; delete {output_dir} to start over")
+        iteration, history = ckpt["iteration"], ckpt["history"]
+        net.use_uasr = ckpt["uasr"]
+        net.load_state_dict(ckpt["network_weights"])
+        optimizer, scheduler = _optimizer(net, config, net.use_uasr)
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        sampler.set_state(ckpt["sampler_state"])
+        torch.set_rng_state(ckpt["torch_rng_state"])
+        logger.info("resuming self-SR at iteration %d of %d", iteration, config.iterations)
+    else:
+        if init_checkpoint:
+            loaded, skipped = load_matching(net, init_checkpoint)
+            logger.info("initialised %d tensors from %s; %d left at random: %s", len(loaded), init_checkpoint,
+                        len(skipped), ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""))
+        optimizer, scheduler = _optimizer(net, config, uasr=False)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    net.train()
+    start, running = time.time(), {}
+    progress = tqdm(total=config.iterations, initial=iteration, desc="self-SR", unit="it", mininterval=2)
+    while iteration < config.iterations:
+        if iteration == config.plain_iterations and not net.use_uasr:
+            save_atomic(_weights_file(net, config), output_dir / PLAIN)
+            net.use_uasr = True
+            optimizer, scheduler = _optimizer(net, config, uasr=True)
+        net_input, image, labels = (t.to(device, non_blocking=True) for t in sampler.sample(config.batch_size))
+        with torch.autocast(device.type, enabled=use_amp):
+            pred = net(net_input)
+        losses = (uasr_loss if net.use_uasr else plain_sr_loss)(pred, image, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(losses["loss"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            optimizer.step()
+        scheduler.step()
+        iteration += 1
+        for k, v in losses.items():
+            running.setdefault(k, []).append(float(v.detach()))
+        if iteration % 50 == 0 or iteration == config.iterations:
+            history.append({"iteration": iteration, "phase": "uasr" if net.use_uasr else "plain",
+                            **{k: float(np.mean(v)) for k, v in running.items()}})
+            progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", phase=history[-1]["phase"])
+            running = {}
+        progress.update(1)
+        if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
+            save_atomic({**_weights_file(net, config), "optimizer_state": optimizer.state_dict(),
+                         "scheduler_state": scheduler.state_dict(), "sampler_state": sampler.state(),
+                         "torch_rng_state": torch.get_rng_state(), "iteration": iteration, "history": history},
+                        latest)
+        if on_iteration is not None:
+            on_iteration(iteration, losses)
+    progress.close()
+    save_atomic(_weights_file(net, config), output_dir / FINAL)
+    (output_dir / "training_log.json").write_text(json.dumps(
+        {"history": history, "seconds_this_run": time.time() - start}, indent=1))
+    logger.info("self-SR trained in %.1f s", time.time() - start)
+    return output_dir / FINAL

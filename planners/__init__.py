@@ -1,0 +1,1 @@
+"""nnU-Net experiment planners of REHRSeg (installed as nnunetv2_rehrseg.planners)."""

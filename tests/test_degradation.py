@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
+                                          resolve_scale, slice_kernel)
+
+
+def measured_fwhm(profile: str, fwhm: float) -> float:
+    from nnunetv2_rehrseg.degradation import gaussian_profile, slr_profile
+    t = np.linspace(-3 * fwhm, 3 * fwhm, 60001)
+    h = (gaussian_profile if profile == "gaussian" else slr_profile)(t, fwhm)
+    above = t[h >= 0.5 * h.max()]
+    return above.max() - above.min()
+
+
+@pytest.mark.parametrize("profile", ["gaussian", "rf-pulse-slr"])
+@pytest.mark.parametrize("fwhm", [2.0, 3.87, 5.0])
+def test_profile_has_requested_fwhm(profile, fwhm):
+    assert measured_fwhm(profile, fwhm) == pytest.approx(fwhm, rel=0.01)
+
+
+@pytest.mark.parametrize("profile", ["gaussian", "rf-pulse-slr"])
+@pytest.mark.parametrize("r", [2, 3, 4, 5])
+def test_kernel_normalised_and_symmetric_about_slice_centre(profile, r):
+    weights, i_min = slice_kernel(r, float(r), profile)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    assert (weights >= 0).all()
+    np.testing.assert_allclose(weights, weights[::-1], atol=1e-6)
+    indices = np.arange(i_min, i_min + len(weights))
+    assert (weights * indices).sum() == pytest.approx((r - 1) / 2, abs=1e-5)
+
+
+def test_fwhm_from_thickness():
+    assert profile_fwhm_in_voxels(4.0, 1.0) == pytest.approx(4.0)
+    assert profile_fwhm_in_voxels(4.0, 1.0, hr_slice_thickness=1.0) == pytest.approx(np.sqrt(15))  # method.md R10
+    assert profile_fwhm_in_voxels(6.0, 1.0) == pytest.approx(6.0)  # thickness > spacing: overlapping slices
+    with pytest.raises(ValueError):
+        profile_fwhm_in_voxels(0.0, 1.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("profile", ["gaussian", "rf-pulse-slr"])
+def test_constant_stays_constant(axis, profile):
+    hr = np.full((16, 12, 20), 3.5, np.float32)
+    lr = blur_subsample(hr, axis, 4, 4.0, profile)
+    expected_shape = list(hr.shape)
+    expected_shape[axis] //= 4
+    assert lr.shape == tuple(expected_shape)
+    np.testing.assert_allclose(lr, 3.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("phase", [0, 1])
+def test_ramp_lands_on_slice_centres(r, axis, phase):
+    n = 12 * r + phase
+    ramp = np.arange(n, dtype=np.float64) * 0.5 + 2.0
+    shape = [3, 3, 3]
+    shape[axis] = n
+    hr = np.broadcast_to(ramp.reshape([-1 if a == axis else 1 for a in range(3)]), shape).copy()
+    lr = np.moveaxis(blur_subsample(hr, axis, r, float(r), phase=phase), axis, 0)[:, 0, 0]
+    centres = phase + r * np.arange(len(lr)) + (r - 1) / 2
+    interior = slice(2, len(lr) - 2)  # edge replication bends the ramp at the ends only
+    np.testing.assert_allclose(lr[interior], centres[interior] * 0.5 + 2.0, atol=1e-4)
+
+
+def test_torch_and_numpy_agree():
+    rng = np.random.default_rng(0)
+    hr = rng.random((2, 16, 10, 8)).astype(np.float32)
+    a = blur_subsample(hr, 1, 4, 4.0, phase=2)
+    b = blur_subsample(torch.from_numpy(hr), 1, 4, 4.0, phase=2).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_majority_rule():
+    column = np.array([1, 1, 2, 0, 3, 3, 3, 0, 2, 2, 1, 1], np.uint8)  # r = 4: [1,1,2,0] [3,3,3,0] [2,2,1,1]
+    lr = majority_labels(column[:, None, None], axis=0, r=4)
+    assert lr[:, 0, 0].tolist() == [1, 3, 1]  # the last block ties 2 vs 1: the lower label wins
+    assert lr.dtype == np.uint8
+    shifted = majority_labels(column[:, None, None], axis=0, r=4, phase=1)
+    assert shifted[:, 0, 0].tolist() == [0, 3]  # [1,2,0,3] is a four-way tie -> 0; [3,3,0,2] -> 3
+    along_x = majority_labels(np.broadcast_to(column, (2, 3, 12)).copy(), axis=2, r=4)
+    assert along_x.shape == (2, 3, 3) and (along_x == np.array([1, 3, 1])).all()
+
+
+def test_lr_axis_detection_and_isotropic_error():
+    assert detect_lr_axis((0.8, 0.8, 4.0)) == 2
+    assert detect_lr_axis((5.0, 1.0, 1.0)) == 0
+    with pytest.raises(ValueError, match="isotropic"):
+        detect_lr_axis((1.0, 1.0, 1.2))
+
+
+def test_scale_resolution():
+    assert resolve_scale(4.0, 1.0) == (4, 1.0, None)
+    r, hr_spacing, warning = resolve_scale(5.0, 0.9)
+    assert r == 6 and hr_spacing == pytest.approx(5.0 / 6) and "not an integer" in warning
+    assert resolve_scale(6.0, 1.0, target_spacing=2.0)[:2] == (3, 2.0)
+    assert resolve_scale(6.0, 1.0, r=2)[:2] == (2, 3.0)
+    with pytest.raises(ValueError):
+        resolve_scale(1.2, 1.0)

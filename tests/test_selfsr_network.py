@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from nnunetv2_rehrseg.selfsr.losses import plain_sr_loss, soft_dice_loss, uasr_loss
+from nnunetv2_rehrseg.selfsr.network import SelfSRNet
+
+
+def tiny(r=4, uasr=True, image_channels=1, num_classes=3):
+    torch.manual_seed(0)
+    return SelfSRNet(image_channels, num_classes, r, window=4, features=(8, 16), fused_features=16, hypotheses=4,
+                     uasr=uasr)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4])
+@pytest.mark.parametrize("image_channels", [1, 2])
+def test_output_shapes_and_ranges(r, image_channels):
+    net = tiny(r, image_channels=image_channels)
+    x = torch.rand(2, image_channels + 3, 4, 16, 24)
+    out = net(x)
+    assert out["image"].shape == (2, image_channels, r, 16, 24)
+    assert out["seg"].shape == (2, 3, r, 16, 24)
+    assert out["uncertainty"].shape == (2, 1, r, 16, 24)
+    assert ((out["uncertainty"] > 0) & (out["uncertainty"] < 1)).all()
+    net.use_uasr = False
+    plain = net(x)
+    assert "uncertainty" not in plain and plain["image"].shape == out["image"].shape
+
+
+def test_uasr_image_is_bounded_residual_to_interpolated_window():
+    net = tiny()
+    x = torch.zeros(1, 4, 4, 8, 8)
+    x[:, 0] = 0.5
+    out = net(x)
+    # the base for a constant window is the constant; the mixed tanh hypotheses stay within +-1 of it
+    assert (out["image"] - 0.5).abs().max() <= 1.0
+    with torch.no_grad():
+        net.uasr_head.hypotheses.weight.zero_()
+        net.uasr_head.hypotheses.bias.zero_()
+    torch.testing.assert_close(net(x)["image"], torch.full_like(out["image"], 0.5))
+
+
+def test_encoder_runs_on_any_number_of_slices():
+    net = tiny()
+    skips = net.encode(torch.rand(1, 4, 11, 16, 16))
+    assert [tuple(s.shape) for s in skips] == [(1, 8, 11, 16, 16), (1, 16, 11, 8, 8)]
+
+
+def test_bad_window_is_rejected():
+    with pytest.raises(ValueError, match="frames"):
+        tiny()(torch.rand(1, 4, 3, 16, 16))
+    with pytest.raises(ValueError, match="divisible"):
+        tiny()(torch.rand(1, 4, 4, 15, 16))
+
+
+def test_losses_and_gradients():
+    net = tiny()
+    x = torch.rand(2, 4, 4, 8, 8)
+    image, labels = torch.rand(2, 1, 4, 8, 8), torch.randint(0, 3, (2, 4, 8, 8))
+    losses = uasr_loss(net(x), image, labels)
+    assert set(losses) == {"loss", "l1", "nll", "u_regression", "seg"}
+    losses["loss"].backward()
+    assert net.uasr_head.uncertainty.weight.grad.abs().sum() > 0
+    assert net.encoder[0].entry[0].weight.grad.abs().sum() > 0
+    assert net.plain_head.conv.weight.grad is None
+    net.zero_grad()
+    net.use_uasr = False
+    plain_sr_loss(net(x), image, labels)["loss"].backward()
+    assert net.plain_head.conv.weight.grad.abs().sum() > 0
+
+
+def test_soft_dice_perfect_and_wrong():
+    target = torch.randint(0, 3, (2, 5, 5))
+    perfect = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 100
+    assert soft_dice_loss(perfect, target) == pytest.approx(0.0, abs=1e-4)
+    wrong = torch.nn.functional.one_hot((target + 1) % 3, 3).movedim(-1, 1).float() * 100
+    assert soft_dice_loss(wrong, target) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_uasr_nll_is_minimal_when_u_matches_the_error():
+    image = torch.zeros(1, 1, 2, 4, 4)
+    labels = torch.zeros(1, 2, 4, 4, dtype=torch.long)
+    seg = torch.zeros(1, 3, 2, 4, 4)
+    pred_image = torch.full_like(image, 0.2)
+    nll = {u: uasr_loss({"image": pred_image, "seg": seg, "uncertainty": torch.full_like(image, u)}, image,
+                        labels)["nll"].item() for u in (0.05, 0.2, 0.6)}
+    assert nll[0.2] < nll[0.05] and nll[0.2] < nll[0.6]

@@ -1,0 +1,1 @@
+"""nnU-Net trainer classes of REHRSeg (installed as nnunetv2_rehrseg.trainers)."""
