@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_raw_dataset, tree_checksum, write
+from nnunetv2_rehrseg.cli.selfsr import selfsr_entry
+from nnunetv2_rehrseg.cli.super_resolve import super_resolve_entry
+from nnunetv2_rehrseg.geometry import Grid, hr_grid
+
+FAST = ["-device", "cpu", "-iterations", "12", "-np", "1"]
+
+
+def assert_on_hr_grid(path, lr_path, lr_axis, r):
+    expected = hr_grid(Grid.of(sitk.ReadImage(str(lr_path))), lr_axis, r)
+    got = Grid.of(sitk.ReadImage(str(path)))
+    assert got.size == expected.size
+    np.testing.assert_allclose(got.spacing, expected.spacing, atol=1e-5)
+    np.testing.assert_allclose(got.origin, expected.origin, atol=1e-4)
+    np.testing.assert_allclose(got.direction, expected.direction, atol=1e-6)
+
+
+def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
+    raw = make_raw_dataset(nnunet_env["nnUNet_raw"])
+    before = tree_checksum(raw)
+    selfsr_entry(["-d", "990"] + FAST)
+    assert tree_checksum(raw) == before  # raw data is never modified
+    folder = nnunet_env["nnUNet_preprocessed"] / "Dataset990_Tiny" / "rehrseg"
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["r"] == 4 and settings["lr_axis"] == 2 and settings["hr_spacing"] == 1.0
+    pseudo = folder / "pseudo_hr"
+    for case in ("case00", "case01"):
+        lr_image = raw / "imagesTr" / f"{case}_0000.nii.gz"
+        for f in (pseudo / "imagesTr" / f"{case}_0000.nii.gz", pseudo / "labelsTr" / f"{case}.nii.gz",
+                  pseudo / "uncertaintyTr" / f"{case}.nii.gz"):
+            assert_on_hr_grid(f, lr_image, 2, 4)
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "labelsTr" / f"{case}.nii.gz")))
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        u = sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "uncertaintyTr" / f"{case}.nii.gz")))
+        assert u.shape == (32, 32, 32) and ((u > 0) & (u < 1)).all()
+    dataset_json = json.loads((pseudo / "dataset.json").read_text())
+    assert dataset_json["numTraining"] == 2 and dataset_json["rehrseg"]["r"] == 4
+    qc = json.loads((folder / "qc" / "lr_dice.json").read_text())
+    assert set(qc["per_case"]) == {"case00", "case01"} and 0 <= qc["mean"] <= 1
+    assert (folder / "qc" / "montage.png").stat().st_size > 1000
+    assert (folder / "summary.json").is_file() and (folder / "selfsr" / "checkpoint_final.pth").is_file()
+    assert not list(folder.rglob("*.partial*"))
+
+    selfsr_entry(["-d", "990"] + FAST)  # a rerun resumes: nothing to retrain, same settings accepted
+    with pytest.raises(SystemExit) as exit_info:
+        selfsr_entry(["-d", "990", "-r", "2"] + FAST)
+    assert exit_info.value.code == 2
+
+    out = tmp_path / "sr_out"
+    super_resolve_entry(["-i", str(raw / "imagesTs"), "-o", str(out), "-d", "990", "-device", "cpu"])
+    assert_on_hr_grid(out / "case02_0000.nii.gz", raw / "imagesTs" / "case02_0000.nii.gz", 2, 4)
+    assert_on_hr_grid(out / "uncertainty" / "case02.nii.gz", raw / "imagesTs" / "case02_0000.nii.gz", 2, 4)
+    sr = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case02_0000.nii.gz")))
+    lr = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTs" / "case02_0000.nii.gz")))
+    assert abs(sr.mean() - lr.mean()) < 0.2 * lr.std()  # written on the input's intensity scale
+
+
+def test_lr_axis_other_than_z(nnunet_env):
+    raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 991, "AxisX", spacing=(3.0, 1.0, 1.0), shape_zyx=(24, 24, 8))
+    selfsr_entry(["-d", "991"] + FAST)
+    pseudo = nnunet_env["nnUNet_preprocessed"] / "Dataset991_AxisX" / "rehrseg" / "pseudo_hr"
+    assert_on_hr_grid(pseudo / "imagesTr" / "case00_0000.nii.gz", raw / "imagesTr" / "case00_0000.nii.gz", 0, 3)
+
+
+def run_expecting_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        selfsr_entry(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1  # progress bars aside, one line that names the file and the fix
+    return error_lines[0]
+
+
+def test_isotropic_input_is_refused_before_any_write(nnunet_env, capsys):
+    make_raw_dataset(nnunet_env["nnUNet_raw"], 992, "Iso", spacing=(1.0, 1.0, 1.1), shape_zyx=(16, 16, 16))
+    err = run_expecting_error(capsys, ["-d", "992"] + FAST)
+    assert "isotropic" in err and "Dataset992_Iso" in err
+    assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
+
+
+def test_undeclared_label_and_geometry_mismatch_name_the_file(nnunet_env, capsys):
+    raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 993, "Bad")
+    label_file = raw / "labelsTr" / "case01.nii.gz"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file)))
+    labels[0, 0, 0] = 7
+    write(labels, (1.0, 1.0, 4.0), label_file)
+    err = run_expecting_error(capsys, ["-d", "993"] + FAST)
+    assert "case01.nii.gz" in err and "[7]" in err
+    write(labels.clip(0, 2), (1.0, 1.0, 3.0), label_file)
+    err = run_expecting_error(capsys, ["-d", "993"] + FAST)
+    assert "case01.nii.gz" in err and "geometry" in err
+    assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
+
+
+def test_unknown_dataset(nnunet_env, capsys):
+    err = run_expecting_error(capsys, ["-d", "999"] + FAST)
+    assert "999" in err
