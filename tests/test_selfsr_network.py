@@ -26,17 +26,29 @@ def test_output_shapes_and_ranges(r, image_channels):
     assert "uncertainty" not in plain and plain["image"].shape == out["image"].shape
 
 
-def test_uasr_image_is_bounded_residual_to_interpolated_window():
+def test_image_is_a_residual_to_the_interpolated_window():
     net = tiny()
     x = torch.zeros(1, 4, 4, 8, 8)
-    x[:, 0] = 0.5
-    out = net(x)
-    # the base for a constant window is the constant; the mixed tanh hypotheses stay within +-1 of it
-    assert (out["image"] - 0.5).abs().max() <= 1.0
+    x[:, 0] = torch.linspace(0, 1, 4).view(4, 1, 1)  # a ramp across the window
     with torch.no_grad():
         net.uasr_head.hypotheses.weight.zero_()
         net.uasr_head.hypotheses.bias.zero_()
-    torch.testing.assert_close(net(x)["image"], torch.full_like(out["image"], 0.5))
+    image = net(x)["image"][0, 0, :, 0, 0]
+    # sub-slice t of the reference (second) slice lies at window position 1 + (t - 1.5) / 4
+    expected = (1 + (torch.arange(4) - 1.5) / 4) / 3
+    torch.testing.assert_close(image, expected)
+
+
+def test_uasr_phase_starts_from_the_plain_output():
+    net = tiny()
+    x = torch.rand(2, 4, 4, 8, 8)
+    net.use_uasr = False
+    plain = net(x)
+    net.uasr_head.init_from_plain(net.plain_head)
+    net.use_uasr = True
+    uasr = net(x)
+    torch.testing.assert_close(uasr["image"], plain["image"], atol=2e-2, rtol=0)
+    torch.testing.assert_close(uasr["seg"], plain["seg"], atol=2e-2, rtol=0)
 
 
 def test_encoder_runs_on_any_number_of_slices():

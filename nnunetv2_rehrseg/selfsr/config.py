@@ -29,7 +29,10 @@ class SelfSRConfig:
     batch_size: int = 8
     iterations: int = 1200
     uasr_fraction: float = 0.25        # last part of the schedule: UASR head fine-tuning (R4)
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
+    # image L1 (about 0.01 on [0, 1] images) is weighed against CE + Dice (about 0.5): unweighted, the label terms
+    # dominate the shared backbone and the image barely beats cubic interpolation (benchmarks/selfsr.py)
+    image_loss_weight: float = 20.0
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
     checkpoint_every: int = 200
     seed: int = 0

@@ -13,7 +13,7 @@ from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 @torch.no_grad()
 def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.ndarray], device: torch.device,
                          batch_size: int = 4, progress: bool = False) -> Dict[str, np.ndarray]:
-    """image (C, Z, Y, X) scaled like the training data, labels (Z, Y, X) or None (image-only mode).
+    """image (C, Z, Y, X) scaled to [0, 1] like the training data, labels (Z, Y, X) or None (image-only mode).
 
     Returns image (C, rZ, Y, X), labels (rZ, Y, X), probabilities (n_classes, rZ, Y, X) and, for a UASR network,
     uncertainty (rZ, Y, X).
@@ -42,6 +42,8 @@ def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.
             out_prob[:, hr] = torch.softmax(pred["seg"][i, :, :, :y, :x].float(), 0).cpu().numpy()
             if out_u is not None:
                 out_u[hr] = pred["uncertainty"][i, 0, :, :y, :x].float().cpu().numpy()
+    # intensities below the input's minimum are overshoot of the residual, not anatomy
+    np.clip(out_image, 0.0, None, out=out_image)
     result = {"image": out_image, "probabilities": out_prob, "labels": out_prob.argmax(0).astype(np.uint8)}
     if out_u is not None:
         result["uncertainty"] = out_u

@@ -21,15 +21,20 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.float(), target.long()) + soft_dice_loss(logits, target)
 
 
-def plain_sr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """R1: L1 on the image + CE + Dice on the labels."""
+def plain_sr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor,
+                  image_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """R1: L1 on the image + CE + Dice on the labels; `image_weight` scales the image terms."""
     l1 = (pred["image"].float() - image).abs().mean()
     seg = segmentation_loss(pred["seg"], labels)
-    return {"loss": l1 + seg, "l1": l1, "seg": seg}
+    return {"loss": image_weight * l1 + seg, "l1": l1, "seg": seg}
 
 
-def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """R4: L1 + Laplace NLL (|e| / U + log U) + |U - sg(|e|)| + CE + Dice; |e| averaged over image channels."""
+def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.Tensor,
+              image_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """R4: L1 + Laplace NLL (|e| / U + log U) + |U - sg(|e|)| + CE + Dice; |e| averaged over image channels.
+
+    `image_weight` scales the L1 term only: the NLL and U-regression terms set the meaning of U and stay as in R4.
+    """
     error = (pred["image"].float() - image).abs()
     l1 = error.mean()
     voxel_error = error.mean(dim=1, keepdim=True)
@@ -37,4 +42,4 @@ def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.
     nll = (voxel_error / u + torch.log(u)).mean()
     regression = (pred["uncertainty"].float() - voxel_error.detach()).abs().mean()
     seg = segmentation_loss(pred["seg"], labels)
-    return {"loss": l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression, "seg": seg}
+    return {"loss": image_weight * l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression, "seg": seg}

@@ -12,7 +12,6 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def _act() -> nn.Module:
@@ -80,12 +79,13 @@ class PlainHead(nn.Module):
 class UASRHead(nn.Module):
     """K hypotheses mixed by softmax weights; U = sigmoid(1x1 conv of the weights) (method.md R2-R3).
 
-    Image hypotheses are bounded residuals (tanh) before mixing; label hypotheses are logits.
+    Image hypotheses are residuals to the interpolated window (not tanh-bounded as in R2, which bounds absolute
+    [0, 1] intensities); label hypotheses are logits.
     """
 
-    def __init__(self, in_features: int, r: int, out_channels: int, hypotheses: int, image_channels: int):
+    def __init__(self, in_features: int, r: int, out_channels: int, hypotheses: int):
         super().__init__()
-        self.r, self.out_channels, self.k, self.image_channels = r, out_channels, hypotheses, image_channels
+        self.r, self.out_channels, self.k = r, out_channels, hypotheses
         self.hypotheses = nn.Conv2d(in_features, r * hypotheses * out_channels, 1)
         self.mixture = nn.Conv2d(in_features, r * hypotheses, 1)
         self.uncertainty = nn.Conv2d(hypotheses, 1, 1)
@@ -93,11 +93,21 @@ class UASRHead(nn.Module):
     def forward(self, fused: torch.Tensor) -> Dict[str, torch.Tensor]:
         b, _, h, w = fused.shape
         hyp = self.hypotheses(fused).view(b, self.r, self.k, self.out_channels, h, w)
-        hyp = torch.cat([torch.tanh(hyp[:, :, :, :self.image_channels]), hyp[:, :, :, self.image_channels:]], dim=3)
         weights = torch.softmax(self.mixture(fused).view(b, self.r, self.k, h, w).float(), dim=2).to(hyp.dtype)
         mixed = (weights.unsqueeze(3) * hyp).sum(dim=2).transpose(1, 2)  # (B, C, r, H, W)
         u = torch.sigmoid(self.uncertainty(weights.reshape(b * self.r, self.k, h, w)))
         return {"residual": mixed, "weights": weights, "uncertainty": u.view(b, self.r, h, w).unsqueeze(1)}
+
+    @torch.no_grad()
+    def init_from_plain(self, plain: PlainHead) -> None:
+        """Every hypothesis starts as the trained plain head, so the UASR phase starts from the plain model's output
+        (the mixture of identical hypotheses equals each of them) instead of from a random head."""
+        weight = plain.conv.weight.view(self.r, 1, self.out_channels, -1, 1, 1)
+        bias = plain.conv.bias.view(self.r, 1, self.out_channels)
+        self.hypotheses.weight.copy_(weight.expand(-1, self.k, -1, -1, -1, -1).reshape_as(self.hypotheses.weight))
+        self.hypotheses.bias.copy_(bias.expand(-1, self.k, -1).reshape_as(self.hypotheses.bias))
+        # small differences between hypotheses let the mixture weights matter
+        self.hypotheses.weight.add_(1e-3 * torch.randn_like(self.hypotheses.weight))
 
 
 class SelfSRNet(nn.Module):
@@ -120,7 +130,7 @@ class SelfSRNet(nn.Module):
         self.fuse = nn.Sequential(nn.Conv2d(features[0] * window, fused_features, 3, padding=1), _act())
         out_channels = image_channels + num_classes
         self.plain_head = PlainHead(fused_features, r, out_channels)
-        self.uasr_head = UASRHead(fused_features, r, out_channels, hypotheses, image_channels)
+        self.uasr_head = UASRHead(fused_features, r, out_channels, hypotheses)
         self.use_uasr = uasr
         # linear interpolation of the window at the sub-slice centres: the image is predicted as a residual to it
         positions = self.centre + (torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0) / r

@@ -95,11 +95,12 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
         if iteration == config.plain_iterations and not net.use_uasr:
             save_atomic(_weights_file(net, config), output_dir / PLAIN)
             net.use_uasr = True
+            net.uasr_head.init_from_plain(net.plain_head)
             optimizer, scheduler = _optimizer(net, config, uasr=True)
         net_input, image, labels = (t.to(device, non_blocking=True) for t in sampler.sample(config.batch_size))
         with torch.autocast(device.type, enabled=use_amp):
             pred = net(net_input)
-        losses = (uasr_loss if net.use_uasr else plain_sr_loss)(pred, image, labels)
+        losses = (uasr_loss if net.use_uasr else plain_sr_loss)(pred, image, labels, config.image_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(losses["loss"]).backward()
