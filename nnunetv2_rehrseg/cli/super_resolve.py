@@ -8,6 +8,9 @@ from tqdm import tqdm
 from nnunetv2_rehrseg.cli.common import add_device_flag, resolve_device, setup_logging
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
+# the self-SR learned one thick-to-thin ratio: inputs whose slice spacing is further off are refused
+SPACING_TOLERANCE = 0.1
+
 
 def _group_channels(folder: Path, file_ending: str, num_channels: int):
     cases = {}
@@ -59,11 +62,11 @@ def super_resolve_entry(argv=None) -> None:
             if not grids_match(grid, g):
                 raise InputError(f"{f}: geometry differs from {files[0]}; resample the channels onto one grid")
         spacing = np.asarray(grid.spacing)
-        if int(np.argmax(spacing)) != settings.lr_axis or \
-                abs(spacing[settings.lr_axis] / np.delete(spacing, settings.lr_axis).max() - settings.r) > 0.5:
+        slice_ratio = spacing[settings.lr_axis] / settings.slice_spacing
+        if int(np.argmax(spacing)) != settings.lr_axis or abs(slice_ratio - 1) > SPACING_TOLERANCE:
             raise InputError(f"{files[0]}: spacing {tuple(spacing.round(3))} does not fit the trained self-SR "
-                             f"(thick axis {settings.lr_axis}, r={settings.r}); resample it to slice spacing "
-                             f"{settings.slice_spacing} mm first")
+                             f"(thick axis {settings.lr_axis}, slice spacing {settings.slice_spacing:.3g} mm, "
+                             f"r={settings.r}); resample it to that slice spacing first")
         loaded.append(LoadedCase(identifier, np.stack([a for a, _ in arrays]).astype(np.float32), None, grid))
     for case in tqdm(loaded, desc="super-resolve"):
         image = lr_first(case.image, settings.lr_axis)

@@ -10,13 +10,30 @@ from tqdm import tqdm
 from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 
 
+IN_PLANE_FLIPS = ((), (3,), (4,), (3, 4))
+
+
+def _predict_with_flips(net: SelfSRNet, batch: torch.Tensor, flips) -> Dict[str, torch.Tensor]:
+    """Mean over in-plane flips (the training augmentation makes the model flip-equivariant) of image, label
+    probabilities and U."""
+    total: Dict[str, torch.Tensor] = {}
+    for dims in flips:
+        pred = net(batch.flip(dims) if dims else batch)
+        pred = {"image": pred["image"].float(), "probabilities": torch.softmax(pred["seg"].float(), 1),
+                **({"uncertainty": pred["uncertainty"].float()} if "uncertainty" in pred else {})}
+        for k, v in pred.items():
+            v = v.flip(dims) if dims else v
+            total[k] = total[k] + v if k in total else v
+    return {k: v / len(flips) for k, v in total.items()}
+
+
 @torch.no_grad()
 def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.ndarray], device: torch.device,
-                         batch_size: int = 4, progress: bool = False) -> Dict[str, np.ndarray]:
+                         batch_size: int = 4, tta: bool = True, progress: bool = False) -> Dict[str, np.ndarray]:
     """image (C, Z, Y, X) scaled to [0, 1] like the training data, labels (Z, Y, X) or None (image-only mode).
 
     Returns image (C, rZ, Y, X), labels (rZ, Y, X), probabilities (n_classes, rZ, Y, X) and, for a UASR network,
-    uncertainty (rZ, Y, X).
+    uncertainty (rZ, Y, X). `tta` averages over the four in-plane flips (4x the time).
     """
     net.eval()
     c, z, y, x = image.shape
@@ -35,13 +52,13 @@ def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.
         slices = range(first, min(first + batch_size, z))
         batch = torch.stack([volume[:, s:s + window] for s in slices])
         with torch.autocast(device.type, enabled=use_amp):
-            pred = net(batch)
+            pred = _predict_with_flips(net, batch, IN_PLANE_FLIPS if tta else ((),))
         for i, s in enumerate(slices):
             hr = slice(r * s, r * s + r)
-            out_image[:, hr] = pred["image"][i, :, :, :y, :x].float().cpu().numpy()
-            out_prob[:, hr] = torch.softmax(pred["seg"][i, :, :, :y, :x].float(), 0).cpu().numpy()
+            out_image[:, hr] = pred["image"][i, :, :, :y, :x].cpu().numpy()
+            out_prob[:, hr] = pred["probabilities"][i, :, :, :y, :x].cpu().numpy()
             if out_u is not None:
-                out_u[hr] = pred["uncertainty"][i, 0, :, :y, :x].float().cpu().numpy()
+                out_u[hr] = pred["uncertainty"][i, 0, :, :y, :x].cpu().numpy()
     # intensities below the input's minimum are overshoot of the residual, not anatomy
     np.clip(out_image, 0.0, None, out=out_image)
     result = {"image": out_image, "probabilities": out_prob, "labels": out_prob.argmax(0).astype(np.uint8)}
