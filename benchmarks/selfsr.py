@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     infer_seconds = (time.time() - t_infer) / 4
     x = hr.shape[2] // 2
     save_montage([{k: v[:, :, x][::-1] for k, v in montage.items()}], ["MNI152"], out / "selfsr_montage.png",
-                 title="coronal plane through the thick axis (r=4)", label_max=3)
+                 title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}", label_max=3)
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     summary = {"results": results, "train_seconds": train_seconds, "inference_seconds_per_volume": infer_seconds,
                "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict()}

@@ -44,11 +44,12 @@ def test_uasr_phase_starts_from_the_plain_output():
     x = torch.rand(2, 4, 4, 8, 8)
     net.use_uasr = False
     plain = net(x)
-    net.uasr_head.init_from_plain(net.plain_head)
+    net.uasr_head.init_from_plain(net.plain_head, error_level=0.03)
     net.use_uasr = True
     uasr = net(x)
     torch.testing.assert_close(uasr["image"], plain["image"], atol=2e-2, rtol=0)
     torch.testing.assert_close(uasr["seg"], plain["seg"], atol=2e-2, rtol=0)
+    torch.testing.assert_close(uasr["uncertainty"], torch.full_like(uasr["uncertainty"], 0.03))
 
 
 def test_encoder_runs_on_any_number_of_slices():

@@ -64,7 +64,7 @@ def test_sampler_targets_are_the_sub_slices_of_the_reference_slice():
 
 def test_loss_falls_on_a_tiny_volume(tmp_path):
     cases = [smooth_case(0), smooth_case(1)]
-    config = tiny_config(iterations=60, checkpoint_every=1000, uasr_fraction=0.2, learning_rate=3e-3)
+    config = tiny_config(iterations=120, checkpoint_every=1000, uasr_fraction=0.2)
     losses = []
     train_selfsr(cases, config, tmp_path, torch.device("cpu"),
                  on_iteration=lambda it, l: losses.append(l["loss"].item()) if it <= config.plain_iterations else None)

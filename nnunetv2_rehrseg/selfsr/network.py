@@ -99,15 +99,20 @@ class UASRHead(nn.Module):
         return {"residual": mixed, "weights": weights, "uncertainty": u.view(b, self.r, h, w).unsqueeze(1)}
 
     @torch.no_grad()
-    def init_from_plain(self, plain: PlainHead) -> None:
+    def init_from_plain(self, plain: PlainHead, error_level: float) -> None:
         """Every hypothesis starts as the trained plain head, so the UASR phase starts from the plain model's output
-        (the mixture of identical hypotheses equals each of them) instead of from a random head."""
+        (the mixture of identical hypotheses equals each of them) instead of from a random head; U starts at the
+        plain model's mean error instead of sigmoid(0) = 0.5, which Adam's bounded steps would take thousands of
+        iterations to leave."""
         weight = plain.conv.weight.view(self.r, 1, self.out_channels, -1, 1, 1)
         bias = plain.conv.bias.view(self.r, 1, self.out_channels)
         self.hypotheses.weight.copy_(weight.expand(-1, self.k, -1, -1, -1, -1).reshape_as(self.hypotheses.weight))
         self.hypotheses.bias.copy_(bias.expand(-1, self.k, -1).reshape_as(self.hypotheses.bias))
         # small differences between hypotheses let the mixture weights matter
         self.hypotheses.weight.add_(1e-3 * torch.randn_like(self.hypotheses.weight))
+        level = min(max(error_level, 1e-4), 0.5)
+        self.uncertainty.weight.zero_()
+        self.uncertainty.bias.fill_(float(torch.logit(torch.tensor(level))))
 
 
 class SelfSRNet(nn.Module):

@@ -34,15 +34,31 @@ def load_network(path, device: torch.device = torch.device("cpu")):
     return net.to(device).eval(), config
 
 
+# the UASR phase fine-tunes a trained backbone (lower peak rate), while the uncertainty layer is a 17-parameter
+# calibration of U that must move by several logits within that phase (higher rate)
+UASR_LR_FACTOR, UNCERTAINTY_LR_FACTOR = 0.3, 30.0
+
+
 def _optimizer(net: SelfSRNet, config: SelfSRConfig, uasr: bool):
     inactive = "plain_head." if uasr else "uasr_head."
-    params = [p for n, p in net.named_parameters() if not n.startswith(inactive)]
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    calibration = "uasr_head.uncertainty."
+    params = [p for n, p in net.named_parameters() if not n.startswith((inactive, calibration))]
+    max_lr = config.learning_rate * (UASR_LR_FACTOR if uasr else 1.0)
+    groups, peaks = [{"params": params}], [max_lr]
+    if uasr:
+        groups.append({"params": list(net.uasr_head.uncertainty.parameters())})
+        peaks.append(max_lr * UNCERTAINTY_LR_FACTOR)
+    optimizer = torch.optim.Adam(groups, lr=config.learning_rate)
     steps = config.iterations - config.plain_iterations if uasr else config.plain_iterations
-    # the UASR phase fine-tunes a trained backbone: a lower peak rate
-    max_lr = config.learning_rate * (0.3 if uasr else 1.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(steps, 1))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=max(steps, 1))
     return optimizer, scheduler
+
+
+@torch.no_grad()
+def _plain_error_level(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfig, device: torch.device) -> float:
+    """Mean absolute image error of the plain model on one batch: the starting level of U."""
+    net_input, image, _ = (t.to(device) for t in sampler.sample(config.batch_size))
+    return float((net(net_input)["image"].float() - image).abs().mean())
 
 
 def _weights_file(net: SelfSRNet, config: SelfSRConfig) -> dict:
@@ -94,8 +110,8 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
     while iteration < config.iterations:
         if iteration == config.plain_iterations and not net.use_uasr:
             save_atomic(_weights_file(net, config), output_dir / PLAIN)
+            net.uasr_head.init_from_plain(net.plain_head, _plain_error_level(net, sampler, config, device))
             net.use_uasr = True
-            net.uasr_head.init_from_plain(net.plain_head)
             optimizer, scheduler = _optimizer(net, config, uasr=True)
         net_input, image, labels = (t.to(device, non_blocking=True) for t in sampler.sample(config.batch_size))
         with torch.autocast(device.type, enabled=use_amp):
