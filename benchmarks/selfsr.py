@@ -88,6 +88,12 @@ def main(argv=None) -> int:
             image = from_unit(res["image"], ranges)[0]
             key = f"self-SR {head}, {mode}"
             results[key] = {**image_scores(image, hr), **label_scores(res["labels"], hr_labels)}
+            if head == "UASR":
+                # U is meant to track the image error: its level and correlation, in [0, 1] units
+                error = np.abs(res["image"][0] - to_unit(hr[None], ranges)[0])
+                results[key]["uncertainty"] = {
+                    "mean_u": float(res["uncertainty"].mean()), "mean_abs_error": float(error.mean()),
+                    "pearson_u_error": float(np.corrcoef(res["uncertainty"].ravel(), error.ravel())[0, 1])}
             if head == "UASR" and mode == "image+labels":
                 montage = {"HR truth": hr, "LR (nearest)": np.repeat(lr, r, 0), "self-SR": image,
                            "uncertainty": res["uncertainty"], "HR labels": hr_labels, "SR labels": res["labels"]}
@@ -106,6 +112,11 @@ def main(argv=None) -> int:
         ssim = f"{s['ssim']:7.4f}" if "ssim" in s else " " * 7
         dice = f"{s['mean_dice']:10.4f}  " + "/".join(f"{v:.3f}" for v in s["dice"].values()) if "dice" in s else ""
         print(f"{name:45s} {psnr} {ssim} {dice}")
+    for name, s in results.items():
+        if "uncertainty" in s:
+            u = s["uncertainty"]
+            print(f"{name}: mean U {u['mean_u']:.4f} vs mean |error| {u['mean_abs_error']:.4f}, "
+                  f"Pearson(U, |error|) {u['pearson_u_error']:.3f}")
     print(f"\nself-SR training {train_seconds:.0f} s, inference {infer_seconds:.1f} s/volume, total "
           f"{summary['total_seconds']:.0f} s, peak RSS {peak_rss_gb:.2f} GB; outputs in {out}")
     return 0
