@@ -2,7 +2,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -86,21 +86,27 @@ def _check_finite(array: np.ndarray, path: str) -> None:
         raise InputError(f"{path}: contains NaN or Inf voxels; fix or replace them before running REHRSeg")
 
 
+def read_channels(paths: List[str], identifier: str) -> Tuple[np.ndarray, Grid]:
+    """(C, z, y, x) float32 array and grid of one case's channel files: present, finite, on one grid."""
+    arrays, grid = [], None
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: missing image file; add it or remove case {identifier}")
+        array, g = read_image(path)
+        _check_finite(array, path)
+        if grid is not None and not grids_match(grid, g):
+            raise InputError(f"{path}: geometry differs from {paths[0]}; resample the channels onto one grid")
+        arrays.append(array.astype(np.float32))
+        grid = g
+    return np.stack(arrays), grid
+
+
 def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> LoadedCase:
     """Read and validate one case: channel count, 3D, finite voxels, same grid for every file, declared labels."""
     if len(case.images) != dataset.num_channels:
         raise InputError(f"case {case.identifier}: {len(case.images)} image file(s) for {dataset.num_channels} "
                          f"channel(s) in dataset.json; add the missing _000X files")
-    arrays, grid = [], None
-    for path in case.images:
-        if not Path(path).is_file():
-            raise InputError(f"{path}: missing image file; add it or remove case {case.identifier}")
-        array, g = read_image(path)
-        _check_finite(array, path)
-        if grid is not None and not grids_match(grid, g):
-            raise InputError(f"{path}: geometry differs from {case.images[0]}; resample the channels onto one grid")
-        arrays.append(array.astype(np.float32))
-        grid = g
+    image, grid = read_channels(case.images, case.identifier)
     labels = None
     if need_label:
         if case.label is None or not Path(case.label).is_file():
@@ -116,7 +122,7 @@ def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> Lo
             raise InputError(f"{case.label}: label values {undeclared} are not declared in dataset.json; declare "
                              f"them or fix the label map")
         labels = label_array.astype(np.uint8)
-    return LoadedCase(case.identifier, np.stack(arrays), labels, grid)
+    return LoadedCase(case.identifier, image, labels, grid)
 
 
 def grids_match(a: Grid, b: Grid) -> bool:

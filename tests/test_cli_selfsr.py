@@ -60,6 +60,12 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     lr = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTs" / "case02_0000.nii.gz")))
     assert abs(sr.mean() - lr.mean()) < 0.2 * lr.std()  # written on the input's intensity scale
 
+    wrong = tmp_path / "wrong_spacing"
+    write(lr, (1.0, 1.0, 2.0), wrong / "case09_0000.nii.gz")  # r would be 2, the model was trained for 4
+    with pytest.raises(SystemExit) as exit_info:
+        super_resolve_entry(["-i", str(wrong), "-o", str(tmp_path / "wrong_out"), "-d", "990", "-device", "cpu"])
+    assert exit_info.value.code == 2 and not (tmp_path / "wrong_out").exists()
+
 
 def test_lr_axis_other_than_z(nnunet_env):
     raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 991, "AxisX", spacing=(3.0, 1.0, 1.0), shape_zyx=(24, 24, 8))

@@ -28,9 +28,7 @@ def _group_channels(folder: Path, file_ending: str, num_channels: int):
 
 @exits_cleanly
 def super_resolve_entry(argv=None) -> None:
-    from nnunetv2_rehrseg.geometry import Grid
-    from nnunetv2_rehrseg.io import read_image
-    from nnunetv2_rehrseg.raw_dataset import LoadedCase, grids_match
+    from nnunetv2_rehrseg.raw_dataset import LoadedCase, read_channels
     from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
     from nnunetv2_rehrseg.selfsr.stage1 import (intensity_range, load_stage1, lr_first, pseudo_hr_paths, to_unit,
                                                 write_super_resolved)
@@ -54,20 +52,14 @@ def super_resolve_entry(argv=None) -> None:
     cases = _group_channels(in_folder, ".nii.gz", net.image_channels)
     loaded = []
     for identifier, files in cases.items():  # validate every input before the first write
-        arrays = [read_image(f) for f in files]
-        grid: Grid = arrays[0][1]
-        for f, (a, g) in zip(files, arrays):
-            if not np.isfinite(a).all():
-                raise InputError(f"{f}: contains NaN or Inf voxels; fix them first")
-            if not grids_match(grid, g):
-                raise InputError(f"{f}: geometry differs from {files[0]}; resample the channels onto one grid")
+        image, grid = read_channels([str(f) for f in files], identifier)
         spacing = np.asarray(grid.spacing)
         slice_ratio = spacing[settings.lr_axis] / settings.slice_spacing
         if int(np.argmax(spacing)) != settings.lr_axis or abs(slice_ratio - 1) > SPACING_TOLERANCE:
             raise InputError(f"{files[0]}: spacing {tuple(spacing.round(3))} does not fit the trained self-SR "
                              f"(thick axis {settings.lr_axis}, slice spacing {settings.slice_spacing:.3g} mm, "
                              f"r={settings.r}); resample it to that slice spacing first")
-        loaded.append(LoadedCase(identifier, np.stack([a for a, _ in arrays]).astype(np.float32), None, grid))
+        loaded.append(LoadedCase(identifier, image, None, grid))
     for case in tqdm(loaded, desc="super-resolve"):
         image = lr_first(case.image, settings.lr_axis)
         ranges = intensity_range(image)
