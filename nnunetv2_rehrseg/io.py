@@ -19,7 +19,17 @@ def read_image(path) -> Tuple[np.ndarray, Grid]:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
                          f"component(s); REHRSeg needs 3D single-component volumes (one file per channel)")
-    return sitk.GetArrayFromImage(image), Grid.of(image)
+    array = sitk.GetArrayFromImage(image)
+    if str(path).endswith((".nii", ".nii.gz")) and array.dtype.kind == "f" and not _nifti_is_finite(path):
+        raise InputError(f"{path}: contains NaN or Inf voxels; fix or replace them before running REHRSeg")
+    return array, Grid.of(image)
+
+
+def _nifti_is_finite(path) -> bool:
+    """ITK's NIfTI reader silently replaces NaN voxels, so the stored values are checked with nibabel."""
+    import nibabel
+
+    return bool(np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all())
 
 
 def write_image(array: np.ndarray, grid: Grid, path) -> None:

@@ -109,3 +109,38 @@ def test_undeclared_label_and_geometry_mismatch_name_the_file(nnunet_env, capsys
 def test_unknown_dataset(nnunet_env, capsys):
     err = run_expecting_error(capsys, ["-d", "999"] + FAST)
     assert "999" in err
+
+
+def test_nan_voxels_2d_images_and_missing_labels_are_refused(nnunet_env, capsys):
+    raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 994, "Broken")
+    image_file = raw / "imagesTr" / "case00_0000.nii.gz"
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_file)))
+    image[2, 3, 4] = np.nan
+    write(image, (1.0, 1.0, 4.0), image_file)
+    err = run_expecting_error(capsys, ["-d", "994"] + FAST)
+    assert "case00_0000.nii.gz" in err and "NaN" in err
+
+    write(np.zeros((32, 32), np.float32), (1.0, 1.0), image_file, direction=(1, 0, 0, 1), origin=(0, 0))
+    err = run_expecting_error(capsys, ["-d", "994"] + FAST)
+    assert "case00_0000.nii.gz" in err and "2D" in err
+
+    image[2, 3, 4] = 0.0
+    write(image, (1.0, 1.0, 4.0), image_file)
+    (raw / "labelsTr" / "case01.nii.gz").unlink()
+    err = run_expecting_error(capsys, ["-d", "994"] + FAST)
+    assert "case01" in err
+    assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
+
+
+def test_too_few_thick_slices_and_region_labels_are_refused(nnunet_env, capsys):
+    make_raw_dataset(nnunet_env["nnUNet_raw"], 995, "Thin", shape_zyx=(3, 32, 32))
+    err = run_expecting_error(capsys, ["-d", "995"] + FAST)
+    assert "case00" in err and "window" in err
+    raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 996, "Regions")
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset_json["labels"] = {"background": 0, "whole": [1, 2], "inner": 2}
+    dataset_json["regions_class_order"] = [1, 2]
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    err = run_expecting_error(capsys, ["-d", "996"] + FAST)
+    assert "dataset.json" in err and "region" in err
+    assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
