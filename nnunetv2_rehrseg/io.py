@@ -20,7 +20,8 @@ def read_image(path) -> Tuple[np.ndarray, Grid]:
         raise InputError(f"{path}: a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} "
                          f"component(s); REHRSeg needs 3D single-component volumes (one file per channel)")
     array = sitk.GetArrayFromImage(image)
-    if str(path).endswith((".nii", ".nii.gz")) and array.dtype.kind == "f" and not _nifti_is_finite(path):
+    is_nifti = str(path).endswith((".nii", ".nii.gz"))
+    if array.dtype.kind == "f" and (not np.isfinite(array).all() or (is_nifti and not _nifti_is_finite(path))):
         raise InputError(f"{path}: contains NaN or Inf voxels; fix or replace them before running REHRSeg")
     return array, Grid.of(image)
 

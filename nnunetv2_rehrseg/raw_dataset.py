@@ -81,19 +81,13 @@ def open_raw_dataset(dataset_name_or_id) -> RawDataset:
     return RawDataset(name, folder, dataset_json, cases)
 
 
-def _check_finite(array: np.ndarray, path: str) -> None:
-    if not np.isfinite(array).all():
-        raise InputError(f"{path}: contains NaN or Inf voxels; fix or replace them before running REHRSeg")
-
-
 def read_channels(paths: List[str], identifier: str) -> Tuple[np.ndarray, Grid]:
     """(C, z, y, x) float32 array and grid of one case's channel files: present, finite, on one grid."""
     arrays, grid = [], None
     for path in paths:
         if not Path(path).is_file():
             raise InputError(f"{path}: missing image file; add it or remove case {identifier}")
-        array, g = read_image(path)
-        _check_finite(array, path)
+        array, g = read_image(path)  # validates 3D, single component, finite voxels
         if grid is not None and not grids_match(grid, g):
             raise InputError(f"{path}: geometry differs from {paths[0]}; resample the channels onto one grid")
         arrays.append(array.astype(np.float32))
@@ -115,7 +109,6 @@ def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> Lo
         if not grids_match(grid, label_grid):
             raise InputError(f"{case.label}: geometry (size/spacing/origin/direction) differs from "
                              f"{case.images[0]}; resample the label onto the image grid")
-        _check_finite(label_array, case.label)
         values = np.unique(label_array)
         undeclared = sorted(set(values.tolist()) - set(dataset.label_values))
         if undeclared:

@@ -42,4 +42,5 @@ def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.
     nll = (voxel_error / u + torch.log(u)).mean()
     regression = (pred["uncertainty"].float() - voxel_error.detach()).abs().mean()
     seg = segmentation_loss(pred["seg"], labels)
-    return {"loss": image_weight * l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression, "seg": seg}
+    return {"loss": image_weight * l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression,
+            "seg": seg}
