@@ -1,0 +1,83 @@
+"""rehrseg_plan_and_preprocess: stage 1 if missing -> fingerprint, plan and preprocess the pseudo-HR data."""
+import argparse
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from nnunetv2_rehrseg.cli.common import add_device_flag, add_stage1_flags, resolve_device, setup_logging
+from nnunetv2_rehrseg.cli.selfsr import stage1_kwargs
+from nnunetv2_rehrseg.errors import exits_cleanly
+from nnunetv2_rehrseg.plans import PLANS_NAME
+
+logger = logging.getLogger(__name__)
+
+
+def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path, num_processes: int) -> None:
+    """nnU-Net keeps dataset.json and dataset_fingerprint.json once per dataset and its trainer reads both. Make them
+    (stock content, from the LR raw data) only when absent, so stock nnU-Net and REHRSeg coexist in either order."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    base = Path(str(nnUNet_preprocessed)) / dataset_name
+    if not (base / "dataset_fingerprint.json").is_file():
+        logger.info("stock LR fingerprint missing: extracting it (as nnUNetv2_extract_fingerprint would)")
+        extract_fingerprint_dataset(dataset_id, num_processes=num_processes, clean=False, verbose=False)
+    if not (base / "dataset.json").is_file():
+        tmp = base / "dataset.json.partial"
+        shutil.copyfile(raw_folder / "dataset.json", tmp)
+        tmp.replace(base / "dataset.json")
+
+
+@exits_cleanly
+def plan_and_preprocess_entry(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="REHRSeg: run stage 1 (self-SR) if needed, then nnU-Net fingerprint "
+                                                 "extraction, planning and preprocessing of the pseudo-HR data")
+    parser.add_argument("-d", required=True, help="dataset name or id (the user's own LR dataset)")
+    parser.add_argument("-np", type=int, default=2, help="processes for reading, fingerprinting and preprocessing")
+    parser.add_argument("-pl", default="ExperimentPlanner",
+                        help="nnU-Net planner whose network class and memory budget to use, e.g. "
+                             "nnUNetPlannerResEncM (default: ExperimentPlanner, PlainConvUNet)")
+    parser.add_argument("-gpu_memory_target", type=float, default=None,
+                        help="GPU memory target in GB for the planner (default: the planner's own)")
+    parser.add_argument("-overwrite_plans_name", default=PLANS_NAME,
+                        help=f"plans name (default {PLANS_NAME}; pass the same to -p when training)")
+    parser.add_argument("--verify_dataset_integrity", action="store_true",
+                        help="run nnU-Net's dataset integrity check on the raw LR dataset first")
+    add_stage1_flags(parser)
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset)
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    from nnunetv2_rehrseg.planners.pseudo_hr_fingerprint import PseudoHRFingerprintExtractor
+    from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
+    from nnunetv2_rehrseg.preprocessing import preprocess_pseudo_hr
+    from nnunetv2_rehrseg.raw_dataset import open_raw_dataset
+    from nnunetv2_rehrseg.selfsr.stage1 import run_stage1, stage1_folder
+
+    t0 = time.time()
+    dataset = open_raw_dataset(args.d)
+    dataset_id = int(dataset.name[len("Dataset"):len("Dataset") + 3])
+    planner_class = rehrseg_planner_class(args.pl)
+    if args.verify_dataset_integrity:
+        verify_dataset_integrity(str(dataset.folder), args.np)
+    folder = stage1_folder(dataset.name)
+    if (folder / "summary.json").is_file():
+        logger.info("stage 1 found in %s", folder)
+    else:
+        run_stage1(dataset.name, resolve_device(args.device), **stage1_kwargs(args))
+    t_stage1 = time.time()
+
+    _ensure_shared_lr_files(dataset_id, dataset.name, dataset.folder, args.np)
+    extract_fingerprint_dataset(dataset_id, PseudoHRFingerprintExtractor, num_processes=args.np, clean=True,
+                                verbose=False)
+    _, plans_name = plan_experiment_dataset(dataset_id, planner_class, args.gpu_memory_target,
+                                            overwrite_plans_name=args.overwrite_plans_name)
+    output = preprocess_pseudo_hr(dataset.name, plans_name, args.np)
+    logger.info("stage 1 %.0f s, planning + preprocessing %.0f s", t_stage1 - t0, time.time() - t_stage1)
+    print(f"preprocessed pseudo-HR data: {output}\n"
+          f"train with: rehrseg_train {dataset_id} 3d_fullres FOLD -p {plans_name}")

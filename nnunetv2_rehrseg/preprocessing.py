@@ -1,0 +1,112 @@
+"""Stock nnU-Net preprocessing of the pseudo-HR data, plus the uncertainty sidecars and a stamp.
+
+Each case goes through nnU-Net's DefaultPreprocessor (transpose, crop to non-zero, normalise, resample), so the
+plans stay valid nnU-Net plans with `preprocessor_name: DefaultPreprocessor`. Beside each case the uncertainty map
+is stored as `<id>_uncertainty.npy` after the same transpose, crop and resampling (order 1); nnU-Net's blosc2
+dataset lists only `.b2nd` files and tolerates `.npy`/`.pkl`, so the sidecars live in the data folder and vanish
+with it. `rehrseg_stamp.pkl` (written last) marks the folder as ours: a later stock `nnUNetv2_preprocess
+-plans_name REHRSegPlans` replaces the folder with LR data and drops the stamp, which the trainer then refuses.
+The whole folder is built under a temporary name and moved into place.
+"""
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List
+
+import blosc2
+import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle, write_pickle
+from tqdm import tqdm
+
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+from nnunetv2_rehrseg.errors import InputError
+from nnunetv2_rehrseg.plans import CONFIGURATION
+from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
+
+STAMP = "rehrseg_stamp.pkl"
+UNCERTAINTY_SUFFIX = "_uncertainty.npy"
+
+
+def uncertainty_file(folder: str, identifier: str) -> str:
+    return os.path.join(folder, identifier + UNCERTAINTY_SUFFIX)
+
+
+def preprocess_uncertainty(uncertainty: np.ndarray, properties: dict, plans_manager: PlansManager,
+                           target_spacing: List[float], data_shape) -> np.ndarray:
+    """(1, z, y, x) map on the raw pseudo-HR grid -> the preprocessed case's grid (same transpose, crop, resampling)."""
+    u = uncertainty.transpose([0, *[i + 1 for i in plans_manager.transpose_forward]])
+    u = u[(slice(None), *bounding_box_to_slice(properties["bbox_used_for_cropping"]))]
+    if tuple(u.shape[1:]) != tuple(data_shape):
+        spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+        u = resample_data_or_seg_to_shape(u, data_shape, spacing, target_spacing, is_seg=False, order=1, order_z=0,
+                                          force_separate_z=None)
+    return np.clip(u, 0, 1).astype(np.float32)
+
+
+def _preprocess_case(identifier: str, files: dict, uncertainty_path: str, output_folder: str, plans: dict,
+                     dataset_json: dict) -> Dict[str, list]:
+    plans_manager = PlansManager(plans)
+    configuration = plans_manager.get_configuration(CONFIGURATION)
+    DefaultPreprocessor(verbose=False).run_case_save(os.path.join(output_folder, identifier), files["images"],
+                                                     files["label"], plans_manager, configuration, dataset_json)
+    properties = load_pickle(os.path.join(output_folder, identifier + ".pkl"))
+    data = blosc2.open(urlpath=os.path.join(output_folder, identifier + ".b2nd"), mode="r")[:]
+    uncertainty, _ = plans_manager.image_reader_writer_class().read_images([uncertainty_path])
+    u = preprocess_uncertainty(uncertainty, properties, plans_manager, configuration.spacing, data.shape[1:])
+    np.save(uncertainty_file(output_folder, identifier), u)
+    flat = data.reshape(data.shape[0], -1)
+    # the normalised intensity range maps the data back to the [0, 1] scale the self-SR teacher was trained on
+    return {"intensity_range": np.stack([flat.min(1), flat.max(1)], 1).tolist()}
+
+
+def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int = 2) -> str:
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    base = os.path.join(str(nnUNet_preprocessed), dataset_name)
+    plans_file = os.path.join(base, plans_name + ".json")
+    plans = load_json(plans_file)
+    configuration = PlansManager(plans).get_configuration(CONFIGURATION)
+    stage1 = stage1_folder(dataset_name)
+    pseudo_folder = str(stage1 / "pseudo_hr")
+    dataset_json = load_json(os.path.join(pseudo_folder, "dataset.json"))
+    dataset = get_filenames_of_train_images_and_targets(pseudo_folder, dataset_json)
+    uncertainty = {k: str(stage1 / "pseudo_hr" / "uncertaintyTr" / f"{k}.nii.gz") for k in dataset}
+    missing = [p for p in uncertainty.values() if not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"{missing[0]} is missing: stage 1 is incomplete; rerun rehrseg_selfsr -d {dataset_name}")
+
+    output_folder = os.path.join(base, configuration.data_identifier)
+    tmp_folder = output_folder + ".partial"
+    shutil.rmtree(tmp_folder, ignore_errors=True)
+    os.makedirs(tmp_folder)
+    args = [(k, dataset[k], uncertainty[k], tmp_folder, plans, dataset_json) for k in dataset]
+    if num_processes <= 1:
+        results = [_preprocess_case(*a) for a in tqdm(args, desc="preprocessing pseudo-HR cases")]
+    else:
+        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+            results = list(tqdm(pool.starmap(_preprocess_case, args), total=len(args),
+                                desc="preprocessing pseudo-HR cases"))
+    stamp = {"plans_name": plans_name, "data_identifier": configuration.data_identifier,
+             "stage1_settings": load_json(str(stage1 / "settings.json")),
+             "cases": dict(zip(dataset.keys(), results))}
+    write_pickle(stamp, os.path.join(tmp_folder, STAMP))
+    shutil.rmtree(output_folder, ignore_errors=True)
+    os.replace(tmp_folder, output_folder)
+    return output_folder
+
+
+def load_stamp(preprocessed_folder: str) -> dict:
+    """The stamp of our preprocessing; a clear error when the folder holds something else (e.g. stock LR data)."""
+    path = Path(preprocessed_folder) / STAMP
+    if not path.is_file():
+        raise RuntimeError(
+            f"{preprocessed_folder} was not written by rehrseg_plan_and_preprocess (no {STAMP}): it is missing, or "
+            f"stock nnUNetv2_preprocess refilled it with LR data. Rerun rehrseg_plan_and_preprocess -d <dataset> "
+            f"(never nnUNetv2_preprocess with -plans_name REHRSegPlans)")
+    return load_pickle(str(path))
