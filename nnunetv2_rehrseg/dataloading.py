@@ -1,0 +1,62 @@
+"""nnU-Net's blosc2 dataset and data loader, extended by the uncertainty sidecar and phase-aligned HR crops.
+
+The uncertainty map rides through batchgeneratorsv2 as `regression_target`: spatial transforms (rotation, scaling,
+mirroring, the dummy-2D conversion) move it with the image, intensity transforms leave it alone.
+
+Phase: along the LR axis each crop starts where a thick slice of the chosen phase starts, counted on the volume's
+own HR grid (crop offset of preprocessing included), so phase 0 reproduces the real LR sampling and phases 1..r-1
+are the r - 1 further LR volumes every case yields.
+"""
+from typing import Dict
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from threadpoolctl import threadpool_limits
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+from nnunetv2_rehrseg.preprocessing import uncertainty_file
+
+
+class REHRSegDataset(nnUNetDatasetBlosc2):
+    def load_uncertainty(self, identifier: str) -> np.ndarray:
+        return np.load(uncertainty_file(self.source_folder, identifier), mmap_mode="r")
+
+
+class REHRSegDataLoader(nnUNetDataLoader):
+    def __init__(self, *args, r: int, random_phase: bool, intensity_ranges: Dict[str, list], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.r = r
+        self.random_phase = random_phase
+        self.intensity_ranges = intensity_ranges
+
+    def align_to_phase(self, lbs: list, ubs: list, crop_offset: int) -> int:
+        """Shift the crop along the LR axis (axis 0) down to the next start of a thick slice of a drawn phase."""
+        phase = int(np.random.randint(self.r)) if self.random_phase else 0
+        shift = (lbs[0] + crop_offset - phase) % self.r
+        lbs[0] -= shift
+        ubs[0] -= shift
+        return phase
+
+    def generate_train_batch(self):
+        keys = self.get_indices()
+        images, labels, uncertainties, phases = [], [], [], []
+        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+            for j, key in enumerate(keys):
+                data, seg, _, properties = self._data.load_case(key)
+                lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
+                phases.append(self.align_to_phase(lbs, ubs, properties["bbox_used_for_cropping"][0][0]))
+                bbox = [[lo, hi] for lo, hi in zip(lbs, ubs)]
+                sample = self.transforms(**{
+                    "image": torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
+                    "segmentation": torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)),
+                    "regression_target": torch.from_numpy(
+                        crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0)).float()})
+                images.append(sample["image"])
+                labels.append(sample["segmentation"])
+                uncertainties.append(sample["regression_target"])
+        return {"data": torch.stack(images), "target": torch.stack(labels), "uncertainty": torch.stack(uncertainties),
+                "phase": torch.tensor(phases), "keys": keys,
+                "intensity_range": torch.tensor([self.intensity_ranges[k] for k in keys], dtype=torch.float32)}

@@ -1,0 +1,123 @@
+"""LR volume in, HR segmentation out: nnU-Net preprocessing on the LR grid, a sliding window over LR tiles that
+accumulates LR and HR logits (Gaussian-weighted, mirror TTA), and nnU-Net's own export for both grids.
+
+The REHRSeg plans' configuration describes the HR data (spacing, patch); the LR grid is the same configuration with
+the `rehrseg` block's LR spacing and LR patch. The HR export reuses nnU-Net's export with the case's properties
+mapped onto the HR grid (r x along the LR axis, geometry derived from the LR header).
+"""
+import itertools
+from copy import deepcopy
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
+from nnunetv2_rehrseg.plans import REHRSegPlanBlock
+
+
+def lr_configuration(configuration_manager: ConfigurationManager, block: REHRSegPlanBlock) -> ConfigurationManager:
+    config = deepcopy(configuration_manager.configuration)
+    config.update(spacing=block.lr_spacing, patch_size=block.lr_patch_size)
+    return ConfigurationManager(config)
+
+
+def hr_properties(properties: dict, block: REHRSegPlanBlock, transpose_backward: Sequence[int]) -> dict:
+    """The case's preprocessing properties as they would read for its HR grid (same FOV, r x along the LR axis)."""
+    r = block.r
+    hr = deepcopy(properties)
+    for key in ("shape_before_cropping", "shape_after_cropping_and_before_resampling"):
+        hr[key] = (r * properties[key][0], *properties[key][1:])
+    bbox = [list(b) for b in properties["bbox_used_for_cropping"]]
+    bbox[0] = [r * bbox[0][0], r * bbox[0][1]]
+    hr["bbox_used_for_cropping"] = bbox
+    lr_numpy_axis = numpy_axis_of(block.lr_axis_sitk)
+    hr["spacing"] = [s / r if i == lr_numpy_axis else s for i, s in enumerate(properties["spacing"])]
+    stuff = properties["sitk_stuff"]
+    size_zyx = [properties["shape_before_cropping"][transpose_backward[i]] for i in range(3)]
+    grid = hr_grid(Grid(tuple(size_zyx[::-1]), tuple(stuff["spacing"]), tuple(stuff["origin"]),
+                        tuple(stuff["direction"])), block.lr_axis_sitk, r)
+    hr["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}
+    return hr
+
+
+class REHRSegPredictor:
+    def __init__(self, network: torch.nn.Module, plans_manager: PlansManager,
+                 configuration_manager: ConfigurationManager, dataset_json: dict, device: torch.device,
+                 tile_step_size: float = 0.5, mirror_axes: Optional[Sequence[int]] = (0, 1, 2)):
+        self.network = network
+        self.plans_manager = plans_manager
+        self.configuration_manager = configuration_manager
+        self.dataset_json = dataset_json
+        self.device = device
+        self.block = REHRSegPlanBlock.from_configuration(configuration_manager.configuration)
+        self.lr_configuration = lr_configuration(configuration_manager, self.block)
+        self.tile_step_size = tile_step_size
+        self.mirror_axes = tuple(mirror_axes or ())
+
+    def preprocess(self, image_files: List[str]) -> Tuple[np.ndarray, dict]:
+        data, _, properties = DefaultPreprocessor(verbose=False).run_case(
+            image_files, None, self.plans_manager, self.lr_configuration, self.dataset_json)
+        return data, properties
+
+    def _forward_with_mirroring(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        lr, hr, _ = self.network(x)
+        # flipping the LR axis maps HR sub-slices onto each other exactly (same field of view), so every flip applies
+        # to both outputs
+        combos = [c for n in range(1, len(self.mirror_axes) + 1) for c in itertools.combinations(self.mirror_axes, n)]
+        for axes in combos:
+            dims = [a + 2 for a in axes]
+            lr_m, hr_m, _ = self.network(torch.flip(x, dims))
+            lr = lr + torch.flip(lr_m, dims)
+            hr = hr + torch.flip(hr_m, dims)
+        return lr / (len(combos) + 1), hr / (len(combos) + 1)
+
+    @torch.inference_mode()
+    def predict_logits(self, data: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(C, D, H, W) preprocessed LR data -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W), on the CPU."""
+        r, patch = self.block.r, tuple(self.block.lr_patch_size)
+        padded, slicer = pad_nd_image(torch.from_numpy(np.ascontiguousarray(data)).float(), patch, "constant",
+                                      {"value": 0}, True)
+        shape = padded.shape[1:]
+        hr_patch = (r * patch[0], *patch[1:])
+        g_lr = compute_gaussian(patch, value_scaling_factor=10, dtype=torch.float32, device=self.device)
+        g_hr = compute_gaussian(hr_patch, value_scaling_factor=10, dtype=torch.float32, device=self.device)
+        k = self.plans_manager.get_label_manager(self.dataset_json).num_segmentation_heads
+        lr_sum = torch.zeros((k, *shape), device=self.device)
+        lr_weight = torch.zeros(shape, device=self.device)
+        hr_sum = torch.zeros((k, r * shape[0], *shape[1:]), device=self.device)
+        hr_weight = torch.zeros((r * shape[0], *shape[1:]), device=self.device)
+        steps = compute_steps_for_sliding_window(shape, patch, self.tile_step_size)
+        amp = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
+        for start in itertools.product(*steps):
+            lr_tile = tuple(slice(s, s + p) for s, p in zip(start, patch))
+            hr_tile = (slice(r * start[0], r * (start[0] + patch[0])), *lr_tile[1:])
+            x = padded[(slice(None), *lr_tile)][None].to(self.device)
+            with amp:
+                lr, hr = self._forward_with_mirroring(x)
+            lr_sum[(slice(None), *lr_tile)] += lr[0].float() * g_lr
+            lr_weight[lr_tile] += g_lr
+            hr_sum[(slice(None), *hr_tile)] += hr[0].float() * g_hr
+            hr_weight[hr_tile] += g_hr
+        lr_logits = (lr_sum / lr_weight)[(slice(None), *slicer[1:])]
+        hr_slicer = (slice(r * slicer[1].start, r * slicer[1].stop), *slicer[2:])
+        hr_logits = (hr_sum / hr_weight)[(slice(None), *hr_slicer)]
+        return lr_logits.cpu(), hr_logits.cpu()
+
+    def export(self, lr_logits: torch.Tensor, hr_logits: torch.Tensor, properties: dict, hr_file_truncated: str,
+               lr_file_truncated: Optional[str] = None, save_probabilities: bool = False) -> None:
+        """Segmentations (and optionally probabilities) on the HR grid and, if asked, on the input's LR grid."""
+        export_prediction_from_logits(hr_logits, hr_properties(properties, self.block,
+                                                               self.plans_manager.transpose_backward),
+                                      self.configuration_manager, self.plans_manager, self.dataset_json,
+                                      hr_file_truncated, save_probabilities)
+        if lr_file_truncated is not None:
+            export_prediction_from_logits(lr_logits, properties, self.lr_configuration, self.plans_manager,
+                                          self.dataset_json, lr_file_truncated, save_probabilities)

@@ -1,0 +1,324 @@
+"""REHRSegTrainer: nnU-Net training on pseudo-HR data, LR-grid network with an HR head (method.md R5-R9).
+
+Per training step, on the device: HR patches from nnU-Net's loader (phase-aligned, with a margin of whole thick
+slices) -> pseudo-LR input by slice-profile blur and r-fold subsampling -> network on the LR grid -> losses:
+uncertainty-weighted CE on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head vs the
+pseudo-HR labels, spatial and correlation distillation from the frozen self-SR encoder (which sees the pseudo-LR
+image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in on_train_start; the
+KD adapter joins the optimizer and is saved under an extra checkpoint key.
+"""
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+from torch import distributed as dist
+
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
+from nnunetv2_rehrseg.dataloading import REHRSegDataLoader, REHRSegDataset
+from nnunetv2_rehrseg.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
+from nnunetv2_rehrseg.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
+from nnunetv2_rehrseg.network import build_rehrseg_network, unwrap
+from nnunetv2_rehrseg.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.preprocessing import load_stamp
+from nnunetv2_rehrseg.progress import plot_loss_terms
+from nnunetv2_rehrseg.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, make_pseudo_lr, margin_slices
+from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
+from nnunetv2_rehrseg.selfsr.training import FINAL, load_network
+
+SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
+KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
+
+
+class REHRSegTrainer(nnUNetTrainer):
+    ### REHRSeg settings (class attributes; nnU-Net's own hyperparameters are set on the instance in __init__)
+    uncertainty_weighting = True       # R5 on the LR head; False: nnU-Net's Dice+CE
+    uncertainty_scale = 0.99           # w = 1 - 0.99 U
+    random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
+    lr_loss_weight = 1.0
+    hr_loss_weight = 1.0
+    kd_spatial_weight = 1.0
+    kd_correlation_weight = 1.0
+    kd_student_stage = 1               # nnU-Net encoder stage distilled from the self-SR encoder
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.rehrseg = REHRSegPlanBlock.from_configuration(self.configuration_manager.configuration,
+                                                           f"{self.plans_manager.plans_name}.json")
+        self.margin = margin_slices(self.rehrseg.r, self.rehrseg.fwhm, self.rehrseg.slice_profile)
+        self.teacher = None            # frozen self-SR, built in on_train_start (training only)
+        self.distillation = None       # KD adapter, built with the optimizer
+        self.teacher_stage = None
+        self.hr_loss = None
+        for key in self.loss_term_keys():
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    # ---------------------------------------------------------------- configuration
+    @property
+    def kd_enabled(self) -> bool:
+        return self.kd_spatial_weight > 0 or self.kd_correlation_weight > 0
+
+    def loss_weights(self) -> Dict[str, float]:
+        weights = {"loss_lr": self.lr_loss_weight, "loss_hr": self.hr_loss_weight}
+        if self.kd_enabled:
+            weights.update(kd_spatial=self.kd_spatial_weight, kd_correlation=self.kd_correlation_weight)
+        return weights
+
+    def loss_term_keys(self) -> List[str]:
+        return [f"train_{k}" for k in self.loss_weights()]
+
+    def selfsr_checkpoint(self) -> str:
+        """The stage-1 model: from the dataset's stage-1 folder, else the copy in the trained model's folder."""
+        from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
+
+        candidates = [stage1_folder(self.plans_manager.dataset_name) / "selfsr" / FINAL]
+        if self.output_folder_base is not None:
+            candidates.insert(0, Path(self.output_folder_base) / SELFSR_COPY)
+        for path in candidates:
+            if path.is_file():
+                return str(path)
+        raise RuntimeError(f"self-SR checkpoint not found ({', '.join(map(str, candidates))}): run "
+                           f"rehrseg_plan_and_preprocess -d {self.plans_manager.dataset_name} first")
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        return build_rehrseg_network(configuration_manager.network_arch_class_name,
+                                     configuration_manager.network_arch_init_kwargs,
+                                     configuration_manager.network_arch_init_kwargs_req_import,
+                                     num_input_channels, num_output_channels, enable_deep_supervision)
+
+    def initialize(self):
+        super().initialize()
+        unwrap(self.network).enable_rehrseg_forward()
+
+    def _build_distillation(self) -> StructuralDistillation:
+        arch = self.configuration_manager.network_arch_init_kwargs
+        strides = np.prod(np.array(arch["strides"][:self.kd_student_stage + 1]), axis=0)
+        teacher_features = SelfSRConfig.from_dict(load_safe(self.selfsr_checkpoint())["config"]).features
+        self.teacher_stage = teacher_stage_for(int(strides[-1]), len(teacher_features))
+        return StructuralDistillation(arch["features_per_stage"][self.kd_student_stage],
+                                      teacher_features[self.teacher_stage])
+
+    def configure_optimizers(self):
+        params = list(self.network.parameters())
+        if self.kd_enabled:
+            self.distillation = self._build_distillation().to(self.device)
+            params += list(self.distillation.parameters())
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _dice_ce(self) -> DC_and_CE_loss:
+        return DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
+                               "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
+                              ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+
+    def _build_loss(self):
+        """LR-head loss (self.loss, deep supervised, called as loss(logits, targets, uncertainties)); the HR-head
+        Dice+CE goes to self.hr_loss."""
+        self.hr_loss = self._dice_ce()
+        lr_loss = (UncertaintyWeightedCE(self.uncertainty_scale) if self.uncertainty_weighting
+                   else IgnoringUncertainty(self._dice_ce()))
+        if self.enable_deep_supervision:
+            weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),
+                                               self.is_ddp and not self._do_i_compile())
+            lr_loss = DeepSupervisionWrapper(lr_loss, weights)
+        return lr_loss
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """Spatial augmentation in-plane only (nnU-Net's dummy-2D mode, rotation around the LR axis), so the LR axis
+        stays the LR axis and the thick-slice model holds."""
+        rotation = (-np.pi, np.pi)
+        mirror_axes = (0, 1, 2)
+        patch_size = self.configuration_manager.patch_size
+        initial_patch_size = get_patch_size(patch_size, rotation, rotation, rotation, (0.85, 1.25))
+        initial_patch_size[0] = patch_size[0]
+        self.inference_allowed_mirroring_axes = mirror_axes
+        self.print_to_log_file("spatial augmentation: in-plane (dummy 2D), rotation about the LR axis")
+        return rotation, True, initial_patch_size, mirror_axes
+
+    # ---------------------------------------------------------------- data
+    def get_dataloaders(self):
+        stamp = load_stamp(self.preprocessed_dataset_folder)
+        self.dataset_class = REHRSegDataset
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        # a margin of whole thick slices on both ends along the LR axis: the slice profile's context
+        patch_size = [self.configuration_manager.patch_size[0] + 2 * self.margin,
+                      *self.configuration_manager.patch_size[1:]]
+        initial_patch_size = [patch_size[0], *initial_patch_size[1:]]
+        labels = self.label_manager
+        # deep-supervision targets are made on the device from the pseudo-LR labels, so none here
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=labels.foreground_labels, regions=None, ignore_label=labels.ignore_label)
+        val_transforms = self.get_validation_transforms(None, is_cascaded=False,
+                                                        foreground_labels=labels.foreground_labels, regions=None,
+                                                        ignore_label=labels.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        ranges = {k: v["intensity_range"] for k, v in stamp["cases"].items()}
+        common = dict(sampling_probabilities=None, pad_sides=None,
+                      oversample_foreground_percent=self.oversample_foreground_percent,
+                      probabilistic_oversampling=self.probabilistic_oversampling, r=self.rehrseg.r,
+                      intensity_ranges=ranges)
+        dl_tr = REHRSegDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, labels,
+                                  transforms=tr_transforms, random_phase=self.random_phase, **common)
+        dl_val = REHRSegDataLoader(dataset_val, self.batch_size, patch_size, patch_size, labels,
+                                   transforms=val_transforms, random_phase=False, **common)
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        pin = self.device.type == "cuda"
+        return (NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None, pin, 0.002),
+                NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None, pin,
+                                             0.002))
+
+    def make_pseudo_lr_batch(self, batch: dict) -> PseudoLRBatch:
+        to = dict(device=self.device, non_blocking=True)
+        return make_pseudo_lr(batch["data"].to(**to), batch["target"].to(**to), batch["uncertainty"].to(**to),
+                              self.rehrseg.r, self.rehrseg.fwhm, self.rehrseg.slice_profile, self.margin,
+                              self.label_manager.num_segmentation_heads)
+
+    def lr_targets(self, pseudo: PseudoLRBatch):
+        if not self.enable_deep_supervision:
+            return pseudo.labels, pseudo.uncertainty
+        return downsample_for_deep_supervision(pseudo.labels, pseudo.uncertainty,
+                                               self._get_deep_supervision_scales())
+
+    @torch.no_grad()
+    def teacher_features(self, pseudo: PseudoLRBatch, intensity_range: torch.Tensor) -> torch.Tensor:
+        """The self-SR encoder on the pseudo-LR patch, on the [0, 1] scale it was trained on, with one-hot labels."""
+        rng = intensity_range.to(self.device)[..., None, None, None]           # (B, C, 2, 1, 1, 1)
+        unit = (pseudo.image - rng[:, :, 0]) / (rng[:, :, 1] - rng[:, :, 0]).clamp_min(1e-6)
+        one_hot = F.one_hot(pseudo.labels[:, 0].long(), self.teacher.num_classes).permute(0, 4, 1, 2, 3)
+        return self.teacher.encode(torch.cat([unit, one_hot.to(unit.dtype)], 1))[self.teacher_stage]
+
+    # ---------------------------------------------------------------- training
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def loss_terms(self, batch: dict, with_kd: bool):
+        pseudo = self.make_pseudo_lr_batch(batch)
+        targets, uncertainties = self.lr_targets(pseudo)
+        teacher = self.teacher_features(pseudo, batch["intensity_range"]) if with_kd else None
+        lr_logits, hr_logits, skips = self.network(pseudo.image)
+        terms = {"loss_lr": self.loss(lr_logits, targets, uncertainties), "loss_hr": self.hr_loss(hr_logits,
+                                                                                                 pseudo.hr_labels)}
+        if teacher is not None:
+            terms.update(self.distillation(skips[self.kd_student_stage], teacher))
+        return terms, hr_logits, pseudo
+
+    def weighted_total(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = self.loss_weights()
+        return sum(weights[k] * v for k, v in terms.items())
+
+    def trainable_parameters(self) -> List[torch.nn.Parameter]:
+        extra = list(self.distillation.parameters()) if self.distillation is not None else []
+        return list(self.network.parameters()) + extra
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            terms, _, _ = self.loss_terms(batch, with_kd=self.kd_enabled)
+            total = self.weighted_total(terms)
+        scaler = self.grad_scaler
+        (scaler.scale(total) if scaler is not None else total).backward()
+        if self.distillation is not None:
+            all_reduce_gradients(self.distillation)  # outside the DDP-wrapped network
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        return {"loss": total.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in terms.items()}}
+
+    def _mean_over_workers(self, values) -> float:
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = np.concatenate([np.ravel(v) for v in gathered])
+        return float(np.mean(values))
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        for key in self.loss_weights():
+            self.logger.log(f"train_{key}", self._mean_over_workers(outputs[key]), self.current_epoch)
+
+    def validation_step(self, batch: dict) -> dict:
+        """Loss without distillation; the online pseudo Dice is the HR head's against the pseudo-HR labels."""
+        with torch.no_grad(), self._autocast():
+            terms, hr_logits, pseudo = self.loss_terms(batch, with_kd=False)
+            total = self.weighted_total(terms)
+        prediction = torch.zeros_like(hr_logits, dtype=torch.float16).scatter_(1, hr_logits.argmax(1, keepdim=True), 1)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, pseudo.hr_labels, axes=[0, 2, 3, 4])
+        return {"loss": total.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy()[1:], "fp_hard": fp.cpu().numpy()[1:],
+                "fn_hard": fn.cpu().numpy()[1:]}
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.kd_enabled and self.teacher is None:
+            self.teacher, _ = load_network(self.selfsr_checkpoint(), self.device)
+            self.teacher.requires_grad_(False)
+        if self.local_rank == 0:
+            from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
+
+            stage1 = stage1_folder(self.plans_manager.dataset_name)
+            base = Path(self.output_folder_base)
+            # the plans come from the pseudo-HR fingerprint; the stock trainer copied the LR one
+            shutil.copyfile(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
+            shutil.copyfile(stage1 / "settings.json", base / "rehrseg_settings.json")
+            source = Path(self.selfsr_checkpoint())
+            if source != base / SELFSR_COPY:
+                save_atomic(load_safe(source), base / SELFSR_COPY)
+
+    def on_epoch_end(self):
+        if self.local_rank == 0:
+            plot_loss_terms(self.logger.local_logger.my_fantastic_logging, self.loss_term_keys(),
+                            Path(self.output_folder) / "progress_rehrseg.png")
+        super().on_epoch_end()
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing and self.distillation is not None:
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint[KD_CHECKPOINT_KEY] = self.distillation.state_dict()
+            save_atomic(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("pass a checkpoint file name (nnU-Net 2.8.1's load_checkpoint(dict) is broken)")
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.distillation is not None:
+            state: Optional[dict] = torch.load(filename_or_checkpoint, map_location=self.device,
+                                               weights_only=False).get(KD_CHECKPOINT_KEY)
+            if state is not None:
+                self.distillation.load_state_dict(state)
+
+    # ---------------------------------------------------------------- final validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunetv2_rehrseg.inference.validation import validate_fold
+
+        validate_fold(self, save_probabilities)
