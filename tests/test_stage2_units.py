@@ -1,0 +1,172 @@
+"""Stage-2 building blocks: HR head geometry, pseudo-LR making, losses, KD, plans block, DDP gradient sync."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_rehrseg.dataloading import REHRSegDataLoader
+from nnunetv2_rehrseg.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
+                                           spatial_kd_loss, teacher_stage_for)
+from nnunetv2_rehrseg.losses import UncertaintyWeightedCE, deep_supervision_weights
+from nnunetv2_rehrseg.network import STOCK_INFERENCE_MESSAGE, build_rehrseg_network
+from nnunetv2_rehrseg.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.pseudo_lr import downsample_for_deep_supervision, make_pseudo_lr, margin_slices
+
+ARCH = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2]],
+        "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": None,
+        "norm_op_kwargs": None, "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True}, "hr_scale": 4}
+IMPORTS = ("conv_op", "norm_op", "dropout_op", "nonlin")
+PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+
+
+def _network(deep_supervision=True, **changes):
+    net = build_rehrseg_network(PLAIN, {**ARCH, **changes}, IMPORTS, 1, 3, deep_supervision)
+    return net.enable_rehrseg_forward().eval()
+
+
+def test_network_outputs_and_stock_forward_refused():
+    net = build_rehrseg_network(PLAIN, ARCH, IMPORTS, 1, 3, True)
+    x = torch.randn(2, 1, 6, 16, 16)
+    with pytest.raises(RuntimeError, match="rehrseg_predict"):
+        net(x)
+    lr, hr, skips = net.enable_rehrseg_forward()(x)
+    assert [t.shape for t in lr] == [(2, 3, 6, 16, 16), (2, 3, 6, 8, 8)]
+    assert hr.shape == (2, 3, 24, 16, 16)
+    assert skips[1].shape == (2, 16, 6, 8, 8)
+    assert "rehrseg_predict" in STOCK_INFERENCE_MESSAGE
+    # every HR-head parameter sits under '.seg_layers.', which nnU-Net's load_pretrained_weights skips
+    assert all(".seg_layers." in k for k in net.state_dict() if k.startswith("hr_head"))
+
+
+@torch.no_grad()
+def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice():
+    torch.manual_seed(0)
+    net = _network(deep_supervision=False)
+    r = net.r
+    x = torch.randn(1, 1, 12, 16, 16)
+    _, hr_full, _ = net(x)
+    _, hr_shifted, _ = net(x[:, :, 1:])
+    # the network's reach along the LR axis is a few slices; compare away from both ends
+    reach = 4 * r
+    np.testing.assert_allclose(hr_full[:, :, r + reach:-reach].numpy(), hr_shifted[:, :, reach:-reach].numpy(),
+                               atol=1e-5)
+    # the head alone, exactly (only the last 3x3x3 conv sees a border)
+    feats = torch.randn(1, 8, 7, 5, 5)
+    head = net.hr_head
+    np.testing.assert_allclose(head(feats)[:, :, r + 1:-1].numpy(), head(feats[:, :, 1:])[:, :, 1:-1].numpy(),
+                               atol=1e-5)
+
+
+def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():
+    r, fwhm, margin = 4, 4.0, margin_slices(4, 4.0, "gaussian")
+    assert margin % r == 0 and margin >= r
+    d_hr = 8 * r + 2 * margin
+    ramp = torch.arange(d_hr, dtype=torch.float32).view(1, 1, -1, 1, 1).expand(2, 1, d_hr, 6, 6).contiguous()
+    labels = (torch.arange(d_hr) // 2 % 2).view(1, 1, -1, 1, 1).expand(2, 1, d_hr, 6, 6).contiguous()
+    u = torch.rand(2, 1, d_hr, 6, 6)
+    p = make_pseudo_lr(ramp, labels, u, r, fwhm, "gaussian", margin, num_classes=2)
+    assert p.image.shape == (2, 1, 8, 6, 6) and p.hr_labels.shape == (2, 1, 32, 6, 6)
+    # a ramp along the LR axis degrades to its values at the thick-slice centres c_k = margin + r*k + (r-1)/2
+    centres = margin + r * np.arange(8) + (r - 1) / 2
+    np.testing.assert_allclose(p.image[0, 0, :, 0, 0].numpy(), centres, atol=1e-4)
+    np.testing.assert_allclose(p.uncertainty[0, 0, :, 2, 3].numpy(),
+                               u[0, 0, margin:margin + 32, 2, 3].reshape(8, r).mean(1).numpy(), atol=1e-6)
+    # an in-plane pattern constant along the LR axis is left untouched (no in-plane blur)
+    checker = ((torch.arange(6).view(-1, 1) + torch.arange(6).view(1, -1)) % 2).float()
+    flat = checker.expand(1, 1, d_hr, 6, 6).contiguous()
+    p2 = make_pseudo_lr(flat, labels[:1], u[:1], r, fwhm, "gaussian", margin, 2)
+    np.testing.assert_allclose(p2.image[0, 0, 3].numpy(), checker.numpy(), atol=1e-6)
+    scaled, unc = downsample_for_deep_supervision(p.labels, p.uncertainty, [[1, 1, 1], [1, 0.5, 0.5]])
+    assert scaled[1].shape == (2, 1, 8, 3, 3) and unc[1].shape == (2, 1, 8, 3, 3)
+
+
+class _PhaseOnly(REHRSegDataLoader):
+    def __init__(self, r, random_phase):  # only the phase logic, no data
+        self.r, self.random_phase = r, random_phase
+
+
+def test_loader_phase_is_random_and_aligned_to_the_volume_grid():
+    np.random.seed(0)
+    loader = _PhaseOnly(4, random_phase=True)
+    phases = []
+    for lb in range(40):
+        lbs, ubs = [lb, 0, 0], [lb + 16, 10, 10]
+        phase = loader.align_to_phase(lbs, ubs, crop_offset=3)
+        assert (lbs[0] + 3 - phase) % 4 == 0 and ubs[0] - lbs[0] == 16 and lb - 4 < lbs[0] <= lb
+        phases.append(phase)
+    assert set(phases) == {0, 1, 2, 3}
+    fixed = _PhaseOnly(4, random_phase=False)
+    assert {fixed.align_to_phase([lb, 0, 0], [lb + 8, 1, 1], 1) for lb in range(20)} == {0}
+
+
+def test_uncertainty_weights_scale_the_lr_loss_as_r5_says():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, 5)
+    target = torch.randint(0, 3, (2, 1, 4, 5, 5))
+    ce = F.cross_entropy(logits, target[:, 0], reduction="none")
+    loss = UncertaintyWeightedCE(0.99)
+    assert torch.isclose(loss(logits, target, torch.zeros(2, 1, 4, 5, 5)), ce.mean())
+    assert torch.isclose(loss(logits, target, torch.ones(2, 1, 4, 5, 5)), 0.01 * ce.mean())
+    u = torch.rand(2, 1, 4, 5, 5)
+    assert torch.isclose(loss(logits, target, u), ((1 - 0.99 * u[:, 0]) * ce).mean())
+    w = deep_supervision_weights(4, ddp_without_compile=False)
+    np.testing.assert_allclose(w, np.array([1, 0.5, 0.25, 0]) / 1.75)
+    assert deep_supervision_weights(3, True)[-1] > 0
+
+
+def test_kd_terms_are_finite_match_shapes_and_train_the_adapter():
+    torch.manual_seed(0)
+    kd = StructuralDistillation(student_channels=16, teacher_channels=24)
+    student = torch.randn(2, 16, 5, 8, 8, requires_grad=True)
+    teacher = torch.randn(2, 24, 5, 16, 16)        # finer in-plane than the student: pooled onto its grid
+    terms = kd(student, teacher)
+    assert set(terms) == {"kd_spatial", "kd_correlation"} and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert kd.adapter.weight.grad is not None and kd.adapter.weight.grad.abs().sum() > 0
+    assert student.grad.abs().sum() > 0
+    coarse = kd(torch.randn(1, 16, 5, 8, 8), torch.randn(1, 24, 5, 4, 4))  # coarser teacher: interpolated
+    assert all(torch.isfinite(v) for v in coarse.values())
+    f = torch.randn(2, 24, 3, 6, 6)
+    assert spatial_kd_loss(f, f) < 1e-6 and correlation_kd_loss(f, f) < 1e-10
+    assert spatial_kd_loss(f, -f) > 1.9 and correlation_kd_loss(f, torch.randn_like(f)) > 0
+    assert teacher_stage_for(2, 3) == 1 and teacher_stage_for(1, 3) == 0 and teacher_stage_for(16, 3) == 2
+
+
+def test_plans_block_round_trips_through_json():
+    block = REHRSegPlanBlock(r=4, lr_axis=0, lr_axis_sitk=1, slice_profile="rf-pulse-slr", slice_thickness=4.5,
+                             fwhm=4.5, hr_spacing=[1.0, 0.9, 0.9], lr_spacing=[4.0, 0.9, 0.9], lr_patch_size=[16, 64, 64])
+    config = json.loads(json.dumps({"rehrseg": block.to_dict()}))
+    assert REHRSegPlanBlock.from_configuration(config) == block
+    with pytest.raises(KeyError, match="rehrseg_plan_and_preprocess"):
+        REHRSegPlanBlock.from_configuration({})
+    with pytest.raises(KeyError, match="lacks"):
+        REHRSegPlanBlock.from_dict({"r": 4})
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    kd = StructuralDistillation(8, 12)            # same initial weights on every rank
+    torch.manual_seed(100 + rank)                 # different data per rank
+    terms = kd(torch.randn(1, 8, 3, 4, 4), torch.randn(1, 12, 3, 4, 4))
+    sum(terms.values()).backward()
+    torch.save(kd.adapter.weight.grad.clone(), os.path.join(out_dir, f"local{rank}.pt"))
+    all_reduce_gradients(kd)
+    torch.save(kd.adapter.weight.grad.clone(), os.path.join(out_dir, f"synced{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_adapter_gradients_are_averaged_across_ddp_workers(tmp_path):
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    local = [torch.load(tmp_path / f"local{r}.pt") for r in range(2)]
+    synced = [torch.load(tmp_path / f"synced{r}.pt") for r in range(2)]
+    assert not torch.allclose(local[0], local[1])
+    for s in synced:
+        torch.testing.assert_close(s, (local[0] + local[1]) / 2)
