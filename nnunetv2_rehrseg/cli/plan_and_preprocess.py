@@ -1,6 +1,7 @@
 """rehrseg_plan_and_preprocess: stage 1 if missing -> fingerprint, plan and preprocess the pseudo-HR data."""
 import argparse
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -75,6 +76,9 @@ def plan_and_preprocess_entry(argv=None) -> None:
     _ensure_shared_lr_files(dataset_id, dataset.name, dataset.folder, args.np)
     extract_fingerprint_dataset(dataset_id, PseudoHRFingerprintExtractor, num_processes=args.np, clean=True,
                                 verbose=False)
+    if os.environ.get("nnUNet_n_proc_DA") == "0":
+        # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0 (a training setting)
+        os.environ["nnUNet_n_proc_DA"] = "1"
     _, plans_name = plan_experiment_dataset(dataset_id, planner_class, args.gpu_memory_target,
                                             overwrite_plans_name=args.overwrite_plans_name)
     output = preprocess_pseudo_hr(dataset.name, plans_name, args.np)

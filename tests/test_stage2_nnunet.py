@@ -1,0 +1,177 @@
+"""Stage 2 inside nnU-Net, through its real commands: stock planning before ours, rehrseg_plan_and_preprocess,
+nnUNetv2_train -tr <REHRSeg variant> (discovery via nnUNet_extTrainer), --c, --val, stock predict refused, stock
+training still working, and stock re-preprocessing of our plans refused by the trainer."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_raw_dataset, tree_checksum
+
+BIN = Path(sys.executable).parent
+CASES = ["case00", "case01", "case02", "case03"]
+
+
+def run(*args, env, check=True):
+    if args[0] == "nnUNetv2_plan_and_preprocess":   # nnU-Net's planner cannot run with nnUNet_n_proc_DA=0
+        env = dict(env, nnUNet_n_proc_DA="1")
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir()
+        env[name] = str(root / name)
+    raw = make_raw_dataset(root / "nnUNet_raw", 990, n_cases=4, shape_zyx=(8, 40, 40))
+    raw_checksum = tree_checksum(raw)
+    pre = root / "nnUNet_preprocessed" / "Dataset990_Tiny"
+    # stock nnU-Net first: its files must survive our run unchanged
+    run("nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "3d_fullres", "-np", "1", env=env)
+    (pre / "splits_final.json").write_text(json.dumps([{"train": CASES[:3], "val": CASES[3:]}]))
+    stock = {p: tree_checksum(pre / p) if (pre / p).is_dir() else (pre / p).read_bytes()
+             for p in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json", "nnUNetPlans_3d_fullres",
+                       "gt_segmentations", "splits_final.json")}
+    run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-iterations", "12", "-np", "1", env=env)
+    env["nnUNet_extTrainer"] = run("rehrseg_env", env=env).stdout.strip().split("=", 1)[1]
+    return {"root": root, "env": env, "raw": raw, "raw_checksum": raw_checksum, "pre": pre, "stock": stock}
+
+
+def test_plans_and_preprocessed_data(planned):
+    pre = planned["pre"]
+    for name, before in planned["stock"].items():
+        after = tree_checksum(pre / name) if (pre / name).is_dir() else (pre / name).read_bytes()
+        assert after == before, f"{name} was changed by rehrseg_plan_and_preprocess"
+    plans = json.loads((pre / "REHRSegPlans.json").read_text())
+    assert list(plans["configurations"]) == ["3d_fullres"]
+    config = plans["configurations"]["3d_fullres"]
+    block = config["rehrseg"]
+    assert plans["transpose_forward"][0] == 0 and block["lr_axis"] == 0 and block["lr_axis_sitk"] == 2
+    assert config["spacing"] == pytest.approx([1.0, 1.0, 1.0])
+    assert block["lr_spacing"] == pytest.approx([4.0, 1.0, 1.0])
+    assert config["patch_size"] == [block["r"] * block["lr_patch_size"][0], *block["lr_patch_size"][1:]]
+    assert config["preprocessor_name"] == "DefaultPreprocessor"
+    assert config["architecture"]["arch_kwargs"]["hr_scale"] == 4
+    data = pre / "REHRSegPlans_3d_fullres"
+    assert sorted(p.name for p in data.glob("*_uncertainty.npy")) == [f"{c}_uncertainty.npy" for c in CASES]
+    u = np.load(data / "case00_uncertainty.npy")
+    import blosc2
+    image = blosc2.open(urlpath=str(data / "case00.b2nd"), mode="r")
+    assert u.shape == image.shape and 0 <= u.min() and u.max() <= 1
+    assert (pre / "rehrseg" / "dataset_fingerprint.json").is_file()
+    assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
+
+
+def test_train_resume_validate_and_refuse_stock_inference(planned):
+    env = planned["env"]
+    train = ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
+             "-device", "cpu"]
+    run(*train, env=env)
+    out = planned["root"] / "nnUNet_results" / "Dataset990_Tiny" / "REHRSegTrainer_tiny__REHRSegPlans__3d_fullres"
+    fold = out / "fold_0"
+    for name in ("checkpoint_final.pth", "progress.png", "progress_rehrseg.png", "validation/case03.nii.gz",
+                 "validation_lr/case03.nii.gz", "validation/summary.json", "validation_lr/summary.json"):
+        assert (fold / name).is_file(), name
+    assert (out / "selfsr_checkpoint.pth").is_file() and (out / "rehrseg_settings.json").is_file()
+    checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
+    assert "rehrseg_kd_adapter" in checkpoint and checkpoint["trainer_name"] == "REHRSegTrainer_tiny"
+    logged = checkpoint["logging"]
+    for key in ("train_loss_lr", "train_loss_hr", "train_kd_spatial", "train_kd_correlation"):
+        assert len(logged[key]) == 2 and np.all(np.isfinite(logged[key])), key
+    # HR output on the pseudo-HR grid, LR output on the input's grid
+    hr = sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))
+    ref = sitk.ReadImage(str(planned["pre"] / "rehrseg" / "pseudo_hr" / "labelsTr" / "case03.nii.gz"))
+    lr = sitk.ReadImage(str(planned["raw"] / "labelsTr" / "case03.nii.gz"))
+    assert hr.GetSize() == ref.GetSize() and np.allclose(hr.GetOrigin(), ref.GetOrigin())
+    assert np.allclose(hr.GetSpacing(), ref.GetSpacing()) and np.allclose(hr.GetDirection(), ref.GetDirection())
+    lr_out = sitk.ReadImage(str(fold / "validation_lr" / "case03.nii.gz"))
+    assert lr_out.GetSize() == lr.GetSize() and np.allclose(lr_out.GetOrigin(), lr.GetOrigin())
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert 0 <= summary["foreground_mean"]["Dice"] <= 1
+
+    (fold / "validation" / "case03.nii.gz").unlink()
+    run(*train, "--val", env=env)
+    assert (fold / "validation" / "case03.nii.gz").is_file()
+    run(*train, "--c", env=env)   # the final checkpoint is complete: --c loads it (KD adapter included) and validates
+
+    predicted = run("nnUNetv2_predict", "-i", str(planned["raw"] / "imagesTs"), "-o", str(planned["root"] / "pred"),
+                    "-d", "990", "-c", "3d_fullres", "-f", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
+                    "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta", env=env, check=False)
+    assert predicted.returncode != 0 and "rehrseg_predict" in predicted.stdout + predicted.stderr
+
+
+def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, monkeypatch):
+    for k, v in planned["env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
+                                           REHRSegTrainer_noUncertainty, REHRSegTrainer_tiny)
+    plans = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
+
+    def make(cls):
+        return cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+    fast = make(REHRSegTrainer_fast)
+    assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (40, 50, 10)
+    no_kd = make(REHRSegTrainer_noKD)
+    no_kd.initialize()
+    assert not no_kd.kd_enabled and no_kd.distillation is None
+    assert "train_kd_spatial" not in no_kd.loss_term_keys()
+    no_unc = make(REHRSegTrainer_noUncertainty)
+    no_unc.initialize()
+    assert "DC_and_CE_loss" in repr(no_unc.loss)
+    assert make(REHRSegTrainer_noPseudoData).random_phase is False
+
+    tiny = make(REHRSegTrainer_tiny)
+    tiny.initialize()
+    fold = Path(tiny.output_folder)
+    saved = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")["rehrseg_kd_adapter"]
+    assert not torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
+    tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))
+    assert torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
+
+    # one training step through the real data loader: uncertainty travels with the patch, all terms finite
+    tiny.on_train_start()
+    batch = next(tiny.dataloader_train)
+    assert batch["uncertainty"].shape[2:] == batch["data"].shape[2:] == batch["target"].shape[2:]
+    assert batch["uncertainty"].min() >= 0 and batch["uncertainty"].max() <= 1
+    assert batch["data"].shape[2] == plans["configurations"]["3d_fullres"]["patch_size"][0] + 2 * tiny.margin
+    out = tiny.train_step(batch)
+    assert all(np.isfinite(v) for v in out.values())
+    tiny.on_train_end()
+
+
+def test_stock_training_still_works_after_ours(planned, monkeypatch):
+    for k, v in planned["env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    plans = json.loads((planned["pre"] / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
+    trainer = nnUNetTrainer({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json,
+                            torch.device("cpu"))
+    trainer.on_train_start()
+    out = trainer.train_step(next(trainer.dataloader_train))
+    assert np.isfinite(out["loss"])
+    trainer.on_train_end()
+
+
+def test_stock_repreprocessing_of_our_plans_is_refused(planned):
+    env = planned["env"]
+    run("nnUNetv2_preprocess", "-d", "990", "-plans_name", "REHRSegPlans", "-c", "3d_fullres", "-np", "1", env=env)
+    result = run("nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_noKD_tiny", "-p",
+                 "REHRSegPlans", "-device", "cpu", env=env, check=False)
+    assert result.returncode != 0 and "rehrseg_plan_and_preprocess" in result.stdout + result.stderr
