@@ -27,14 +27,17 @@ class HRHead(nn.Module):
     def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int):
         super().__init__()
         conv = encoder.conv_op
+        # half the decoder's width at r x its voxels (as the paper's 32 -> 16 head): the HR-grid convolution then
+        # costs about as much as one LR-grid convolution of the last decoder stage
+        hidden = max(1, in_features // 2)
         # every layer sits under `seg_layers`: nnU-Net's load_pretrained_weights skips '.seg_layers.' keys, so an LR
         # nnU-Net checkpoint (which has no HR head) can initialise the rest of the network
         self.seg_layers = nn.Sequential(
-            nn.ConvTranspose3d(in_features, in_features, (r, 1, 1), stride=(r, 1, 1)),
-            conv(in_features, in_features, 3, padding=1, bias=encoder.conv_bias),
-            encoder.norm_op(in_features, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
+            nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
+            conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias),
+            encoder.norm_op(hidden, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
             encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity(),
-            conv(in_features, num_classes, 1),
+            conv(hidden, num_classes, 1),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,12 @@ def test_plans_and_preprocessed_data(planned):
     assert config["patch_size"] == [block["r"] * block["lr_patch_size"][0], *block["lr_patch_size"][1:]]
     assert config["preprocessor_name"] == "DefaultPreprocessor"
     assert config["architecture"]["arch_kwargs"]["hr_scale"] == 4
+    # same LR topology as stock nnU-Net planned on the LR data: an LR model's weights fit (-pretrained_weights)
+    stock_config = json.loads((pre / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
+    arch = dict(config["architecture"]["arch_kwargs"])
+    arch.pop("hr_scale")
+    assert arch == stock_config["architecture"]["arch_kwargs"]
+    assert block["lr_patch_size"] == stock_config["patch_size"]
     data = pre / "REHRSegPlans_3d_fullres"
     assert sorted(p.name for p in data.glob("*_uncertainty.npy")) == [f"{c}_uncertainty.npy" for c in CASES]
     u = np.load(data / "case00_uncertainty.npy")
@@ -101,7 +107,10 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
     assert 0 <= summary["foreground_mean"]["Dice"] <= 1
 
     (fold / "validation" / "case03.nii.gz").unlink()
-    run(*train, "--val", env=env)
+    # rehrseg_train finds the trainers itself and defaults to -p REHRSegPlans
+    plain_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
+    run("rehrseg_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-device", "cpu", "--val",
+        env=plain_env)
     assert (fold / "validation" / "case03.nii.gz").is_file()
     run(*train, "--c", env=env)   # the final checkpoint is complete: --c loads it (KD adapter included) and validates
 
@@ -141,6 +150,19 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     assert not torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
     tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))
     assert torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
+
+    # an LR nnU-Net checkpoint initialises everything but the segmentation layers (nnU-Net's own loader)
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    stock_arch = json.loads((planned["pre"] / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"][
+        "architecture"]
+    stock_net = get_network_from_plans(stock_arch["network_class_name"], stock_arch["arch_kwargs"],
+                                       stock_arch["_kw_requires_import"], 1, 3, deep_supervision=True)
+    torch.save({"network_weights": stock_net.state_dict()}, planned["root"] / "lr_model.pth")
+    load_pretrained_weights(tiny.network, str(planned["root"] / "lr_model.pth"))
+    key = "encoder.stages.0.0.convs.0.conv.weight"
+    assert torch.equal(tiny.network.state_dict()[key], stock_net.state_dict()[key])
 
     # one training step through the real data loader: uncertainty travels with the patch, all terms finite
     tiny.on_train_start()

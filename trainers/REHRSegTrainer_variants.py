@@ -1,4 +1,6 @@
 """Thin REHRSegTrainer variants: ablations and training budgets, one override each."""
+from typing import Tuple
+
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -20,48 +22,38 @@ class REHRSegTrainer_noPseudoData(REHRSegTrainer):
     random_phase = False
 
 
-class REHRSegTrainer_5epochs(REHRSegTrainer):
+class _TrainingBudget:
+    """Put before a trainer class: sets nnU-Net's budget on the instance after its __init__ (nnU-Net assigns these
+    there, so class attributes of the same names would be overwritten)."""
+    budget: Tuple[int, int, int] = None   # epochs, iterations per epoch, validation iterations per epoch
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
 
 
-class REHRSegTrainer_50epochs(REHRSegTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 50
+class REHRSegTrainer_5epochs(_TrainingBudget, REHRSegTrainer):
+    budget = (5, 250, 50)
 
 
-class REHRSegTrainer_fast(REHRSegTrainer):
-    """The CPU-practical budget of the demo: 40 epochs x 50 iterations, 10 validation batches per epoch."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 40
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
+class REHRSegTrainer_50epochs(_TrainingBudget, REHRSegTrainer):
+    budget = (50, 250, 50)
 
 
-class nnUNetTrainer_rehrsegFastBudget(nnUNetTrainer):
+class REHRSegTrainer_fast(_TrainingBudget, REHRSegTrainer):
+    """The CPU-practical budget of the demo."""
+    budget = (40, 50, 10)
+
+
+class nnUNetTrainer_rehrsegFastBudget(_TrainingBudget, nnUNetTrainer):
     """Stock nnU-Net with REHRSegTrainer_fast's budget: the benchmark's baseline arms."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 40
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
+    budget = REHRSegTrainer_fast.budget
 
 
-class REHRSegTrainer_tiny(REHRSegTrainer):
+class REHRSegTrainer_tiny(_TrainingBudget, REHRSegTrainer):
     """Two epochs of two iterations: for tests and smoke runs."""
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    budget = (2, 2, 1)
 
 
 class REHRSegTrainer_noKD_tiny(REHRSegTrainer_tiny):
