@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,34 @@ def test_plans_and_preprocessed_data(planned):
     assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
 
 
+def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch):
+    for k, v in planned["env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    from nnunetv2_rehrseg.errors import InputError
+    from nnunetv2_rehrseg.network import build_rehrseg_network
+    from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
+
+    with pytest.raises(InputError, match="-pl"):
+        rehrseg_planner_class("NoSuchPlanner")
+    plans, name = plan_experiment_dataset(990, rehrseg_planner_class("nnUNetPlannerResEncM"),
+                                          overwrite_plans_name="REHRSegPlansResEncM")
+    config = plans["configurations"]["3d_fullres"]
+    assert name == "REHRSegPlansResEncM" and list(plans["configurations"]) == ["3d_fullres"]
+    assert config["data_identifier"] == "REHRSegPlansResEncM_3d_fullres"
+    assert config["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+    arch = config["architecture"]
+    net = build_rehrseg_network(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3,
+                                True).enable_rehrseg_forward()
+    lr_patch = config["rehrseg"]["lr_patch_size"]
+    with torch.no_grad():
+        _, hr, _ = net(torch.zeros(1, 1, *lr_patch))
+    assert hr.shape == (1, 3, 4 * lr_patch[0], *lr_patch[1:])
+
+
 def test_train_resume_validate_and_refuse_stock_inference(planned):
     env = planned["env"]
     train = ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
@@ -92,6 +121,13 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
     assert (out / "selfsr_checkpoint.pth").is_file() and (out / "rehrseg_settings.json").is_file()
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
     assert "rehrseg_kd_adapter" in checkpoint and checkpoint["trainer_name"] == "REHRSegTrainer_tiny"
+    selfsr = torch.load(planned["pre"] / "rehrseg" / "selfsr" / "checkpoint_final.pth", weights_only=True)
+    assert checkpoint["rehrseg_selfsr"]["config"] == selfsr["config"]
+    # nnU-Net's model export carries the fold checkpoints, hence the self-SR model inside them
+    run("nnUNetv2_export_model_to_zip", "-d", "990", "-o", str(planned["root"] / "model.zip"), "-c", "3d_fullres",
+        "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans", "-f", "0", env=env)
+    with zipfile.ZipFile(planned["root"] / "model.zip") as archive:
+        assert any(n.endswith("fold_0/checkpoint_final.pth") for n in archive.namelist())
     logged = checkpoint["logging"]
     for key in ("train_loss_lr", "train_loss_hr", "train_kd_spatial", "train_kd_correlation"):
         assert len(logged[key]) == 2 and np.all(np.isfinite(logged[key])), key

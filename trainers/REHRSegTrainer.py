@@ -43,6 +43,8 @@ from nnunetv2_rehrseg.selfsr.training import FINAL, load_network
 
 SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
+# the self-SR model inside every checkpoint: nnUNetv2_export_model_to_zip carries fold checkpoints, not extra files
+SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 
 
 class REHRSegTrainer(nnUNetTrainer):
@@ -66,6 +68,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self.distillation = None       # KD adapter, built with the optimizer
         self.teacher_stage = None
         self.hr_loss = None
+        self.selfsr_state = None       # the stage-1 model file's content, embedded in checkpoints
         for key in self.loss_term_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
@@ -87,9 +90,11 @@ class REHRSegTrainer(nnUNetTrainer):
         """The stage-1 model: from the dataset's stage-1 folder, else the copy in the trained model's folder."""
         from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
 
-        candidates = [stage1_folder(self.plans_manager.dataset_name) / "selfsr" / FINAL]
+        candidates = []
+        if self.preprocessed_dataset_folder_base is not None:
+            candidates.append(stage1_folder(self.plans_manager.dataset_name) / "selfsr" / FINAL)
         if self.output_folder_base is not None:
-            candidates.insert(0, Path(self.output_folder_base) / SELFSR_COPY)
+            candidates.append(Path(self.output_folder_base) / SELFSR_COPY)
         for path in candidates:
             if path.is_file():
                 return str(path)
@@ -289,9 +294,8 @@ class REHRSegTrainer(nnUNetTrainer):
             # the plans come from the pseudo-HR fingerprint; the stock trainer copied the LR one
             shutil.copyfile(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
             shutil.copyfile(stage1 / "settings.json", base / "rehrseg_settings.json")
-            source = Path(self.selfsr_checkpoint())
-            if source != base / SELFSR_COPY:
-                save_atomic(load_safe(source), base / SELFSR_COPY)
+            self.selfsr_state = load_safe(self.selfsr_checkpoint())
+            save_atomic(self.selfsr_state, base / SELFSR_COPY)
 
     def on_epoch_end(self):
         if self.local_rank == 0:
@@ -302,10 +306,14 @@ class REHRSegTrainer(nnUNetTrainer):
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing and self.distillation is not None:
+        extra = {}
+        if self.distillation is not None:
+            extra[KD_CHECKPOINT_KEY] = self.distillation.state_dict()
+        if self.selfsr_state is not None:
+            extra[SELFSR_CHECKPOINT_KEY] = self.selfsr_state
+        if self.local_rank == 0 and not self.disable_checkpointing and extra:
             checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint[KD_CHECKPOINT_KEY] = self.distillation.state_dict()
-            save_atomic(checkpoint, filename)
+            save_atomic({**checkpoint, **extra}, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
