@@ -43,3 +43,23 @@ def load_matching(module: torch.nn.Module, path: Union[str, Path]) -> Tuple[List
     module.load_state_dict(matching, strict=False)
     skipped = sorted(set(own) - set(matching))
     return sorted(matching), skipped
+
+
+def _numpy_scalar_globals() -> list:
+    import numpy as np
+    import numpy.dtypes
+
+    return [np._core.multiarray.scalar, np.dtype] + [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes)
+                                                     if n.endswith("DType")]
+
+
+def load_trained_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
+    """An nnU-Net trainer checkpoint, weights-only: its logger keeps numpy scalars, which are allow-listed (they
+    only rebuild numbers); anything else that would run code is refused."""
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e

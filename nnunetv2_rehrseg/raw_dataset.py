@@ -95,6 +95,21 @@ def read_channels(paths: List[str], identifier: str) -> Tuple[np.ndarray, Grid]:
     return np.stack(arrays), grid
 
 
+def group_channel_files(folder: Path, file_ending: str, num_channels: int) -> Dict[str, List[Path]]:
+    """Cases of a folder of images named as nnU-Net does (CASE_0000.nii.gz, CASE_0001.nii.gz, ...)."""
+    cases = {}
+    for f in sorted(Path(folder).glob(f"*_0000{file_ending}")):
+        identifier = f.name[: -len(f"_0000{file_ending}")]
+        cases[identifier] = [Path(folder) / f"{identifier}_{c:04d}{file_ending}" for c in range(num_channels)]
+    if not cases:
+        raise InputError(f"{folder}: no *_0000{file_ending} images; name inputs as nnU-Net does (CASE_0000.nii.gz)")
+    for identifier, files in cases.items():
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: missing channel of case {identifier}; the model needs {num_channels}")
+    return cases
+
+
 def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> LoadedCase:
     """Read and validate one case: channel count, 3D, finite voxels, same grid for every file, declared labels."""
     if len(case.images) != dataset.num_channels:

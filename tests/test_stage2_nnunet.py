@@ -155,6 +155,36 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
                     "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta", env=env, check=False)
     assert predicted.returncode != 0 and "rehrseg_predict" in predicted.stdout + predicted.stderr
 
+    # rehrseg_predict + rehrseg_evaluate end to end
+    inputs, out = planned["root"] / "lr_in", planned["root"] / "hr_out"
+    inputs.mkdir()
+    for source in (planned["raw"] / "imagesTr" / "case03_0000.nii.gz", planned["raw"] / "imagesTs" / "case04_0000.nii.gz"):
+        (inputs / source.name).write_bytes(source.read_bytes())
+    plain_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
+    run("rehrseg_predict", "-i", str(inputs), "-o", str(out), "-d", "990", "-f", "0", "-tr", "REHRSegTrainer_tiny",
+        "-device", "cpu", "--lr_output", "--save_probabilities", env=plain_env)
+    for name in ("case03.nii.gz", "case04.nii.gz", "case04.npz", "lr/case03.nii.gz", "lr/case04.nii.gz"):
+        assert (out / name).is_file(), name
+    assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir())
+    # same model, input and TTA as the trainer's final validation: the same HR segmentation
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case03.nii.gz"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))))
+    run("rehrseg_evaluate", "-ref", str(planned["pre"] / "rehrseg" / "pseudo_hr" / "labelsTr"), "-pred", str(out),
+        "-o", str(planned["root"] / "metrics.json"), "--chill", env=plain_env)
+    metrics = json.loads((planned["root"] / "metrics.json").read_text())
+    assert metrics["summary"]["cases"] == 1 and (planned["root"] / "metrics.csv").is_file()
+    assert metrics["summary"]["mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"])
+    # an input of another slice spacing is refused before anything is written
+    bad_in, bad_out = planned["root"] / "bad_in", planned["root"] / "bad_out"
+    image = sitk.ReadImage(str(inputs / "case04_0000.nii.gz"))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    bad_in.mkdir()
+    sitk.WriteImage(image, str(bad_in / "case04_0000.nii.gz"))
+    refused = run("rehrseg_predict", "-i", str(bad_in), "-o", str(bad_out), "-d", "990", "-f", "0", "-tr",
+                  "REHRSegTrainer_tiny", "-device", "cpu", env=plain_env, check=False)
+    assert refused.returncode == 2 and "case04_0000.nii.gz" in refused.stderr and "Traceback" not in refused.stderr
+    assert not bad_out.exists()
+
 
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, monkeypatch):
     for k, v in planned["env"].items():

@@ -29,7 +29,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
+from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save_atomic
 from nnunetv2_rehrseg.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
 from nnunetv2_rehrseg.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
@@ -312,7 +312,7 @@ class REHRSegTrainer(nnUNetTrainer):
         if self.selfsr_state is not None:
             extra[SELFSR_CHECKPOINT_KEY] = self.selfsr_state
         if self.local_rank == 0 and not self.disable_checkpointing and extra:
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint = load_trained_checkpoint(filename)
             save_atomic({**checkpoint, **extra}, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
@@ -320,8 +320,7 @@ class REHRSegTrainer(nnUNetTrainer):
             raise TypeError("pass a checkpoint file name (nnU-Net 2.8.1's load_checkpoint(dict) is broken)")
         super().load_checkpoint(filename_or_checkpoint)
         if self.distillation is not None:
-            state: Optional[dict] = torch.load(filename_or_checkpoint, map_location=self.device,
-                                               weights_only=False).get(KD_CHECKPOINT_KEY)
+            state: Optional[dict] = load_trained_checkpoint(filename_or_checkpoint, self.device).get(KD_CHECKPOINT_KEY)
             if state is not None:
                 self.distillation.load_state_dict(state)
 

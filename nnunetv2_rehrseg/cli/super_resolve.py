@@ -12,23 +12,9 @@ from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 SPACING_TOLERANCE = 0.1
 
 
-def _group_channels(folder: Path, file_ending: str, num_channels: int):
-    cases = {}
-    for f in sorted(folder.glob(f"*_0000{file_ending}")):
-        identifier = f.name[: -len(f"_0000{file_ending}")]
-        cases[identifier] = [folder / f"{identifier}_{c:04d}{file_ending}" for c in range(num_channels)]
-    if not cases:
-        raise InputError(f"{folder}: no *_0000{file_ending} images; name inputs as nnU-Net does (CASE_0000.nii.gz)")
-    for identifier, files in cases.items():
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise InputError(f"{missing[0]}: missing channel of case {identifier}; the model needs {num_channels}")
-    return cases
-
-
 @exits_cleanly
 def super_resolve_entry(argv=None) -> None:
-    from nnunetv2_rehrseg.raw_dataset import LoadedCase, read_channels
+    from nnunetv2_rehrseg.raw_dataset import LoadedCase, group_channel_files, read_channels
     from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
     from nnunetv2_rehrseg.selfsr.stage1 import (intensity_range, load_stage1, lr_first, pseudo_hr_paths, to_unit,
                                                 write_super_resolved)
@@ -49,7 +35,7 @@ def super_resolve_entry(argv=None) -> None:
         raise InputError(f"{in_folder}: input folder not found; check -i")
     if in_folder.resolve() == out_folder.resolve():
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
-    cases = _group_channels(in_folder, ".nii.gz", net.image_channels)
+    cases = group_channel_files(in_folder, ".nii.gz", net.image_channels)
     loaded = []
     for identifier, files in cases.items():  # validate every input before the first write
         image, grid = read_channels([str(f) for f in files], identifier)

@@ -6,7 +6,10 @@ the `rehrseg` block's LR spacing and LR patch. The HR export reuses nnU-Net's ex
 mapped onto the HR grid (r x along the LR axis, geometry derived from the LR header).
 """
 import itertools
+import json
+import logging
 from copy import deepcopy
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -19,8 +22,31 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
+from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.network import build_rehrseg_network
+from nnunetv2_rehrseg.plans import CONFIGURATION, REHRSegPlanBlock
+
+logger = logging.getLogger(__name__)
+
+
+def check_input_grid(grid: Grid, block: REHRSegPlanBlock, source: str) -> Optional[str]:
+    """Refuse inputs the model cannot map to a correct HR grid; a warning when the slice spacing is resampled."""
+    spacing = np.asarray(grid.spacing, dtype=float)
+    in_plane = np.delete(spacing, block.lr_axis_sitk)
+    if spacing[block.lr_axis_sitk] < 1.5 * in_plane.max():
+        raise InputError(f"{source}: spacing {tuple(spacing.round(3))} has no thick axis {block.lr_axis_sitk} (SimpleITK "
+                         f"order) as the model was trained on; reorient it or use a model trained for this axis")
+    ratio = spacing[block.lr_axis_sitk] / block.hr_spacing[0]
+    if round(ratio) != block.r:
+        raise InputError(f"{source}: slice spacing {spacing[block.lr_axis_sitk]:.3g} mm is {ratio:.2f} x the model's "
+                         f"HR spacing {block.hr_spacing[0]:.3g} mm; the model maps r={block.r} thin slices per thick "
+                         f"slice. Train a model for this slice spacing")
+    if abs(spacing[block.lr_axis_sitk] - block.lr_spacing[0]) > 1e-3 * block.lr_spacing[0]:
+        return (f"{source}: slice spacing {spacing[block.lr_axis_sitk]:.4g} mm differs from the model's "
+                f"{block.lr_spacing[0]:.4g} mm: resampled along the thick axis to {block.lr_spacing[0]:.4g} mm")
+    return None
 
 
 def lr_configuration(configuration_manager: ConfigurationManager, block: REHRSegPlanBlock) -> ConfigurationManager:
@@ -51,8 +77,10 @@ def hr_properties(properties: dict, block: REHRSegPlanBlock, transpose_backward:
 class REHRSegPredictor:
     def __init__(self, network: torch.nn.Module, plans_manager: PlansManager,
                  configuration_manager: ConfigurationManager, dataset_json: dict, device: torch.device,
-                 tile_step_size: float = 0.5, mirror_axes: Optional[Sequence[int]] = (0, 1, 2)):
+                 tile_step_size: float = 0.5, mirror_axes: Optional[Sequence[int]] = (0, 1, 2),
+                 fold_weights: Optional[List[dict]] = None):
         self.network = network
+        self.fold_weights = fold_weights or [None]   # None: use the network's current weights
         self.plans_manager = plans_manager
         self.configuration_manager = configuration_manager
         self.dataset_json = dataset_json
@@ -61,6 +89,42 @@ class REHRSegPredictor:
         self.lr_configuration = lr_configuration(configuration_manager, self.block)
         self.tile_step_size = tile_step_size
         self.mirror_axes = tuple(mirror_axes or ())
+
+    @classmethod
+    def from_trained_model_folder(cls, folder: str, folds: Sequence[str], checkpoint_name: str,
+                                  device: torch.device, tile_step_size: float = 0.5,
+                                  use_mirroring: bool = True) -> "REHRSegPredictor":
+        """A trained REHRSeg model (nnUNet_results/<dataset>/<trainer>__<plans>__3d_fullres), one or more folds."""
+        folder = Path(folder)
+        for name in ("plans.json", "dataset.json"):
+            if not (folder / name).is_file():
+                raise InputError(f"{folder / name} not found: no trained model there; check -d, -tr, -p, -c")
+        plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        configuration_manager = plans_manager.get_configuration(CONFIGURATION)
+        weights, mirror_axes = [], None
+        for fold in folds:
+            path = folder / (f"fold_{fold}" if fold != "all" else "fold_all") / checkpoint_name
+            if not path.is_file():
+                raise InputError(f"{path} not found: fold {fold} is not trained (or use -chk checkpoint_best.pth)")
+            try:
+                checkpoint = load_trained_checkpoint(path)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+            if not checkpoint.get("trainer_name", "").startswith("REHRSegTrainer"):
+                raise InputError(f"{path}: trained with {checkpoint.get('trainer_name')}, not a REHRSeg trainer; "
+                                 f"use nnUNetv2_predict for stock nnU-Net models")
+            weights.append(checkpoint["network_weights"])
+            mirror_axes = checkpoint.get("inference_allowed_mirroring_axes", mirror_axes)
+        arch = configuration_manager
+        num_inputs = len(dataset_json["channel_names"])
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        network = build_rehrseg_network(arch.network_arch_class_name, arch.network_arch_init_kwargs,
+                                        arch.network_arch_init_kwargs_req_import, num_inputs, num_outputs,
+                                        deep_supervision=False).enable_rehrseg_forward().to(device).eval()
+        network.load_state_dict(weights[0])
+        return cls(network, plans_manager, configuration_manager, dataset_json, device, tile_step_size,
+                   mirror_axes if use_mirroring else None, weights if len(weights) > 1 else None)
 
     def preprocess(self, image_files: List[str]) -> Tuple[np.ndarray, dict]:
         data, _, properties = DefaultPreprocessor(verbose=False).run_case(
@@ -81,7 +145,8 @@ class REHRSegPredictor:
 
     @torch.inference_mode()
     def predict_logits(self, data: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(C, D, H, W) preprocessed LR data -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W), on the CPU."""
+        """(C, D, H, W) preprocessed LR data -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W), on the CPU;
+        folds are ensembled by summing their Gaussian-weighted logits (the same normalisation divides them out)."""
         r, patch = self.block.r, tuple(self.block.lr_patch_size)
         padded, slicer = pad_nd_image(torch.from_numpy(np.ascontiguousarray(data)).float(), patch, "constant",
                                       {"value": 0}, True)
@@ -96,7 +161,10 @@ class REHRSegPredictor:
         hr_weight = torch.zeros((r * shape[0], *shape[1:]), device=self.device)
         steps = compute_steps_for_sliding_window(shape, patch, self.tile_step_size)
         amp = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
-        for start in itertools.product(*steps):
+        tiles = list(itertools.product(*steps))
+        for weights, start in itertools.product(self.fold_weights, tiles):
+            if weights is not None and start == tiles[0]:
+                self.network.load_state_dict(weights)
             lr_tile = tuple(slice(s, s + p) for s, p in zip(start, patch))
             hr_tile = (slice(r * start[0], r * (start[0] + patch[0])), *lr_tile[1:])
             x = padded[(slice(None), *lr_tile)][None].to(self.device)
@@ -114,6 +182,9 @@ class REHRSegPredictor:
     def export(self, lr_logits: torch.Tensor, hr_logits: torch.Tensor, properties: dict, hr_file_truncated: str,
                lr_file_truncated: Optional[str] = None, save_probabilities: bool = False) -> None:
         """Segmentations (and optionally probabilities) on the HR grid and, if asked, on the input's LR grid."""
+        for target in (hr_file_truncated, lr_file_truncated):
+            if target is not None:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
         export_prediction_from_logits(hr_logits, hr_properties(properties, self.block,
                                                                self.plans_manager.transpose_backward),
                                       self.configuration_manager, self.plans_manager, self.dataset_json,

@@ -1,0 +1,170 @@
+"""Inference geometry (LR in, HR out on the derived grid), sliding-window stitching, input checks, evaluation."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from conftest import OBLIQUE, phantom
+from nnunetv2_rehrseg.degradation import blur_subsample
+from nnunetv2_rehrseg.errors import InputError
+from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_metrics
+from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
+from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid
+from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.plans import REHRSegPlanBlock
+
+DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "outer": 1, "inner": 2},
+                "numTraining": 1, "file_ending": ".nii.gz"}
+
+
+def make_plans(lr_axis_sitk: int, r: int, hr_spacing_sitk, lr_patch):
+    lr_numpy = numpy_axis_of(lr_axis_sitk)
+    forward = [lr_numpy] + [i for i in range(3) if i != lr_numpy]
+    spacing_zyx = list(hr_spacing_sitk[::-1])
+    hr_spacing = [spacing_zyx[i] for i in forward]
+    block = REHRSegPlanBlock(r=r, lr_axis=0, lr_axis_sitk=lr_axis_sitk, slice_profile="gaussian",
+                             slice_thickness=r * hr_spacing[0], fwhm=float(r), hr_spacing=hr_spacing,
+                             lr_spacing=[r * hr_spacing[0], *hr_spacing[1:]], lr_patch_size=list(lr_patch))
+    resampling = {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
+    config = {"data_identifier": "REHRSegPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+              "batch_size": 2, "patch_size": [r * lr_patch[0], *lr_patch[1:]], "median_image_size_in_voxels": [1, 1, 1],
+              "spacing": hr_spacing, "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
+              "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
+              "resampling_fn_seg": "resample_data_or_seg_to_shape",
+              "resampling_fn_seg_kwargs": {**resampling, "is_seg": True},
+              "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+              "resampling_fn_probabilities_kwargs": resampling, "batch_dice": False, "rehrseg": block.to_dict(),
+              "architecture": {"network_class_name": "unused", "arch_kwargs": {}, "_kw_requires_import": []}}
+    return {"dataset_name": "Dataset999_Geometry", "plans_name": "REHRSegPlans",
+            "original_median_spacing_after_transp": hr_spacing, "original_median_shape_after_transp": [1, 1, 1],
+            "image_reader_writer": "SimpleITKIO", "transpose_forward": forward,
+            "transpose_backward": [forward.index(i) for i in range(3)], "configurations": {"3d_fullres": config},
+            "experiment_planner_used": "REHRSegPlanner", "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {"0": {"mean": 0, "std": 1, "percentile_00_5": 0,
+                                                                  "percentile_99_5": 1}}}
+
+
+class Upsampler(torch.nn.Module):
+    """Stand-in network: LR logits = (x, -x), HR logits = the same repeated r times along the LR axis."""
+
+    def __init__(self, r):
+        super().__init__()
+        self.r = r
+
+    def forward(self, x):
+        lr = torch.cat([x, -x, 0 * x], 1)
+        return lr, lr.repeat_interleave(self.r, dim=2), None
+
+
+def _predictor(plans, network=None, mirror_axes=(0, 1, 2)):
+    manager = PlansManager(plans)
+    return REHRSegPredictor(network, manager, manager.get_configuration("3d_fullres"), DATASET_JSON,
+                            torch.device("cpu"), 0.5, mirror_axes)
+
+
+@pytest.mark.parametrize("shape", [(5, 13, 30), (13, 40, 17)])   # smaller than the patch on some axes, not multiples
+def test_sliding_window_places_lr_and_hr_tiles_exactly(shape):
+    plans = make_plans(2, 4, (1.0, 1.0, 1.0), (8, 16, 16))
+    data = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
+    lr, hr = _predictor(plans, Upsampler(4)).predict_logits(data)
+    assert lr.shape == (3, *shape) and hr.shape == (3, 4 * shape[0], *shape[1:])
+    np.testing.assert_allclose(lr[0].numpy(), data[0], atol=1e-5)
+    np.testing.assert_allclose(hr[1].numpy(), -np.repeat(data[0], 4, axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("lr_axis", [1, 2])
+def test_phantom_from_lr_lands_on_the_derived_hr_grid_at_the_right_world_coordinates(tmp_path, lr_axis):
+    r = 4
+    hr_spacing = (0.9, 0.9, 0.9)
+    hr_shape_zyx = [20, 20, 20]
+    hr_shape_zyx[numpy_axis_of(lr_axis)] = 32
+    hr_image, hr_labels = phantom(tuple(hr_shape_zyx), 3)
+    hr = Grid(tuple(hr_shape_zyx[::-1]), hr_spacing, (12.0, -40.0, 7.5), OBLIQUE)
+    lr = lr_grid(hr, lr_axis, r)
+    lr_image = blur_subsample(hr_image, numpy_axis_of(lr_axis), r, float(r))
+    write_image(lr_image.astype(np.float32), lr, tmp_path / "case_0000.nii.gz")
+    plans = make_plans(lr_axis, r, hr_spacing, (8, 16, 16))
+    predictor = _predictor(plans)
+    data, properties = predictor.preprocess([str(tmp_path / "case_0000.nii.gz")])
+    assert data.shape[1] == lr_image.shape[numpy_axis_of(lr_axis)]     # the LR axis went first
+    # oracle HR logits: the phantom's HR labels, in the network's (transposed) layout
+    oracle = np.eye(3, dtype=np.float32)[hr_labels.transpose(plans["transpose_forward"])].transpose(3, 0, 1, 2)
+    predictor.export(torch.zeros(3, *data.shape[1:]), torch.from_numpy(10 * oracle), properties,
+                     str(tmp_path / "hr" / "case"), str(tmp_path / "lr" / "case"))
+    written, grid = read_image(tmp_path / "hr" / "case.nii.gz")
+    assert grid.size == hr.size
+    np.testing.assert_allclose(grid.spacing, hr.spacing, atol=1e-6)
+    np.testing.assert_allclose(grid.origin, hr.origin, atol=1e-5)
+    np.testing.assert_allclose(grid.direction, hr.direction, atol=1e-6)
+    np.testing.assert_array_equal(written, hr_labels)
+    centre = np.argwhere(written == 2).mean(0)[::-1]            # index (x, y, z)
+    expected = np.argwhere(hr_labels == 2).mean(0)[::-1]
+    np.testing.assert_allclose(grid.index_to_world(centre), hr.index_to_world(expected), atol=1e-5)
+    lr_written, lr_written_grid = read_image(tmp_path / "lr" / "case.nii.gz")
+    assert lr_written_grid.size == lr.size and np.allclose(lr_written_grid.origin, lr.origin)
+
+
+def test_inputs_that_do_not_fit_the_model_are_refused():
+    block = REHRSegPlanBlock.from_configuration(make_plans(2, 4, (1.0, 1.0, 1.0), (8, 16, 16))
+                                                ["configurations"]["3d_fullres"])
+    ok = Grid((10, 10, 5), (1.0, 1.0, 4.0), (0, 0, 0), OBLIQUE)
+    assert check_input_grid(ok, block, "x") is None
+    assert "resampled" in check_input_grid(Grid((10, 10, 5), (1.0, 1.0, 4.4), (0, 0, 0), OBLIQUE), block, "x")
+    with pytest.raises(InputError, match="r=4"):
+        check_input_grid(Grid((10, 10, 5), (1.0, 1.0, 2.0), (0, 0, 0), OBLIQUE), block, "a.nii.gz")
+    with pytest.raises(InputError, match="thick axis"):
+        check_input_grid(Grid((10, 10, 5), (4.0, 1.0, 1.0), (0, 0, 0), OBLIQUE), block, "a.nii.gz")
+
+
+def test_metrics_on_hand_computed_cases():
+    ref = np.zeros((10, 12, 12), bool)
+    ref[4, 2:10, 2:10] = True                                   # a one-voxel-thick plate
+    shifted = np.roll(ref, 1, axis=0)
+    m = label_metrics(ref, shifted, (2.5, 1.0, 1.0))
+    assert m["Dice"] == 0 and m["HD95"] == pytest.approx(2.5) and m["ASSD"] == pytest.approx(2.5)
+    same = label_metrics(ref, ref, (2.5, 1.0, 1.0))
+    assert same == {"Dice": 1.0, "HD95": 0.0, "ASSD": 0.0}
+    empty = np.zeros_like(ref)
+    assert label_metrics(ref, empty, (1, 1, 1))["Dice"] == 0 and np.isnan(label_metrics(ref, empty, (1, 1, 1))["HD95"])
+    both = label_metrics(empty, empty, (1, 1, 1))
+    assert both["Dice"] == 1 and np.isnan(both["ASSD"])
+    rng = np.random.default_rng(0)
+    a, b = rng.random((8, 9, 10)) > 0.5, rng.random((8, 9, 10)) > 0.4
+    assert label_metrics(a, b, (1, 1, 1))["Dice"] == pytest.approx(
+        2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_evaluate_folders_agrees_with_nnunet_and_resamples_other_grids(tmp_path):
+    grid = Grid((12, 12, 10), (1.0, 1.0, 2.0), (3.0, 4.0, 5.0), OBLIQUE)
+    rng = np.random.default_rng(1)
+    for case in ("a", "b"):
+        ref = (rng.random((10, 12, 12)) > 0.5).astype(np.uint8) + (rng.random((10, 12, 12)) > 0.7)
+        pred = np.where(rng.random(ref.shape) > 0.8, 0, ref).astype(np.uint8)
+        write_image(ref, grid, tmp_path / "ref" / f"{case}.nii.gz")
+        write_image(pred, grid, tmp_path / "pred" / f"{case}.nii.gz")
+    result = evaluate_folders(str(tmp_path / "ref"), str(tmp_path / "pred"))
+    for case in ("a", "b"):
+        theirs = compute_metrics(str(tmp_path / "ref" / f"{case}.nii.gz"), str(tmp_path / "pred" / f"{case}.nii.gz"),
+                                 SimpleITKIO(), [1, 2])["metrics"]
+        for label in (1, 2):
+            assert result["per_case"][case][str(label)]["Dice"] == pytest.approx(theirs[label]["Dice"])
+    write_metrics(result, str(tmp_path / "m.json"))
+    assert json.loads((tmp_path / "m.json").read_text())["summary"]["labels"] == [1, 2]
+    assert (tmp_path / "m.csv").read_text().startswith("case,label,Dice,HD95,ASSD")
+    # a prediction on a finer grid is resampled (nearest) onto the reference
+    fine = sitk.Resample(sitk.ReadImage(str(tmp_path / "pred" / "a.nii.gz")), [24, 24, 20], sitk.Transform(),
+                         sitk.sitkNearestNeighbor, grid.origin, (0.5, 0.5, 1.0), OBLIQUE, 0)
+    (tmp_path / "pred2").mkdir()
+    sitk.WriteImage(fine, str(tmp_path / "pred2" / "a.nii.gz"))
+    (tmp_path / "ref2").mkdir()
+    (tmp_path / "ref2" / "a.nii.gz").write_bytes((tmp_path / "ref" / "a.nii.gz").read_bytes())
+    resampled = evaluate_folders(str(tmp_path / "ref2"), str(tmp_path / "pred2"))
+    assert resampled["per_case"]["a"]["1"]["Dice"] == pytest.approx(result["per_case"]["a"]["1"]["Dice"], abs=0.05)
+    with pytest.raises(InputError, match="prediction missing"):
+        evaluate_folders(str(tmp_path / "ref"), str(tmp_path / "pred2"))
+    assert evaluate_folders(str(tmp_path / "ref"), str(tmp_path / "pred2"), chill=True)["summary"]["cases"] == 1
