@@ -263,3 +263,5 @@ def test_stock_repreprocessing_of_our_plans_is_refused(planned):
     result = run("nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_noKD_tiny", "-p",
                  "REHRSegPlans", "-device", "cpu", env=env, check=False)
     assert result.returncode != 0 and "rehrseg_plan_and_preprocess" in result.stdout + result.stderr
+    # the whole module ran stock and REHRSeg planning, preprocessing, training, prediction: raw data untouched
+    assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
