@@ -10,7 +10,6 @@ import argparse
 import json
 import tempfile
 import time
-from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -26,20 +25,16 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
     from nnunetv2_rehrseg.network import build_rehrseg_network
-    from nnunetv2_rehrseg.plans import HR_SCALE_KWARG
+    from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
     from nnunetv2_rehrseg.raw_dataset import group_channel_files
 
     device = torch.device(args.device)
-    base = Path(str(nnUNet_preprocessed)) / maybe_convert_to_dataset_name(args.d)
-    plans = json.loads((base / "REHRSegPlans.json").read_text())
-    dataset_json = json.loads((base / "dataset.json").read_text())
+    plans, dataset_json = load_dataset_plans(args.d)
     config = plans["configurations"]["3d_fullres"]
     block = config["rehrseg"]
     arch = config["architecture"]
@@ -55,10 +50,8 @@ def main(argv=None) -> dict:
     ours = REHRSegPredictor(ours_net, manager, manager.get_configuration("3d_fullres"), dataset_json, device, 0.5,
                             mirror)
 
-    lr_plans = deepcopy(plans)
+    lr_plans = stock_lr_plans(plans)
     lr_config = lr_plans["configurations"]["3d_fullres"]
-    lr_config.update(spacing=block["lr_spacing"], patch_size=block["lr_patch_size"])
-    lr_config["architecture"]["arch_kwargs"].pop(HR_SCALE_KWARG)
     stock_net = get_network_from_plans(arch["network_class_name"], lr_config["architecture"]["arch_kwargs"],
                                        arch["_kw_requires_import"], channels, classes, deep_supervision=False)
     shared = {k: v for k, v in ours_net.state_dict().items() if not k.startswith("hr_head")}

@@ -46,18 +46,14 @@ def main(argv=None) -> dict:
     parser.add_argument("-o", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
-    from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.plans import HR_SCALE_KWARG
+    from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
     from nnunetv2_rehrseg.selfsr.training import load_network
 
     device = torch.device(args.device)
-    base = Path(str(nnUNet_preprocessed)) / maybe_convert_to_dataset_name(args.d)
-    plans = json.loads((base / "REHRSegPlans.json").read_text())
-    dataset_json = json.loads((base / "dataset.json").read_text())
+    plans, dataset_json = load_dataset_plans(args.d)
     config = plans["configurations"]["3d_fullres"]
     block = config["rehrseg"]
 
@@ -65,11 +61,7 @@ def main(argv=None) -> dict:
     if ours.kd_enabled:
         ours.teacher, _ = load_network(ours.selfsr_checkpoint(), device)
         ours.teacher.requires_grad_(False)
-    lr_plans = deepcopy(plans)
-    lr_config = lr_plans["configurations"]["3d_fullres"]
-    lr_config.update(spacing=block["lr_spacing"], patch_size=block["lr_patch_size"])
-    lr_config["architecture"]["arch_kwargs"].pop(HR_SCALE_KWARG)
-    stock = _trainer(nnUNetTrainer, lr_plans, dataset_json, device)
+    stock = _trainer(nnUNetTrainer, stock_lr_plans(plans), dataset_json, device)
 
     b, channels = config["batch_size"], len(dataset_json["channel_names"])
     classes = ours.label_manager.num_segmentation_heads

@@ -44,3 +44,30 @@ class REHRSegPlanBlock:
             raise KeyError(f"{plans_file} has no 'rehrseg' block in this configuration: it was not made by "
                            f"rehrseg_plan_and_preprocess (REHRSeg trainers need -p {PLANS_NAME})")
         return cls.from_dict(configuration["rehrseg"])
+
+
+def stock_lr_plans(plans: dict) -> dict:
+    """Stock nnU-Net plans for the LR grid with the same topology: LR spacing and patch, no HR head (for fair
+    side-by-side timing and baselines)."""
+    from copy import deepcopy
+
+    lr = deepcopy(plans)
+    config = lr["configurations"][CONFIGURATION]
+    block = REHRSegPlanBlock.from_configuration(config)
+    config.update(spacing=block.lr_spacing, patch_size=block.lr_patch_size)
+    config["architecture"]["arch_kwargs"].pop(HR_SCALE_KWARG, None)
+    config.pop("rehrseg")
+    return lr
+
+
+def load_dataset_plans(dataset_name_or_id, plans_name: str = PLANS_NAME):
+    """(plans, dataset.json) of a dataset preprocessed by rehrseg_plan_and_preprocess."""
+    import json
+    from pathlib import Path
+
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    base = Path(str(nnUNet_preprocessed)) / maybe_convert_to_dataset_name(dataset_name_or_id)
+    return (json.loads((base / f"{plans_name}.json").read_text()),
+            json.loads((base / "dataset.json").read_text()))
