@@ -21,7 +21,8 @@ def read_image(path) -> Tuple[np.ndarray, Grid]:
                          f"component(s); REHRSeg needs 3D single-component volumes (one file per channel)")
     array = sitk.GetArrayFromImage(image)
     is_nifti = str(path).endswith((".nii", ".nii.gz"))
-    if array.dtype.kind == "f" and (not np.isfinite(array).all() or (is_nifti and not _nifti_is_finite(path))):
+    stored_finite = _nifti_is_finite(path) if is_nifti else True  # also reads the whole file: catches truncation
+    if not stored_finite or (array.dtype.kind == "f" and not np.isfinite(array).all()):
         raise InputError(f"{path}: contains NaN or Inf voxels; fix or replace them before running REHRSeg")
     return array, Grid.of(image)
 
@@ -30,7 +31,12 @@ def _nifti_is_finite(path) -> bool:
     """ITK's NIfTI reader silently replaces NaN voxels, so the stored values are checked with nibabel."""
     import nibabel
 
-    return bool(np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all())
+    try:
+        return bool(np.isfinite(np.asanyarray(nibabel.load(str(path)).dataobj)).all())
+    except (EOFError, OSError, ValueError, nibabel.filebasedimages.ImageFileError) as e:
+        # ITK may read a cut-off .nii.gz without complaint; the full decompression here notices
+        raise InputError(f"{path}: unreadable or truncated image ({type(e).__name__}: {str(e)[:100]}); re-export "
+                         f"it as NIfTI") from None
 
 
 def write_image(array: np.ndarray, grid: Grid, path) -> None:

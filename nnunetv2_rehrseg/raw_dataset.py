@@ -116,6 +116,10 @@ def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> Lo
         raise InputError(f"case {case.identifier}: {len(case.images)} image file(s) for {dataset.num_channels} "
                          f"channel(s) in dataset.json; add the missing _000X files")
     image, grid = read_channels(case.images, case.identifier)
+    for channel, path in enumerate(case.images):
+        if image[channel].min() == image[channel].max():
+            raise InputError(f"{path}: constant image (every voxel {image[channel].flat[0]:g}); it carries nothing "
+                             f"to learn from or to normalise: remove the case or fix the export")
     labels = None
     if need_label:
         if case.label is None or not Path(case.label).is_file():

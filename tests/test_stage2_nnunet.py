@@ -158,6 +158,8 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
     # rehrseg_predict + rehrseg_evaluate end to end
     inputs, out = planned["root"] / "lr_in", planned["root"] / "hr_out"
     inputs.mkdir()
+    (out / ".rehrseg_partial").mkdir(parents=True)     # left behind by an interrupted run
+    (out / ".rehrseg_partial" / "stale.nii.gz").write_bytes(b"half")
     for source in (planned["raw"] / "imagesTr" / "case03_0000.nii.gz", planned["raw"] / "imagesTs" / "case04_0000.nii.gz"):
         (inputs / source.name).write_bytes(source.read_bytes())
     plain_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
@@ -165,7 +167,7 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
         "-device", "cpu", "--lr_output", "--save_probabilities", env=plain_env)
     for name in ("case03.nii.gz", "case04.nii.gz", "case04.npz", "lr/case03.nii.gz", "lr/case04.nii.gz"):
         assert (out / name).is_file(), name
-    assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir())
+    assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir()) and not (out / "stale.nii.gz").exists()
     # same model, input and TTA as the trainer's final validation: the same HR segmentation
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case03.nii.gz"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))))
