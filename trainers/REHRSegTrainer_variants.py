@@ -42,13 +42,18 @@ class REHRSegTrainer_50epochs(_TrainingBudget, REHRSegTrainer):
 
 
 class REHRSegTrainer_fast(_TrainingBudget, REHRSegTrainer):
-    """The CPU-practical budget of the demo."""
-    budget = (40, 50, 10)
+    """The CPU-practical budget of the demo (with -pl REHRSegPlannerCPU: about 8 minutes on 2 cores)."""
+    budget = (15, 50, 5)
 
 
 class nnUNetTrainer_rehrsegFastBudget(_TrainingBudget, nnUNetTrainer):
     """Stock nnU-Net with REHRSegTrainer_fast's budget: the benchmark's baseline arms."""
     budget = REHRSegTrainer_fast.budget
+
+
+class nnUNetTrainer_rehrsegTinyBudget(_TrainingBudget, nnUNetTrainer):
+    """Stock nnU-Net with REHRSegTrainer_tiny's budget (miniature demo runs)."""
+    budget = (2, 2, 1)
 
 
 class REHRSegTrainer_tiny(_TrainingBudget, REHRSegTrainer):

@@ -4,8 +4,10 @@ from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import (REHRSegTrainer_50
                                                                REHRSegTrainer_fast, REHRSegTrainer_noKD,
                                                                REHRSegTrainer_noKD_tiny, REHRSegTrainer_noPseudoData,
                                                                REHRSegTrainer_noUncertainty, REHRSegTrainer_tiny,
-                                                               nnUNetTrainer_rehrsegFastBudget)
+                                                               nnUNetTrainer_rehrsegFastBudget,
+                                                               nnUNetTrainer_rehrsegTinyBudget)
 
 __all__ = ["REHRSegTrainer", "REHRSegTrainer_noKD", "REHRSegTrainer_noUncertainty", "REHRSegTrainer_noPseudoData",
            "REHRSegTrainer_5epochs", "REHRSegTrainer_50epochs", "REHRSegTrainer_fast", "REHRSegTrainer_tiny",
-           "REHRSegTrainer_noKD_tiny", "nnUNetTrainer_rehrsegFastBudget"]
+           "REHRSegTrainer_noKD_tiny", "nnUNetTrainer_rehrsegFastBudget",
+           "nnUNetTrainer_rehrsegTinyBudget"]

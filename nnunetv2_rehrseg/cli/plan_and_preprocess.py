@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nnunetv2_rehrseg.cli.common import add_device_flag, add_stage1_flags, resolve_device, setup_logging
 from nnunetv2_rehrseg.cli.selfsr import stage1_kwargs
-from nnunetv2_rehrseg.errors import exits_cleanly
+from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 from nnunetv2_rehrseg.plans import PLANS_NAME
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,18 @@ def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path
         tmp.replace(base / "dataset.json")
 
 
+def _require_pseudo_hr_foreground(stage1: Path) -> None:
+    """Pseudo-HR labels without any foreground (a self-SR stopped far too early) would only crash nnU-Net's
+    fingerprinting; say what happened instead."""
+    from nnunetv2_rehrseg.io import read_image
+
+    labels = sorted((stage1 / "pseudo_hr" / "labelsTr").glob("*.nii.gz"))
+    if labels and all(read_image(p)[0].max() == 0 for p in labels):
+        raise InputError(f"{stage1 / 'pseudo_hr' / 'labelsTr'}: the pseudo-HR labels of every case are background "
+                         f"only (see {stage1 / 'qc' / 'lr_dice.json'}): the self-SR is undertrained; delete {stage1} "
+                         f"and rerun with more -iterations (or -preset default)")
+
+
 @exits_cleanly
 def plan_and_preprocess_entry(argv=None) -> None:
     parser = argparse.ArgumentParser(description="REHRSeg: run stage 1 (self-SR) if needed, then nnU-Net fingerprint "
@@ -38,7 +50,8 @@ def plan_and_preprocess_entry(argv=None) -> None:
     parser.add_argument("-np", type=int, default=2, help="processes for reading, fingerprinting and preprocessing")
     parser.add_argument("-pl", default="ExperimentPlanner",
                         help="nnU-Net planner whose network class and memory budget to use, e.g. "
-                             "nnUNetPlannerResEncM (default: ExperimentPlanner, PlainConvUNet)")
+                             "nnUNetPlannerResEncM (default: ExperimentPlanner, PlainConvUNet), or REHRSegPlannerCPU "
+                             "(16..128 features, small patch: CPU-practical)")
     parser.add_argument("-gpu_memory_target", type=float, default=None,
                         help="GPU memory target in GB for the planner (default: the planner's own)")
     parser.add_argument("-overwrite_plans_name", default=PLANS_NAME,
@@ -73,6 +86,7 @@ def plan_and_preprocess_entry(argv=None) -> None:
         run_stage1(dataset.name, resolve_device(args.device), **stage1_kwargs(args))
     t_stage1 = time.time()
 
+    _require_pseudo_hr_foreground(folder)
     _ensure_shared_lr_files(dataset_id, dataset.name, dataset.folder, args.np)
     extract_fingerprint_dataset(dataset_id, PseudoHRFingerprintExtractor, num_processes=args.np, clean=True,
                                 verbose=False)

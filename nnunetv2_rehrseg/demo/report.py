@@ -1,0 +1,111 @@
+"""The demo's report: a markdown table, a CSV, a bar plot and one QC montage per test subject."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nnunetv2_rehrseg.demo.anatomy import LABELS
+from nnunetv2_rehrseg.geometry import numpy_axis_of
+from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.qc import save_montage
+
+NAMES = {str(v): k for k, v in LABELS.items() if v}
+
+
+def _rows(pipeline, results):
+    from nnunetv2_rehrseg.demo.pipeline import ARMS
+
+    for arm, description in ARMS.items():
+        summary = results[arm]
+        per_label = summary["mean_per_label"]
+        yield {"arm": description, "mean Dice": summary["mean"]["Dice"],
+               **{f"Dice {NAMES[k]}": v["Dice"] for k, v in per_label.items()},
+               "HD95 mm": summary["mean"]["HD95"], "ASSD mm": summary["mean"]["ASSD"],
+               "LR Dice": summary.get("lr_dice", float("nan"))}
+
+
+def _plane(volume: np.ndarray, sitk_axis: int) -> np.ndarray:
+    """The middle plane that contains the LR axis, LR axis vertical with index 0 at the bottom."""
+    lr = numpy_axis_of(sitk_axis)
+    other = max(a for a in range(3) if a != lr)
+    plane = np.take(volume, volume.shape[other] // 2, axis=other)
+    return np.flipud(plane if lr == 0 else plane.T)
+
+
+def _montage(pipeline, identifier: str) -> None:
+    out, axis, r = pipeline.out, pipeline.axis, pipeline.r
+    lr_image, _ = read_image(pipeline.data.raw_folder / "imagesTs" / f"{identifier}_0000.nii.gz")
+    row = {"LR input (nearest)": _plane(np.repeat(lr_image, r, axis=numpy_axis_of(axis)), axis),
+           "pseudo-HR image": _plane(read_image(out / "pseudo_hr_test" / f"{identifier}_0000.nii.gz")[0], axis),
+           "uncertainty": _plane(read_image(out / "pseudo_hr_test" / "uncertainty" / f"{identifier}.nii.gz")[0],
+                                 axis),
+           "HR truth labels": _plane(read_image(out / "truth" / "labels" / f"{identifier}.nii.gz")[0], axis),
+           "REHRSeg labels": _plane(read_image(out / "predictions" / "rehrseg" / f"{identifier}.nii.gz")[0], axis),
+           "LR nnU-Net labels (linear)": _plane(read_image(out / "predictions" / "lr_nnunet_linear" /
+                                                           f"{identifier}.nii.gz")[0], axis)}
+    save_montage([row], [identifier], out / f"montage_{identifier}.png",
+                 title=f"{identifier}: plane through the thick-slice axis (vertical)", label_max=3)
+
+
+def _plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    names = [r["arm"].split(",")[0].split(" (")[0] + ("" if "," not in r["arm"] else " " + r["arm"].split(", ")[1][:12])
+             for r in rows]
+    axes[0].barh(names, [r["mean Dice"] for r in rows], color="tab:green")
+    axes[0].set_xlabel("HR Dice (mean of CSF, GM, WM)")
+    axes[0].set_xlim(0, 1)
+    axes[1].barh(names, [r["HD95 mm"] for r in rows], color="tab:red")
+    axes[1].set_xlabel("HR HD95 (mm, lower is better)")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(pipeline, results: dict, peak_gb: float) -> None:
+    out = pipeline.out
+    rows = list(_rows(pipeline, results))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot(rows, out / "results.png")
+    for identifier in pipeline.data.test_ids:
+        _montage(pipeline, identifier)
+    (out / "timings.json").write_text(json.dumps({**pipeline.timings, "peak_rss_gb": peak_gb}, indent=1))
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    table = header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
+                             for r in rows)
+    timings = "\n".join(f"| {k} | {v:.0f} s |" for k, v in pipeline.timings.items())
+    montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
+    (out / "report.md").write_text(f"""# REHRSeg demo report
+
+MNI152 T1 ({pipeline.spacing_mm} mm) subjects, thick slices simulated at r={pipeline.r} along axis {pipeline.axis}
+(SimpleITK order); {pipeline.n_train} training subjects (fold 0: last one validates), {pipeline.n_test} test
+subjects scored on their HR truth. Trainers: `{pipeline.trainer}` (REHRSeg) and `{pipeline.baseline_trainer}`
+(arm 1), same LR network (`REHRSegPlannerCPU`) and iteration budget. Device: {pipeline.device}.
+
+{table}
+LR Dice: the LR-grid output against the LR labels of the test subjects (majority rule). HD95/ASSD in mm on the HR
+grid; means over the test subjects and the three tissue labels.
+
+![results](results.png)
+
+{montages}
+
+| stage | wall time |
+|---|---|
+{timings}
+
+Peak memory (largest process): {peak_gb:.1f} GB.
+
+Limits: template-derived subjects (one anatomy, random deformations, bias and contrast), thick slices simulated by
+the same slice-profile model the method assumes, a CPU budget of minutes (quality is far from converged).
+""")

@@ -1,0 +1,45 @@
+"""Demo dataset builder: real anatomy, deterministic subjects, consistent labels and LR/HR geometry."""
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_rehrseg.demo.anatomy import mni152
+from nnunetv2_rehrseg.demo.subjects import build_demo_dataset, make_subject
+from nnunetv2_rehrseg.geometry import Grid, hr_grid
+from nnunetv2_rehrseg.io import read_image
+
+
+def test_subjects_are_deterministic_and_keep_the_label_set():
+    t1, labels, _ = mni152(4.0)
+    a_img, a_lab = make_subject(t1, labels, 4.0, seed=1)
+    b_img, b_lab = make_subject(t1, labels, 4.0, seed=1)
+    c_img, c_lab = make_subject(t1, labels, 4.0, seed=2)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lab, b_lab)
+    assert not np.array_equal(a_lab, c_lab)
+    assert set(np.unique(a_lab)) == {0, 1, 2, 3}
+    # a smooth deformation: most voxels keep their template label, but not all
+    assert 0.6 < (a_lab == labels).mean() < 0.999
+    # the image still follows the labels: WM brighter than GM brighter than CSF (T1)
+    means = [a_img[a_lab == k].mean() for k in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_build_demo_dataset_geometry_and_layout(tmp_path):
+    demo = build_demo_dataset(tmp_path / "raw", tmp_path / "truth", 701, n_train=2, n_test=1, r=4, sitk_axis=1,
+                              spacing_mm=4.0)
+    dataset_json = json.loads((demo.raw_folder / "dataset.json").read_text())
+    assert dataset_json["numTraining"] == 2 and dataset_json["labels"]["WM"] == 3
+    assert sorted(p.name for p in (demo.raw_folder / "imagesTr").iterdir()) == ["sub00_0000.nii.gz",
+                                                                                "sub01_0000.nii.gz"]
+    lr_image, lr = read_image(demo.raw_folder / "imagesTs" / "sub02_0000.nii.gz")
+    hr_labels, hr = read_image(demo.hr_truth / "labels" / "sub02.nii.gz")
+    assert lr.spacing[1] == 16.0 and hr.spacing == (4.0, 4.0, 4.0)
+    expected = hr_grid(lr, 1, 4)          # the HR truth lies exactly on the grid REHRSeg derives from the LR header
+    assert expected.size == hr.size
+    np.testing.assert_allclose(expected.origin, hr.origin, atol=1e-5)
+    np.testing.assert_allclose(expected.spacing, hr.spacing)
+    lr_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(demo.hr_truth / "lr_labels" / "sub02.nii.gz")))
+    assert lr_labels.shape == lr_image.shape and set(np.unique(lr_labels)) <= {0, 1, 2, 3}
+    assert Grid.of(sitk.ReadImage(str(demo.raw_folder / "labelsTr" / "sub00.nii.gz"))) == lr
