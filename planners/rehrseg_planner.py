@@ -107,16 +107,16 @@ class REHRSegPlanner(REHRSegPlannerMixin, ExperimentPlanner):
 
 
 class REHRSegPlannerCPU(REHRSegPlanner):
-    """A CPU-practical segmenter (`-pl REHRSegPlannerCPU`): 16..128 features and nnU-Net's patch search under a
-    1.5 GB budget (about 0.5-0.7 s per training step on 2 cores). Its topology differs from stock LR plans, so
-    -pretrained_weights of a default LR model do not fit it."""
+    """A CPU-practical segmenter (`-pl REHRSegPlannerCPU`): 16..128 features and nnU-Net's patch search run with a
+    1/8 GB budget, used here as a compute budget (about 14x64x64 LR voxels: 0.5-0.7 s per training step on 2
+    cores). Its topology differs from stock LR plans, so -pretrained_weights of a default LR model do not fit."""
 
     def __init__(self, dataset_name_or_id: Union[str, int], plans_name: str = PLANS_NAME, **kwargs):
         super().__init__(dataset_name_or_id, plans_name=plans_name, **kwargs)
         self.UNet_base_num_features = 16
         self.UNet_max_features_3d = 128
         if kwargs.get("gpu_memory_target_in_gb") is None:
-            self.UNet_vram_target_GB = 1.5
+            self.UNet_vram_target_GB = 0.125
 
 
 def rehrseg_planner_class(base_name: str = "ExperimentPlanner") -> Type[ExperimentPlanner]:
