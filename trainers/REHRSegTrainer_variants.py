@@ -42,8 +42,8 @@ class REHRSegTrainer_50epochs(_TrainingBudget, REHRSegTrainer):
 
 
 class REHRSegTrainer_fast(_TrainingBudget, REHRSegTrainer):
-    """The CPU-practical budget of the demo (with -pl REHRSegPlannerCPU: about 8 minutes on 2 cores)."""
-    budget = (15, 50, 5)
+    """The CPU-practical budget of the demo (with -pl REHRSegPlannerCPU: about 10 minutes on 2 cores)."""
+    budget = (8, 50, 5)
 
 
 class nnUNetTrainer_rehrsegFastBudget(_TrainingBudget, nnUNetTrainer):

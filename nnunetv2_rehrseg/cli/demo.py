@@ -18,7 +18,7 @@ def demo_entry(argv=None) -> None:
     parser.add_argument("-spacing", type=float, default=2.0, help="HR spacing in mm of the template")
     parser.add_argument("-n_train", type=int, default=6)
     parser.add_argument("-n_test", type=int, default=2)
-    parser.add_argument("-iterations", type=int, default=500, help="self-SR iterations")
+    parser.add_argument("-iterations", type=int, default=300, help="self-SR iterations")
     parser.add_argument("-tr", default="REHRSegTrainer_fast")
     parser.add_argument("-tr_baseline", default="nnUNetTrainer_rehrsegFastBudget")
     parser.add_argument("-seed", type=int, default=0)
