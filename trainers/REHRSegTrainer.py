@@ -39,7 +39,7 @@ from nnunetv2_rehrseg.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
 from nnunetv2_rehrseg.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, make_pseudo_lr, margin_slices
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
-from nnunetv2_rehrseg.selfsr.training import FINAL, load_network
+from nnunetv2_rehrseg.selfsr.training import FINAL, network_from_checkpoint
 
 SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
@@ -68,7 +68,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self.distillation = None       # KD adapter, built with the optimizer
         self.teacher_stage = None
         self.hr_loss = None
-        self.selfsr_state = None       # the stage-1 model file's content, embedded in checkpoints
+        self.selfsr_state = None       # the stage-1 model file's content (load_selfsr)
         for key in self.loss_term_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
@@ -101,6 +101,13 @@ class REHRSegTrainer(nnUNetTrainer):
         raise RuntimeError(f"self-SR checkpoint not found ({', '.join(map(str, candidates))}): run "
                            f"rehrseg_plan_and_preprocess -d {self.plans_manager.dataset_name} first")
 
+    def load_selfsr(self) -> dict:
+        """The stage-1 model file's content, read once: it sizes the KD adapter, builds the teacher and is embedded
+        in every checkpoint."""
+        if self.selfsr_state is None:
+            self.selfsr_state = load_safe(self.selfsr_checkpoint())
+        return self.selfsr_state
+
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
@@ -116,7 +123,7 @@ class REHRSegTrainer(nnUNetTrainer):
     def _build_distillation(self) -> StructuralDistillation:
         arch = self.configuration_manager.network_arch_init_kwargs
         strides = np.prod(np.array(arch["strides"][:self.kd_student_stage + 1]), axis=0)
-        teacher_features = SelfSRConfig.from_dict(load_safe(self.selfsr_checkpoint())["config"]).features
+        teacher_features = SelfSRConfig.from_dict(self.load_selfsr()["config"]).features
         self.teacher_stage = teacher_stage_for(int(strides[-1]), len(teacher_features))
         return StructuralDistillation(arch["features_per_stage"][self.kd_student_stage],
                                       teacher_features[self.teacher_stage])
@@ -284,7 +291,7 @@ class REHRSegTrainer(nnUNetTrainer):
     def on_train_start(self):
         super().on_train_start()
         if self.kd_enabled and self.teacher is None:
-            self.teacher, _ = load_network(self.selfsr_checkpoint(), self.device)
+            self.teacher, _ = network_from_checkpoint(self.load_selfsr(), self.device)
             self.teacher.requires_grad_(False)
         if self.local_rank == 0:
             from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
@@ -294,8 +301,7 @@ class REHRSegTrainer(nnUNetTrainer):
             # the plans come from the pseudo-HR fingerprint; the stock trainer copied the LR one
             shutil.copyfile(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
             shutil.copyfile(stage1 / "settings.json", base / "rehrseg_settings.json")
-            self.selfsr_state = load_safe(self.selfsr_checkpoint())
-            save_atomic(self.selfsr_state, base / SELFSR_COPY)
+            save_atomic(self.load_selfsr(), base / SELFSR_COPY)
 
     def on_epoch_end(self):
         if self.local_rank == 0:

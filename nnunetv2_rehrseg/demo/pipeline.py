@@ -99,7 +99,7 @@ class Pipeline:
         for identifier in self.data.test_ids:
             self._baseline_to_hr(identifier)
             lr_labels, lr = read_image(self.out / "truth" / "lr_labels" / f"{identifier}.nii.gz")
-            write_image(_upsample_nearest(lr_labels, lr, self.axis, self.r), hr_grid(lr, self.axis, self.r),
+            write_image(_upsample_nearest(lr_labels, self.axis, self.r), hr_grid(lr, self.axis, self.r),
                         preds / "label_round_trip" / f"{identifier}.nii.gz")
 
     def _baseline_to_hr(self, identifier: str) -> None:
@@ -151,7 +151,7 @@ class Pipeline:
         return results
 
 
-def _upsample_nearest(lr_labels: np.ndarray, lr: Grid, sitk_axis: int, r: int) -> np.ndarray:
+def _upsample_nearest(lr_labels: np.ndarray, sitk_axis: int, r: int) -> np.ndarray:
     from nnunetv2_rehrseg.geometry import numpy_axis_of
 
     return np.repeat(lr_labels, r, axis=numpy_axis_of(sitk_axis)).astype(np.uint8)

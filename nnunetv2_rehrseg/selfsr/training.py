@@ -27,7 +27,11 @@ def build_network(config: SelfSRConfig, uasr: bool = True) -> SelfSRNet:
 
 def load_network(path, device: torch.device = torch.device("cpu")):
     """(network in eval mode, config) from a saved self-SR checkpoint."""
-    ckpt = load_safe(path)
+    return network_from_checkpoint(load_safe(path), device)
+
+
+def network_from_checkpoint(ckpt: dict, device: torch.device = torch.device("cpu")):
+    """(network in eval mode, config) from the loaded content of a self-SR checkpoint."""
     config = SelfSRConfig.from_dict(ckpt["config"])
     net = build_network(config, uasr=ckpt["uasr"])
     net.load_state_dict(ckpt["network_weights"])
