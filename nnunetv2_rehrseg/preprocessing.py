@@ -7,12 +7,19 @@ dataset lists only `.b2nd` files and tolerates `.npy`/`.pkl`, so the sidecars li
 with it. `rehrseg_stamp.pkl` (written last) marks the folder as ours: a later stock `nnUNetv2_preprocess
 -plans_name REHRSegPlans` replaces the folder with LR data and drops the stamp, which the trainer then refuses.
 The whole folder is built under a temporary name and moved into place.
+
+Per-image z-scoring is the one step that must not be left to the pseudo-HR volume itself: nnU-Net computes its
+mean and std after cropping to the non-zero region, which the (nowhere exactly zero) self-SR output does not have,
+so the statistics would differ from the ones the real LR input gets at inference and every tissue would sit at
+another normalised intensity in training than at test time. Z-scored channels are therefore normalised with the
+statistics nnU-Net computes on the case's LR source image (`LRMatchedPreprocessor`); since blur and subsampling
+are linear, the pseudo-LR inputs made in training then match stock-preprocessed real LR data.
 """
 import multiprocessing
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 import blosc2
 import numpy as np
@@ -20,9 +27,10 @@ from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle, write_pickle
 from tqdm import tqdm
 
+from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunetv2_rehrseg.errors import InputError
@@ -31,6 +39,39 @@ from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
 
 STAMP = "rehrseg_stamp.pkl"
 UNCERTAINTY_SUFFIX = "_uncertainty.npy"
+ZSCORE = "ZScoreNormalization"
+
+
+def zscore_statistics(image: np.ndarray, use_mask_for_norm: Sequence[bool]) -> List[Tuple[float, float]]:
+    """(mean, std) per channel of a raw (C, ...) image exactly as nnU-Net's ZScoreNormalization sees it: after
+    cropping to the non-zero region and, where use_mask_for_norm, inside the non-zero mask."""
+    cropped, mask, _ = crop_to_nonzero(image.astype(np.float32), None)
+    statistics = []
+    for channel, use_mask in zip(cropped, use_mask_for_norm):
+        values = channel[mask[0] >= 0] if use_mask else channel
+        statistics.append((float(values.mean()), float(values.std())))
+    return statistics
+
+
+class LRMatchedPreprocessor(DefaultPreprocessor):
+    """nnU-Net's DefaultPreprocessor with z-scored channels normalised by given (LR source) statistics."""
+
+    def __init__(self, statistics: Sequence[Tuple[float, float]], verbose: bool = False):
+        super().__init__(verbose=verbose)
+        self.statistics = statistics
+
+    def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
+                   foreground_intensity_properties_per_channel: dict) -> np.ndarray:
+        zscored = [c for c, scheme in enumerate(configuration_manager.normalization_schemes) if scheme == ZSCORE]
+        raw = {c: data[c].copy() for c in zscored}
+        data = super()._normalize(data, seg, configuration_manager, foreground_intensity_properties_per_channel)
+        for c in zscored:
+            mean, std = self.statistics[c]
+            normalised = (raw[c] - mean) / max(std, 1e-8)
+            if configuration_manager.use_mask_for_norm[c]:
+                normalised[seg[0] < 0] = 0
+            data[c] = normalised
+        return data
 
 
 def uncertainty_file(folder: str, identifier: str) -> str:
@@ -49,11 +90,13 @@ def preprocess_uncertainty(uncertainty: np.ndarray, properties: dict, plans_mana
     return np.clip(u, 0, 1).astype(np.float32)
 
 
-def _preprocess_case(identifier: str, files: dict, uncertainty_path: str, output_folder: str, plans: dict,
-                     dataset_json: dict) -> Dict[str, list]:
+def _preprocess_case(identifier: str, files: dict, lr_images: List[str], uncertainty_path: str, output_folder: str,
+                     plans: dict, dataset_json: dict) -> Dict[str, list]:
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration(CONFIGURATION)
-    DefaultPreprocessor(verbose=False).run_case_save(os.path.join(output_folder, identifier), files["images"],
+    lr_image, _ = plans_manager.image_reader_writer_class().read_images(lr_images)
+    statistics = zscore_statistics(lr_image, configuration.use_mask_for_norm)
+    LRMatchedPreprocessor(statistics).run_case_save(os.path.join(output_folder, identifier), files["images"],
                                                      files["label"], plans_manager, configuration, dataset_json)
     properties = load_pickle(os.path.join(output_folder, identifier + ".pkl"))
     data = blosc2.open(urlpath=os.path.join(output_folder, identifier + ".b2nd"), mode="r")[:]
@@ -62,11 +105,11 @@ def _preprocess_case(identifier: str, files: dict, uncertainty_path: str, output
     np.save(uncertainty_file(output_folder, identifier), u)
     flat = data.reshape(data.shape[0], -1)
     # the normalised intensity range maps the data back to the [0, 1] scale the self-SR teacher was trained on
-    return {"intensity_range": np.stack([flat.min(1), flat.max(1)], 1).tolist()}
+    return {"intensity_range": np.stack([flat.min(1), flat.max(1)], 1).tolist(), "lr_zscore_statistics": statistics}
 
 
 def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int = 2) -> str:
-    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 
     base = os.path.join(str(nnUNet_preprocessed), dataset_name)
     plans_file = os.path.join(base, plans_name + ".json")
@@ -81,11 +124,15 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
     if missing:
         raise InputError(f"{missing[0]} is missing: stage 1 is incomplete; rerun rehrseg_selfsr -d {dataset_name}")
 
+    raw_folder = os.path.join(str(nnUNet_raw), dataset_name)
+    lr_dataset = get_filenames_of_train_images_and_targets(raw_folder, load_json(os.path.join(raw_folder,
+                                                                                             "dataset.json")))
     output_folder = os.path.join(base, configuration.data_identifier)
     tmp_folder = output_folder + ".partial"
     shutil.rmtree(tmp_folder, ignore_errors=True)
     os.makedirs(tmp_folder)
-    args = [(k, dataset[k], uncertainty[k], tmp_folder, plans, dataset_json) for k in dataset]
+    args = [(k, dataset[k], lr_dataset[k]["images"], uncertainty[k], tmp_folder, plans, dataset_json)
+            for k in dataset]
     if num_processes <= 1:
         results = [_preprocess_case(*a) for a in tqdm(args, desc="preprocessing pseudo-HR cases")]
     else:

@@ -106,17 +106,28 @@ class REHRSegPlanner(REHRSegPlannerMixin, ExperimentPlanner):
     pass
 
 
-class REHRSegPlannerCPU(REHRSegPlanner):
-    """A CPU-practical segmenter (`-pl REHRSegPlannerCPU`): 16..128 features and nnU-Net's patch search run with a
-    1/8 GB budget, used here as a compute budget (about 14x64x64 LR voxels: 0.5-0.7 s per training step on 2
-    cores). Its topology differs from stock LR plans, so -pretrained_weights of a default LR model do not fit."""
+class CPUBudgetMixin:
+    """A CPU-practical segmenter: 16..128 features and nnU-Net's patch search run with a 1/8 GB budget, used here as
+    a compute budget (about 14x64x64 LR voxels: 0.5-0.7 s per training step on 2 cores). Its topology differs from
+    default plans, so -pretrained_weights of a default-width model do not fit."""
 
-    def __init__(self, dataset_name_or_id: Union[str, int], plans_name: str = PLANS_NAME, **kwargs):
-        super().__init__(dataset_name_or_id, plans_name=plans_name, **kwargs)
+    def __init__(self, dataset_name_or_id: Union[str, int], *args, **kwargs):
+        super().__init__(dataset_name_or_id, *args, **kwargs)
         self.UNet_base_num_features = 16
         self.UNet_max_features_3d = 128
         if kwargs.get("gpu_memory_target_in_gb") is None:
             self.UNet_vram_target_GB = 0.125
+
+
+class REHRSegPlannerCPU(CPUBudgetMixin, REHRSegPlanner):
+    """`-pl REHRSegPlannerCPU`: REHRSeg plans at the CPU budget."""
+
+
+class nnUNetPlannerCPU(CPUBudgetMixin, ExperimentPlanner):
+    """Stock nnU-Net plans at the same CPU budget (the benchmark's stock arms; plans name nnUNetPlans_rehrsegCPU)."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], plans_name: str = "nnUNetPlans_rehrsegCPU", **kwargs):
+        super().__init__(dataset_name_or_id, plans_name=plans_name, **kwargs)
 
 
 def rehrseg_planner_class(base_name: str = "ExperimentPlanner") -> Type[ExperimentPlanner]:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
+from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, labels_consistent_with_lr, majority_labels, profile_fwhm_in_voxels,
                                           resolve_scale, slice_kernel)
 
 
@@ -99,3 +99,34 @@ def test_scale_resolution():
     assert resolve_scale(6.0, 1.0, r=2)[:2] == (2, 3.0)
     with pytest.raises(ValueError):
         resolve_scale(1.2, 1.0)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4, 5])
+def test_consistent_labels_reproduce_the_annotation_and_keep_agreeing_columns(r):
+    rng = np.random.default_rng(r)
+    probabilities = rng.random((4, r * 6, 7, 5)).astype(np.float32)
+    probabilities /= probabilities.sum(0)
+    lr = rng.integers(0, 4, (6, 7, 5)).astype(np.uint8)
+    out = labels_consistent_with_lr(probabilities, lr, r)
+    assert out.shape == (r * 6, 7, 5) and out.dtype == lr.dtype
+    np.testing.assert_array_equal(majority_labels(out, 0, r, num_classes=4), lr)
+    argmax = probabilities.argmax(0).astype(np.uint8)
+    agrees = np.repeat(majority_labels(argmax, 0, r, num_classes=4) == lr, r, axis=0)
+    assert agrees.any() and not agrees.all()
+    np.testing.assert_array_equal(out[agrees], argmax[agrees])
+
+
+def test_consistent_labels_switch_the_fewest_most_probable_sub_slices():
+    # r = 4, annotated GM (2); the network says CSF, CSF, WM, WM: tie -> CSF wins, so sub-slices must switch
+    probabilities = np.zeros((4, 4, 1, 1), np.float32)
+    for i, (label, p_gm) in enumerate([(1, 0.1), (1, 0.4), (3, 0.3), (3, 0.2)]):
+        probabilities[label, i] = 0.6
+        probabilities[2, i] = p_gm
+    out = labels_consistent_with_lr(probabilities, np.array([[[2]]], np.uint8), 4)[:, 0, 0]
+    # one switch (sub-slice 1, the most probable GM) gives CSF, GM, WM, WM -> WM; two (1, then 2) give GM
+    np.testing.assert_array_equal(out, [1, 2, 2, 3])
+
+
+def test_consistent_labels_refuse_a_wrong_shape():
+    with pytest.raises(ValueError, match="thick slices"):
+        labels_consistent_with_lr(np.ones((2, 7, 3, 3), np.float32), np.zeros((2, 3, 3), np.uint8), 4)

@@ -80,6 +80,34 @@ def test_plans_and_preprocessed_data(planned):
     assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
 
 
+def test_pseudo_hr_data_is_normalised_like_the_lr_input(planned):
+    """The z-score of every preprocessed pseudo-HR case uses the statistics stock nnU-Net gets on its LR source
+    (after cropping to non-zero), not its own: pseudo-LR training inputs then share the real LR input's scale."""
+    import blosc2
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    from nnunetv2_rehrseg.preprocessing import zscore_statistics
+
+    pre, raw = planned["pre"], planned["raw"]
+    plans = json.loads((pre / "REHRSegPlans.json").read_text())
+    for case in CASES[:2]:
+        lr_raw = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTr" / f"{case}_0000.nii.gz")))[None]
+        (mean, std), = zscore_statistics(lr_raw, [False])
+        # stock nnU-Net's LR data is exactly the LR image cropped and z-scored with these statistics
+        stock = blosc2.open(urlpath=str(pre / "nnUNetPlans_3d_fullres" / f"{case}.b2nd"), mode="r")[:]
+        props = load_pickle(str(pre / "nnUNetPlans_3d_fullres" / f"{case}.pkl"))
+        box = tuple(slice(a, b) for a, b in props["bbox_used_for_cropping"])
+        np.testing.assert_allclose(stock[0], (lr_raw[0][box] - mean) / std, atol=1e-4)
+        # ours: the pseudo-HR image with the same statistics (its own would differ: no zero background to crop)
+        ours = blosc2.open(urlpath=str(pre / "REHRSegPlans_3d_fullres" / f"{case}.b2nd"), mode="r")[:]
+        props = load_pickle(str(pre / "REHRSegPlans_3d_fullres" / f"{case}.pkl"))
+        hr_raw = sitk.GetArrayFromImage(sitk.ReadImage(str(pre / "rehrseg" / "pseudo_hr" / "imagesTr" /
+                                                           f"{case}_0000.nii.gz")))
+        hr_raw = hr_raw.transpose(plans["transpose_forward"])
+        box = tuple(slice(a, b) for a, b in props["bbox_used_for_cropping"])
+        np.testing.assert_allclose(ours[0], (hr_raw[box] - mean) / std, atol=1e-4)
+
+
 def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch):
     for k, v in planned["env"].items():
         if k.startswith("nnUNet_"):

@@ -170,3 +170,18 @@ def test_adapter_gradients_are_averaged_across_ddp_workers(tmp_path):
     assert not torch.allclose(local[0], local[1])
     for s in synced:
         torch.testing.assert_close(s, (local[0] + local[1]) / 2)
+
+
+def test_zscore_statistics_follow_nnunet_cropping_and_mask():
+    from nnunetv2_rehrseg.preprocessing import zscore_statistics
+
+    rng = np.random.default_rng(0)
+    inner = rng.uniform(1, 5, (6, 10, 10)).astype(np.float32)
+    inner[0, 0, 0] = 0                                 # a zero inside the bounding box, outside the non-zero mask
+    image = np.zeros((1, 10, 20, 20), np.float32)
+    image[0, 2:8, 5:15, 5:15] = inner
+    (mean, std), = zscore_statistics(image, [False])   # whole bounding box, the zero included
+    assert mean == pytest.approx(inner.mean(), rel=1e-5) and std == pytest.approx(inner.std(), rel=1e-5)
+    (mean, std), = zscore_statistics(image, [True])    # non-zero mask only
+    assert mean == pytest.approx(inner[inner != 0].mean(), rel=1e-5)
+    assert std == pytest.approx(inner[inner != 0].std(), rel=1e-5)

@@ -64,3 +64,49 @@ class REHRSegTrainer_tiny(_TrainingBudget, REHRSegTrainer):
 class REHRSegTrainer_noKD_tiny(REHRSegTrainer_tiny):
     kd_spatial_weight = 0.0
     kd_correlation_weight = 0.0
+
+
+class REHRSegTrainer_quick(_TrainingBudget, REHRSegTrainer):
+    """Half the demo's budget: every learned arm of `benchmarks/run_all.py -preset fast` (about 2 h on 2 cores)."""
+    budget = (4, 50, 5)
+
+
+class nnUNetTrainer_rehrsegQuickBudget(_TrainingBudget, nnUNetTrainer):
+    budget = REHRSegTrainer_quick.budget
+
+
+# the ablations at the benchmark's budgets (CPU: _quick, demo budget: _fast; GPU: _50epochs)
+class REHRSegTrainer_noKD_quick(_TrainingBudget, REHRSegTrainer_noKD):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_noUncertainty_quick(_TrainingBudget, REHRSegTrainer_noUncertainty):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_noPseudoData_quick(_TrainingBudget, REHRSegTrainer_noPseudoData):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_noKD_fast(_TrainingBudget, REHRSegTrainer_noKD):
+    budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_noUncertainty_fast(_TrainingBudget, REHRSegTrainer_noUncertainty):
+    budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_noPseudoData_fast(_TrainingBudget, REHRSegTrainer_noPseudoData):
+    budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_noKD_50epochs(_TrainingBudget, REHRSegTrainer_noKD):
+    budget = REHRSegTrainer_50epochs.budget
+
+
+class REHRSegTrainer_noUncertainty_50epochs(_TrainingBudget, REHRSegTrainer_noUncertainty):
+    budget = REHRSegTrainer_50epochs.budget
+
+
+class REHRSegTrainer_noPseudoData_50epochs(_TrainingBudget, REHRSegTrainer_noPseudoData):
+    budget = REHRSegTrainer_50epochs.budget

@@ -12,23 +12,33 @@ def demo_entry(argv=None) -> None:
                                                  "-> stage 1, stage 2, prediction and scoring against the LR "
                                                  "nnU-Net baseline and the label round trip; writes DIR/report.md")
     parser.add_argument("-o", required=True, help="output folder (holds its own nnU-Net tree)")
-    parser.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("-preset", choices=("fast", "default"), default=None,
+                        help="fast: 2 CPU cores, <= 30 min (16..128 features, 400 steps per learned arm); default: a "
+                             "GPU (nnU-Net's width, 1 mm template, 50 x 250 steps). Default: 'default' on cuda, "
+                             "else 'fast'")
+    parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
+                        help="default: cuda when available, else cpu")
     parser.add_argument("-r", type=int, default=4, help="thick-slice factor")
     parser.add_argument("-axis", type=int, default=2, choices=(0, 1, 2), help="thick axis (SimpleITK order)")
-    parser.add_argument("-spacing", type=float, default=2.0, help="HR spacing in mm of the template")
-    parser.add_argument("-n_train", type=int, default=6)
-    parser.add_argument("-n_test", type=int, default=2)
-    parser.add_argument("-iterations", type=int, default=300, help="self-SR iterations")
-    parser.add_argument("-tr", default="REHRSegTrainer_fast")
-    parser.add_argument("-tr_baseline", default="nnUNetTrainer_rehrsegFastBudget")
+    # the rest override the preset
+    parser.add_argument("-spacing", type=float, help="HR spacing in mm of the template")
+    parser.add_argument("-n_train", type=int)
+    parser.add_argument("-n_test", type=int)
+    parser.add_argument("-iterations", type=int, help="self-SR iterations")
+    parser.add_argument("-tr", help="REHRSeg trainer")
+    parser.add_argument("-tr_baseline", help="arm 1 trainer (give it the same iteration budget as -tr)")
     parser.add_argument("-seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
     setup_logging()
-    from nnunetv2_rehrseg.demo.pipeline import Pipeline, clean_output
+    import torch
 
+    from nnunetv2_rehrseg.demo.pipeline import Pipeline, clean_output, resolve_preset
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = resolve_preset(args.preset, device, spacing_mm=args.spacing, n_train=args.n_train, n_test=args.n_test,
+                            selfsr_iterations=args.iterations, trainer=args.tr, baseline_trainer=args.tr_baseline)
     out = Path(args.o).resolve()
     clean_output(out, args.overwrite)
-    Pipeline(out, args.device, args.r, args.axis, args.spacing, args.n_train, args.n_test, args.iterations, args.tr,
-             args.tr_baseline, args.seed)()
+    Pipeline(out, device, args.r, args.axis, preset, args.seed)()
     print(f"report: {out / 'report.md'}")

@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,7 +30,35 @@ from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
 
 logger = logging.getLogger(__name__)
 DATASET_ID = 700
-BASELINE_PLANS = "nnUNetPlans_rehrsegCPU"
+BASELINE_PLANS = "nnUNetPlans_rehrsegLR"
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    spacing_mm: float           # HR spacing of the template
+    n_train: int
+    n_test: int
+    planner: str                # -pl of rehrseg_plan_and_preprocess (the LR segmenter's width and patch)
+    selfsr_preset: str
+    selfsr_iterations: Optional[int]   # None: the self-SR preset's own budget
+    trainer: str                # REHRSeg
+    baseline_trainer: str       # arm 1: the same iteration budget
+
+
+PRESETS = {
+    # 2 CPU cores, <= 30 minutes: 16..128 features, 8 x 50 steps per learned arm, 300 self-SR iterations
+    "fast": DemoPreset(2.0, 6, 2, "REHRSegPlannerCPU", "fast", 300, "REHRSegTrainer_fast",
+                       "nnUNetTrainer_rehrsegFastBudget"),
+    # a GPU: nnU-Net's default width, 1 mm template, full self-SR preset, 50 epochs x 250 steps per learned arm
+    "default": DemoPreset(1.0, 8, 2, "ExperimentPlanner", "default", None, "REHRSegTrainer_50epochs",
+                          "nnUNetTrainer_50epochs"),
+}
+
+
+def resolve_preset(name: Optional[str], device: str, **overrides) -> DemoPreset:
+    """The named preset (default: 'default' on CUDA, 'fast' elsewhere) with the given non-None fields replaced."""
+    preset = PRESETS[name or ("default" if device == "cuda" else "fast")]
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
 ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
         "lr_nnunet_nearest": "(1) LR nnU-Net, labels nearest-resampled to HR",
         "label_round_trip": "(2) label round-trip oracle (HR truth -> LR -> nearest)",
@@ -37,27 +66,40 @@ ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
 
 
 class Pipeline:
-    def __init__(self, out: Path, device: str, r: int, axis: int, spacing_mm: float, n_train: int, n_test: int,
-                 selfsr_iterations: int, trainer: str, baseline_trainer: str, seed: int):
-        self.out, self.device, self.r, self.axis = out, device, r, axis
-        self.spacing_mm, self.n_train, self.n_test, self.seed = spacing_mm, n_train, n_test, seed
-        self.selfsr_iterations, self.trainer, self.baseline_trainer = selfsr_iterations, trainer, baseline_trainer
+    def __init__(self, out: Path, device: str, r: int, axis: int, preset: DemoPreset, seed: int):
+        self.out, self.device, self.r, self.axis, self.preset, self.seed = out, device, r, axis, preset, seed
+        self.spacing_mm, self.n_train, self.n_test = preset.spacing_mm, preset.n_train, preset.n_test
+        self.trainer, self.baseline_trainer = preset.trainer, preset.baseline_trainer
         self.env = dict(os.environ)
         for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             (out / name).mkdir(parents=True, exist_ok=True)
             self.env[name] = os.environ[name] = str(out / name)
         self.timings: Dict[str, float] = {}
+        self.peak_rss_gb: Dict[str, float] = {}
+        self.command_seconds: Dict[str, float] = {}
+        self.current_stage: Optional[str] = None
 
-    def run(self, *command: str) -> None:
-        """A public command, its output streamed to the terminal."""
+    def run(self, *command: str) -> float:
+        """A public command, its output streamed to the terminal; returns its wall time and records its peak
+        memory (os.wait4: this child's own maximum resident set) against the current stage."""
         logger.info("$ %s", " ".join(command))
         executable = Path(sys.executable).parent / command[0]
-        subprocess.run([str(executable), *command[1:]], env=self.env, check=True)
+        t = time.time()
+        process = subprocess.Popen([str(executable), *command[1:]], env=self.env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise subprocess.CalledProcessError(process.returncode, command)
+        stage = self.current_stage or "other"
+        self.peak_rss_gb[stage] = max(self.peak_rss_gb.get(stage, 0.0), usage.ru_maxrss / 1024 ** 2)
+        return time.time() - t
 
     def timed(self, name: str, fn, *args):
+        self.current_stage = name
         t = time.time()
         result = fn(*args)
         self.timings[name] = time.time() - t
+        self.current_stage = None
         logger.info("%s: %.0f s", name, self.timings[name])
         return result
 
@@ -67,8 +109,9 @@ class Pipeline:
                                   self.r, self.axis, self.spacing_mm, seed=self.seed)
 
     def plan(self) -> None:
-        self.run("rehrseg_plan_and_preprocess", "-d", str(DATASET_ID), "-pl", "REHRSegPlannerCPU", "-np", "2",
-                 "-device", self.device, "-iterations", str(self.selfsr_iterations))
+        iterations = [] if self.preset.selfsr_iterations is None else ["-iterations", str(self.preset.selfsr_iterations)]
+        self.run("rehrseg_plan_and_preprocess", "-d", str(DATASET_ID), "-pl", self.preset.planner, "-np", "2",
+                 "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations)
         # arm 1 gets the same LR topology, patch and budget: stock plans derived from ours, stock preprocessing
         plans, _ = load_dataset_plans(DATASET_ID)
         baseline = stock_lr_plans(plans)
@@ -85,17 +128,32 @@ class Pipeline:
         self.run("rehrseg_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-p", plans,
                  "-device", self.device)
 
+    def predict_rehrseg(self, trainer: str, arm: str, dataset_id: int = DATASET_ID) -> None:
+        self.command_seconds[arm] = self.run(
+            "rehrseg_predict", "-i", str(self.data.raw_folder / "imagesTs"), "-o", str(self.out / "predictions" / arm),
+            "-d", str(dataset_id), "-f", "0", "-tr", trainer, "-device", self.device, "--lr_output")
+
+    def predict_stock(self, images: str, arm: str, dataset_id: int, trainer: str, plans: str,
+                      probabilities: bool = False) -> None:
+        self.env["nnUNet_extTrainer"] = str(Path(__file__).resolve().parent.parent / "nnunet_ext")
+        self.command_seconds[arm] = self.run(
+            "nnUNetv2_predict", "-i", images, "-o", str(self.out / "predictions" / arm), "-d", str(dataset_id), "-c",
+            "3d_fullres", "-f", "0", "-tr", trainer, "-p", plans, "-device", self.device, "-npp", "1", "-nps", "1",
+            *(["--save_probabilities"] if probabilities else []))
+
     def predict(self) -> None:
+        self.predict_rehrseg(self.trainer, "rehrseg")
+        self.predict_rest()
+
+    def predict_rest(self) -> None:
+        """The test subjects' self-SR (montages, arm 4), arm 1 on the LR grid and resampled to HR, arm 2."""
         preds = self.out / "predictions"
         images = str(self.data.raw_folder / "imagesTs")
-        self.run("rehrseg_predict", "-i", images, "-o", str(preds / "rehrseg"), "-d", str(DATASET_ID), "-f", "0",
-                 "-tr", self.trainer, "-device", self.device, "--lr_output")
-        self.run("rehrseg_super_resolve", "-i", images, "-o", str(self.out / "pseudo_hr_test"), "-d",
-                 str(DATASET_ID), "-device", self.device)
-        self.env["nnUNet_extTrainer"] = str(Path(__file__).resolve().parent.parent / "nnunet_ext")
-        self.run("nnUNetv2_predict", "-i", images, "-o", str(preds / "lr_nnunet_lr"), "-d", str(DATASET_ID), "-c",
-                 "3d_fullres", "-f", "0", "-tr", self.baseline_trainer, "-p", BASELINE_PLANS, "-device", self.device,
-                 "--save_probabilities", "-npp", "1", "-nps", "1")
+        self.command_seconds["super_resolve"] = self.run(
+            "rehrseg_super_resolve", "-i", images, "-o", str(self.out / "pseudo_hr_test"), "-d", str(DATASET_ID),
+            "-device", self.device)
+        self.predict_stock(images, "lr_nnunet_lr", DATASET_ID, self.baseline_trainer, BASELINE_PLANS,
+                           probabilities=True)
         for identifier in self.data.test_ids:
             self._baseline_to_hr(identifier)
             lr_labels, lr = read_image(self.out / "truth" / "lr_labels" / f"{identifier}.nii.gz")
@@ -108,15 +166,9 @@ class Pipeline:
         lr_seg = sitk.ReadImage(str(preds / "lr_nnunet_lr" / f"{identifier}.nii.gz"))
         lr = Grid.of(lr_seg)
         hr = hr_grid(lr, self.axis, self.r)
-        reference = hr.apply_to(sitk.Image(list(hr.size), sitk.sitkUInt8))
         probabilities = np.load(preds / "lr_nnunet_lr" / f"{identifier}.npz")["probabilities"]
-        resampled = []
-        for channel in probabilities:
-            image = lr.apply_to(sitk.GetImageFromArray(channel.astype(np.float32)))
-            resampled.append(sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear,
-                                                                  0.0, sitk.sitkFloat32, True)))
-        write_image(np.argmax(np.stack(resampled), 0).astype(np.uint8), hr,
-                    preds / "lr_nnunet_linear" / f"{identifier}.nii.gz")
+        write_image(argmax_resampled(probabilities, lr, hr), hr, preds / "lr_nnunet_linear" / f"{identifier}.nii.gz")
+        reference = hr.apply_to(sitk.Image(list(hr.size), sitk.sitkUInt8))
         nearest = sitk.Resample(lr_seg, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lr_seg.GetPixelID(),
                                 True)
         (preds / "lr_nnunet_nearest").mkdir(parents=True, exist_ok=True)
@@ -149,6 +201,19 @@ class Pipeline:
 
         write_report(self, results, peak_gb)
         return results
+
+
+def resample_to(volume: np.ndarray, source: Grid, target: Grid, interpolator=sitk.sitkLinear) -> np.ndarray:
+    """A (z, y, x) volume moved from one grid to another in world coordinates (float32)."""
+    reference = target.apply_to(sitk.Image(list(target.size), sitk.sitkUInt8))
+    image = source.apply_to(sitk.GetImageFromArray(volume.astype(np.float32)))
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0,
+                                                sitk.sitkFloat32, True))
+
+
+def argmax_resampled(probabilities: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    """Labels on `target` from per-class maps (K, z, y, x) on `source`: each map linearly resampled, then argmax."""
+    return np.argmax(np.stack([resample_to(p, source, target) for p in probabilities]), 0).astype(np.uint8)
 
 
 def _upsample_nearest(lr_labels: np.ndarray, sitk_axis: int, r: int) -> np.ndarray:

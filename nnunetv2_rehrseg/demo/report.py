@@ -48,7 +48,7 @@ def _montage(pipeline, identifier: str) -> None:
                  title=f"{identifier}: plane through the thick-slice axis (vertical)", label_max=3)
 
 
-def _plot(rows, path: Path) -> None:
+def plot_results(rows, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +69,12 @@ def _plot(rows, path: Path) -> None:
     tmp.replace(path)
 
 
+def timing_rows(pipeline) -> str:
+    def peak(stage):
+        return f"{pipeline.peak_rss_gb[stage]:.1f} GB" if stage in pipeline.peak_rss_gb else "-"
+    return "\n".join(f"| {k} | {v:.0f} s | {peak(k)} |" for k, v in pipeline.timings.items())
+
+
 def write_report(pipeline, results: dict, peak_gb: float) -> None:
     out = pipeline.out
     rows = list(_rows(pipeline, results))
@@ -76,14 +82,15 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _plot(rows, out / "results.png")
+    plot_results(rows, out / "results.png")
     for identifier in pipeline.data.test_ids:
         _montage(pipeline, identifier)
-    (out / "timings.json").write_text(json.dumps({**pipeline.timings, "peak_rss_gb": peak_gb}, indent=1))
+    (out / "timings.json").write_text(json.dumps({**pipeline.timings, "peak_rss_gb": peak_gb,
+                                                  "peak_rss_gb_per_stage": pipeline.peak_rss_gb}, indent=1))
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
     table = header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
                              for r in rows)
-    timings = "\n".join(f"| {k} | {v:.0f} s |" for k, v in pipeline.timings.items())
+    timings = timing_rows(pipeline)
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
     (out / "report.md").write_text(f"""# REHRSeg demo report
 
@@ -100,8 +107,8 @@ grid; means over the test subjects and the three tissue labels.
 
 {montages}
 
-| stage | wall time |
-|---|---|
+| stage | wall time | peak memory (largest process) |
+|---|---|---|
 {timings}
 
 Peak memory (largest process): {peak_gb:.1f} GB.

@@ -64,9 +64,10 @@ class DemoDataset:
 
 def build_demo_dataset(raw_root: Path, truth_root: Path, dataset_id: int = 700, n_train: int = 6, n_test: int = 2,
                        r: int = 4, sitk_axis: int = 2, spacing_mm: float = 2.0, profile: str = "gaussian",
-                       seed: int = 0) -> DemoDataset:
+                       seed: int = 0, keep_training_truth: bool = False) -> DemoDataset:
     """nnU-Net raw dataset of LR subjects (imagesTr/labelsTr for training, imagesTs for the test subjects) and the
-    test subjects' HR truth in `truth_root`."""
+    test subjects' HR truth in `truth_root` (with keep_training_truth, the training subjects' too, under
+    `truth_root/train`: the benchmark's HR upper bound)."""
     from nnunetv2_rehrseg.demo.anatomy import mni152
 
     t1, template_labels, grid = mni152(spacing_mm)
@@ -84,11 +85,14 @@ def build_demo_dataset(raw_root: Path, truth_root: Path, dataset_id: int = 700, 
         if identifier in train_ids:
             write_image(lr_image, lr, folder / "imagesTr" / f"{identifier}_0000.nii.gz")
             write_image(lr_labels, lr, folder / "labelsTr" / f"{identifier}.nii.gz")
+            truth = Path(truth_root) / "train" if keep_training_truth else None
         else:
             write_image(lr_image, lr, folder / "imagesTs" / f"{identifier}_0000.nii.gz")
             write_image(lr_labels, lr, Path(truth_root) / "lr_labels" / f"{identifier}.nii.gz")
-            write_image(image, hr, Path(truth_root) / "images" / f"{identifier}.nii.gz")
-            write_image(labels, hr, Path(truth_root) / "labels" / f"{identifier}.nii.gz")
+            truth = Path(truth_root)
+        if truth is not None:
+            write_image(image, hr, truth / "images" / f"{identifier}.nii.gz")
+            write_image(labels, hr, truth / "labels" / f"{identifier}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "T1"}, "labels": LABELS, "numTraining": n_train, "file_ending": ".nii.gz",
         "name": "MNI152 subjects with simulated thick slices",

@@ -4,7 +4,9 @@ Everything is written under nnUNet_preprocessed/<dataset>/rehrseg/ (nnUNet_raw i
   settings.json            r, LR axis, slice thickness, profile (written first; a rerun must match it)
   selfsr/                  self-SR checkpoints (latest, plain, final) and training log
   pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
-  qc/                      lr_dice.json (pseudo-HR labels degraded back to LR vs the real LR labels), montage.png
+                           (labels made to agree with the annotation: their thick-slice majority is the LR label)
+  qc/                      lr_dice.json (the network's labels degraded back to LR vs the real LR labels, and the
+                           fraction of HR voxels relabelled to agree), montage.png
   summary.json             written last: stage 1 is complete
 """
 import json
@@ -19,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
-                                          resolve_scale)
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, labels_consistent_with_lr, majority_labels,
+                                          profile_fwhm_in_voxels, resolve_scale)
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import write_image
@@ -193,14 +195,19 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     net, _ = load_network(checkpoint, device)
 
     t_infer = time.time()
-    qc, montage_rows = {}, []
+    qc, relabelled, montage_rows = {}, {}, []
     for case, sr_case, rng in tqdm(list(zip(cases, sr_cases, ranges)), desc="pseudo-HR data"):
         paths = pseudo_hr_paths(folder, case.identifier, dataset.num_channels)
         result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
-        if not all(Path(p).is_file() for p in paths["images"] + [paths["label"], paths["uncertainty"]]):
-            write_super_resolved(case, result, rng, settings, paths)
+        # QC of the network itself: its labels degraded back against the annotation; then the written labels are
+        # made to agree with the annotation on the annotated thick slices
         back_to_lr = majority_labels(result["labels"], 0, settings.r, num_classes=num_classes)
         qc[case.identifier] = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
+        consistent = labels_consistent_with_lr(result["probabilities"], sr_case.labels, settings.r)
+        relabelled[case.identifier] = float(np.mean(consistent != result["labels"]))
+        result["labels"] = consistent
+        if not all(Path(p).is_file() for p in paths["images"] + [paths["label"], paths["uncertainty"]]):
+            write_super_resolved(case, result, rng, settings, paths)
         if len(montage_rows) < 4:
             montage_rows.append(_montage_row(sr_case, result, settings.r, case.identifier))
     infer_seconds = time.time() - t_infer
@@ -208,7 +215,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
     (folder / "qc").mkdir(exist_ok=True)
     _write_json(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
-                                                 "mean": float(np.mean(list(mean_dice.values())))})
+                                                 "mean": float(np.mean(list(mean_dice.values()))),
+                                                 "hr_fraction_relabelled_to_agree": relabelled})
     for identifier, scores in qc.items():
         logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))

@@ -1,0 +1,42 @@
+"""The full side-by-side benchmark (DESIGN.md protocol) on the demo's MNI152-derived subjects: arms 1-6, the
+REHRSeg ablations and a wrong-slice-profile run, same width and iteration budget for every learned arm. Writes
+DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resumes after the last finished stage.
+
+    python benchmarks/run_all.py -o DIR [-preset fast|default] [-device cpu|cuda] [-r 4] [-axis 2] [--report_only]
+
+fast (2 CPU cores): 16..128 features, 4 x 50 steps per learned arm, about 1.5 hours.
+default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
+"""
+import argparse
+from pathlib import Path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", required=True, help="output folder (created; an existing one is resumed)")
+    parser.add_argument("-preset", choices=("fast", "default"), default=None,
+                        help="default: 'default' on cuda, else 'fast'")
+    parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
+    parser.add_argument("-r", type=int, default=4)
+    parser.add_argument("-axis", type=int, default=2, choices=(0, 1, 2))
+    parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the report of the stages finished so far (arms not run are marked so)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from nnunetv2_rehrseg.cli.common import setup_logging
+    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+
+    setup_logging()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.o).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed)(
+        report_only=args.report_only)
+    print(f"report: {out / 'benchmark_report.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The side-by-side benchmark of DESIGN.md: the demo's data and arms (1, 2, 5) plus interpolate-then-segment (3),
+SR-then-segment (4), the REHRSeg ablations, the HR upper bound (6) and REHRSeg told the wrong slice profile. Every
+learned arm uses the same network width, memory budget of nnU-Net's patch search and iteration budget; the stock
+arms are trained by nnU-Net's own trainer and predicted by nnUNetv2_predict.
+
+DIR/ (besides the demo's files)
+  nnUNet_raw/Dataset701_MNIInterp, 702_MNIPseudoHR, 703_MNIHR, 704_MNIWrongProfile   the extra arms' datasets
+  truth/train/                      HR truth of the training subjects (arm 6 only)
+  benchmark_report.md, benchmark_results.csv, benchmark_results.png, benchmark_timings.json
+  stages/<stage>.json               finished stages: a rerun with the same -o resumes after the last one
+"""
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_rehrseg.demo.pipeline import (ARMS, BASELINE_PLANS, DATASET_ID, PRESETS, DemoPreset, Pipeline,
+                                            argmax_resampled, resample_to)
+from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
+from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
+from nnunetv2_rehrseg.geometry import hr_grid
+from nnunetv2_rehrseg.io import read_image, write_image
+
+logger = logging.getLogger(__name__)
+INTERP_ID, PSEUDO_HR_ID, HR_ID, WRONG_PROFILE_ID = 701, 702, 703, 704
+WRONG_PROFILE = "rf-pulse-slr"       # the data are simulated with the Gaussian profile
+
+
+@dataclass(frozen=True)
+class BenchmarkPreset:
+    demo: DemoPreset
+    ablations: Dict[str, str]        # arm -> REHRSeg trainer with the same budget
+    stock_planner: str               # nnU-Net planner of the HR-grid arms (same width and memory budget)
+    stock_plans: str
+
+
+BENCHMARK_PRESETS = {
+    "fast": BenchmarkPreset(
+        replace(PRESETS["fast"], trainer="REHRSegTrainer_quick", baseline_trainer="nnUNetTrainer_rehrsegQuickBudget"),
+        {"rehrseg_noKD": "REHRSegTrainer_noKD_quick", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_quick",
+         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_quick"},
+        "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
+    "default": BenchmarkPreset(
+        PRESETS["default"],
+        {"rehrseg_noKD": "REHRSegTrainer_noKD_50epochs",
+         "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_50epochs",
+         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs"},
+        "ExperimentPlanner", "nnUNetPlans"),
+}
+
+BENCHMARK_ARMS = {
+    **{k: v for k, v in ARMS.items() if k != "rehrseg"},
+    "interp_then_segment": "(3) interpolate-then-segment (B-spline image, linear labels -> nnU-Net at HR)",
+    "sr_then_segment": "(4) SR-then-segment (self-SR pseudo-HR data -> nnU-Net at HR)",
+    "rehrseg": "(5) REHRSeg (this plugin)",
+    "rehrseg_noKD": "(5) REHRSeg without KD",
+    "rehrseg_noUncertainty": "(5) REHRSeg without uncertainty weighting",
+    "rehrseg_noPseudoData": "(5) REHRSeg without pseudo-data (real LR phase only)",
+    "hr_upper_bound": "(6) HR upper bound (nnU-Net on true HR images and labels)",
+    "rehrseg_wrong_profile": f"REHRSeg told the wrong slice profile ({WRONG_PROFILE}; data: Gaussian)",
+}
+LR_OUTPUT_ARMS = {"lr_nnunet_linear": "lr_nnunet_lr", **{a: f"{a}/lr" for a in BENCHMARK_ARMS if
+                                                         a.startswith("rehrseg")}}
+STOCK_HR_ARMS = {"interp_then_segment": INTERP_ID, "sr_then_segment": PSEUDO_HR_ID, "hr_upper_bound": HR_ID}
+
+
+class Benchmark(Pipeline):
+    def __init__(self, out: Path, device: str, r: int, axis: int, preset: BenchmarkPreset, seed: int):
+        super().__init__(out, device, r, axis, preset.demo, seed)
+        self.benchmark = preset
+        (out / "stages").mkdir(exist_ok=True)
+
+    def load_finished_stages(self) -> None:
+        for marker in sorted((self.out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
+            self._replay(json.loads(marker.read_text()))
+
+    def _replay(self, record: dict) -> None:
+        self.timings[record["name"]] = record["seconds"]
+        if record["peak_rss_gb"] is not None:
+            self.peak_rss_gb[record["name"]] = record["peak_rss_gb"]
+        self.command_seconds.update(record["commands"])
+
+    def stage(self, name: str, fn, *args) -> None:
+        """Run a stage once: its wall time, peak memory and command times are kept, a rerun skips it."""
+        marker = self.out / "stages" / f"{name.replace(' ', '_').replace('/', '_')}.json"
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            logger.info("%s: done before (%.0f s), skipped", name, record["seconds"])
+        else:
+            commands_before = dict(self.command_seconds)
+            self.timed(name, fn, *args)
+            record = {"name": name, "seconds": self.timings[name], "peak_rss_gb": self.peak_rss_gb.get(name),
+                      "commands": {k: v for k, v in self.command_seconds.items() if commands_before.get(k) != v}}
+            tmp = marker.with_suffix(".partial")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(marker)
+        self._replay(record)
+
+    # ------------------------------------------------------------------ data of the extra arms
+    def build_data(self):
+        return build_demo_dataset(self.out / "nnUNet_raw", self.out / "truth", DATASET_ID, self.n_train,
+                                  self.n_test, self.r, self.axis, self.spacing_mm, seed=self.seed,
+                                  keep_training_truth=True)
+
+    def _write_stock_dataset(self, dataset_id: int, name: str, cases: Dict[str, tuple], tests: Dict[str, tuple]):
+        folder = self.out / "nnUNet_raw" / f"Dataset{dataset_id:03d}_{name}"
+        for identifier, (image, labels, grid) in cases.items():
+            write_image(image, grid, folder / "imagesTr" / f"{identifier}_0000.nii.gz")
+            write_image(labels, grid, folder / "labelsTr" / f"{identifier}.nii.gz")
+        for identifier, (image, grid) in tests.items():
+            write_image(image, grid, folder / "imagesTs" / f"{identifier}_0000.nii.gz")
+        dataset_json = json.loads((self.data.raw_folder / "dataset.json").read_text())
+        dataset_json.pop("rehrseg", None)
+        dataset_json["name"] = name
+        (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+
+    def _lr(self, identifier: str, split: str):
+        image, grid = read_image(self.data.raw_folder / f"images{split}" / f"{identifier}_0000.nii.gz")
+        return image, grid
+
+    def build_interp_dataset(self) -> None:
+        """Arm 3: every LR image B-spline interpolated to the HR grid, labels by linear interpolation of one-hot."""
+        cases, tests = {}, {}
+        num_classes = len(json.loads((self.data.raw_folder / "dataset.json").read_text())["labels"])
+        for identifier in self.data.train_ids:
+            image, lr = self._lr(identifier, "Tr")
+            labels, _ = read_image(self.data.raw_folder / "labelsTr" / f"{identifier}.nii.gz")
+            hr = hr_grid(lr, self.axis, self.r)
+            one_hot = np.eye(num_classes, dtype=np.float32)[labels.astype(int)].transpose(3, 0, 1, 2)
+            cases[identifier] = (resample_to(image, lr, hr, sitk.sitkBSpline), argmax_resampled(one_hot, lr, hr), hr)
+        for identifier in self.data.test_ids:
+            image, lr = self._lr(identifier, "Ts")
+            hr = hr_grid(lr, self.axis, self.r)
+            tests[identifier] = (resample_to(image, lr, hr, sitk.sitkBSpline), hr)
+        self._write_stock_dataset(INTERP_ID, "MNIInterp", cases, tests)
+
+    def build_pseudo_hr_dataset(self) -> None:
+        """Arm 4: stage 1's pseudo-HR images and labels for training, the self-SR of the test LR images for testing
+        (pseudo_hr_test/, written by the demo's prediction stage)."""
+        pseudo = (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr")
+        cases = {}
+        for identifier in self.data.train_ids:
+            image, grid = read_image(pseudo / "imagesTr" / f"{identifier}_0000.nii.gz")
+            labels, _ = read_image(pseudo / "labelsTr" / f"{identifier}.nii.gz")
+            cases[identifier] = (image, labels, grid)
+        tests = {i: read_image(self.out / "pseudo_hr_test" / f"{i}_0000.nii.gz") for i in self.data.test_ids}
+        self._write_stock_dataset(PSEUDO_HR_ID, "MNIPseudoHR", cases, tests)
+
+    def build_hr_dataset(self) -> None:
+        """Arm 6: the true HR images and labels of the same training subjects."""
+        truth = self.out / "truth"
+        cases = {}
+        for identifier in self.data.train_ids:
+            image, grid = read_image(truth / "train" / "images" / f"{identifier}.nii.gz")
+            labels, _ = read_image(truth / "train" / "labels" / f"{identifier}.nii.gz")
+            cases[identifier] = (image, labels, grid)
+        tests = {i: read_image(truth / "images" / f"{i}.nii.gz") for i in self.data.test_ids}
+        self._write_stock_dataset(HR_ID, "MNIHR", cases, tests)
+
+    def build_wrong_profile_dataset(self) -> None:
+        """The same LR data, with dataset.json telling REHRSeg the wrong slice profile."""
+        folder = self.out / "nnUNet_raw" / f"Dataset{WRONG_PROFILE_ID:03d}_MNIWrongProfile"
+        shutil.copytree(self.data.raw_folder, folder, dirs_exist_ok=True)
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        dataset_json["rehrseg"] = {"slice_profile": WRONG_PROFILE}
+        (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
+
+    # ------------------------------------------------------------------ stock arms at HR
+    def _splits(self, dataset_name: str) -> None:
+        ids = self.data.train_ids
+        path = self.out / "nnUNet_preprocessed" / dataset_name / "splits_final.json"
+        path.write_text(json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
+
+    def plan_stock(self, dataset_id: int) -> None:
+        from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        from nnunetv2_rehrseg.planners import rehrseg_planner
+
+        self.run("nnUNetv2_extract_fingerprint", "-d", str(dataset_id), "-np", "2")
+        planner = getattr(rehrseg_planner, self.benchmark.stock_planner, None)
+        if planner is None:
+            from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+            planner = ExperimentPlanner
+        plan_experiment_dataset(dataset_id, planner)
+        self.run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", self.benchmark.stock_plans, "-c",
+                 "3d_fullres", "-np", "2")
+        self._splits(maybe_convert_to_dataset_name(dataset_id))
+
+    def stock_hr_arm(self, arm: str, dataset_id: int) -> None:
+        self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", self.baseline_trainer, "-p",
+                 self.benchmark.stock_plans, "-device", self.device)
+        name = next((self.out / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*")).name
+        self.predict_stock(str(self.out / "nnUNet_raw" / name / "imagesTs"), arm, dataset_id, self.baseline_trainer,
+                           self.benchmark.stock_plans)
+
+    # ------------------------------------------------------------------ REHRSeg arms
+    def rehrseg_arm(self, arm: str, trainer: str, dataset_id: int = DATASET_ID) -> None:
+        self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", "REHRSegPlans",
+                 "-device", self.device)
+        self.predict_rehrseg(trainer, arm, dataset_id)
+
+    def plan_wrong_profile(self) -> None:
+        self.build_wrong_profile_dataset()
+        iterations = [] if self.preset.selfsr_iterations is None else ["-iterations", str(self.preset.selfsr_iterations)]
+        self.run("rehrseg_plan_and_preprocess", "-d", str(WRONG_PROFILE_ID), "-pl", self.preset.planner, "-np", "2",
+                 "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations)
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        self._splits(maybe_convert_to_dataset_name(WRONG_PROFILE_ID))
+
+    # ------------------------------------------------------------------ scoring
+    def evaluate(self) -> Dict[str, dict]:
+        results = {}
+        for arm in BENCHMARK_ARMS:
+            if not (self.out / "predictions" / arm).is_dir():
+                continue           # not run (yet): -report_only on an unfinished run
+            result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
+            write_metrics(result, str(self.out / "metrics" / f"{arm}.json"))
+            results[arm] = result["summary"]
+        for arm, folder in LR_OUTPUT_ARMS.items():
+            if arm not in results:
+                continue
+            lr_result = evaluate_folders(str(self.out / "truth" / "lr_labels"), str(self.out / "predictions" / folder))
+            results[arm]["lr_dice"] = lr_result["summary"]["mean"]["Dice"]
+        return results
+
+    def image_quality(self) -> Dict[str, Dict[str, float]]:
+        """PSNR/SSIM against the HR truth image (whole volume, the truth's data range, the input's intensity scale):
+        the self-SR output of the test subjects and, for reference, B-spline interpolation."""
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+        interp = self.out / "nnUNet_raw" / f"Dataset{INTERP_ID:03d}_MNIInterp" / "imagesTs"
+        sources = {"self-SR (pseudo-HR)": self.out / "pseudo_hr_test", "B-spline interpolation": interp}
+        scores = {name: [] for name in sources}
+        for identifier in self.data.test_ids:
+            truth, _ = read_image(self.out / "truth" / "images" / f"{identifier}.nii.gz")
+            data_range = float(truth.max() - truth.min())
+            for name, folder in sources.items():
+                path = folder / f"{identifier}_0000.nii.gz"
+                if path.is_file():
+                    image, _ = read_image(path)
+                    scores[name].append((peak_signal_noise_ratio(truth, image, data_range=data_range),
+                                         structural_similarity(truth, image, data_range=data_range)))
+        return {name: {"PSNR dB": float(np.mean([s[0] for s in v])), "SSIM": float(np.mean([s[1] for s in v]))}
+                for name, v in scores.items() if v}
+
+    def step_seconds(self) -> Dict[str, float]:
+        """Median seconds per training iteration of each learned arm, from nnU-Net's logged epoch timestamps (epoch
+        wall time / training iterations; the epoch's few validation iterations are included)."""
+        import torch
+
+        from nnunetv2_rehrseg import trainers
+
+        seconds = {}
+        for checkpoint in sorted((self.out / "nnUNet_results").glob("*/*/fold_0/checkpoint_final.pth")):
+            trainer_folder = checkpoint.parent.parent
+            name = trainer_folder.name.split("__")[0]
+            budget = getattr(getattr(trainers, name, None), "budget", None)
+            iterations = budget[1] if budget else 250          # nnU-Net's default
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+            epochs = np.subtract(state["epoch_end_timestamps"], state["epoch_start_timestamps"])
+            seconds[f"{trainer_folder.parent.name}/{name}"] = float(np.median(epochs)) / iterations
+        return seconds
+
+    # ------------------------------------------------------------------ everything
+    def __call__(self, report_only: bool = False) -> Dict[str, dict]:
+        """All stages (finished ones skipped), then the report; report_only: the report of the finished stages."""
+        t0 = time.time()
+        self.data = self.build_data()   # deterministic; rewriting it keeps a resumed run's files identical
+        if report_only:
+            self.load_finished_stages()
+        else:
+            self.run_stages()
+        results = self.timed("evaluate", self.evaluate)
+        quality = self.image_quality()
+        steps = self.step_seconds()
+        self.timings["total (this invocation)"] = time.time() - t0
+        from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
+
+        write_benchmark_report(self, results, quality, steps)
+        return results
+
+    def run_stages(self) -> None:
+        self.stage("stage 1 + planning + preprocessing", self.plan)
+        self.stage("train + predict REHRSeg", self.rehrseg_arm, "rehrseg", self.trainer)
+        self.stage("train LR nnU-Net (arm 1) + predict all demo arms", self._demo_rest)
+        for arm, trainer in self.benchmark.ablations.items():
+            self.stage(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)
+        for arm, dataset_id, build in (("interp_then_segment", INTERP_ID, self.build_interp_dataset),
+                                       ("sr_then_segment", PSEUDO_HR_ID, self.build_pseudo_hr_dataset),
+                                       ("hr_upper_bound", HR_ID, self.build_hr_dataset)):
+            self.stage(f"build + plan + preprocess {arm}", _then, build, self.plan_stock, dataset_id)
+            self.stage(f"train + predict {arm}", self.stock_hr_arm, arm, dataset_id)
+        self.stage("stage 1 + planning (wrong slice profile)", self.plan_wrong_profile)
+        self.stage("train + predict rehrseg_wrong_profile", self.rehrseg_arm, "rehrseg_wrong_profile", self.trainer,
+                   WRONG_PROFILE_ID)
+
+    def _demo_rest(self) -> None:
+        self.train(self.baseline_trainer, BASELINE_PLANS)
+        self.predict_rest()
+
+
+def _then(first, second, *args) -> None:
+    first()
+    second(*args)
+
+
+def resolve_benchmark_preset(name: Optional[str], device: str) -> BenchmarkPreset:
+    return BENCHMARK_PRESETS[name or ("default" if device == "cuda" else "fast")]

@@ -1,0 +1,143 @@
+"""The benchmark's report: every arm's HR/LR scores, image quality, time and memory, and the goals checked."""
+import csv
+import json
+from typing import Dict, List
+
+from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows
+
+
+def _rows(results: dict) -> List[dict]:
+    from nnunetv2_rehrseg.demo.benchmark import BENCHMARK_ARMS
+
+    rows = []
+    for arm, description in BENCHMARK_ARMS.items():
+        if arm not in results:
+            continue
+        summary = results[arm]
+        rows.append({"arm": description, "key": arm, "mean Dice": summary["mean"]["Dice"],
+                     **{f"Dice {NAMES[k]}": v["Dice"] for k, v in summary["mean_per_label"].items()},
+                     "HD95 mm": summary["mean"]["HD95"], "ASSD mm": summary["mean"]["ASSD"],
+                     "LR Dice": summary.get("lr_dice", float("nan"))})
+    return rows
+
+
+def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], dataset: str) -> List[tuple]:
+    """(goal, measured, met: True/False, or None where an arm it needs has not run) for the issue's targets."""
+    def dice(arm):
+        return results[arm]["mean"]["Dice"]
+
+    def gap():
+        low, high, ours = dice("lr_nnunet_linear"), dice("hr_upper_bound"), dice("rehrseg")
+        closed = (ours - low) / (high - low)
+        return f"{100 * closed:.0f}% ({low:.3f} -> {ours:.3f}, bound {high:.3f})", closed >= 0.7
+
+    def beats(arm):
+        return lambda: (f"{dice('rehrseg'):.3f} vs {dice(arm):.3f}", dice("rehrseg") > dice(arm))
+
+    def lr_dice():
+        ours, stock = results["rehrseg"]["lr_dice"], results["lr_nnunet_linear"]["lr_dice"]
+        return f"{ours:.3f} vs {stock:.3f}", ours >= stock + 0.01
+
+    def hd95():
+        ours, stock = results["rehrseg"]["mean"]["HD95"], results["lr_nnunet_linear"]["mean"]["HD95"]
+        return f"{ours:.1f} vs {stock:.1f} mm ({ours / stock:.2f}x)", ours <= 0.8 * stock
+
+    def inference():
+        ours, sr = commands["rehrseg"], commands["super_resolve"] + commands["sr_then_segment"]
+        return f"{ours:.0f} s vs {sr:.0f} s ({ours / sr:.2f}x)", ours <= 0.5 * sr
+
+    def step():
+        ours = next(v for k, v in steps.items() if k.startswith(dataset) and k.endswith(("/REHRSegTrainer",
+                    "/REHRSegTrainer_quick", "/REHRSegTrainer_fast", "/REHRSegTrainer_50epochs")))
+        stock = next(v for k, v in steps.items() if k.startswith(dataset) and "/nnUNetTrainer" in k)
+        return f"{ours:.2f} vs {stock:.2f} s ({ours / stock:.2f}x)", ours <= 1.5 * stock
+
+    checks = [("HR Dice closes >= 70% of the gap arm 1 -> arm 6", gap),
+              ("HR Dice beats arm 2 (label round trip)", beats("label_round_trip")),
+              ("HR Dice beats arm 3 (interpolate-then-segment)", beats("interp_then_segment")),
+              ("HR Dice beats arm 4 (SR-then-segment)", beats("sr_then_segment")),
+              ("LR-head Dice >= arm 1 LR Dice + 0.01", lr_dice),
+              ("HR HD95 <= 0.8 x arm 1", hd95),
+              ("inference <= 0.5 x SR-then-segment (self-SR + HR nnU-Net)", inference),
+              ("training step <= 1.5 x nnUNetTrainer (same LR network)", step)]
+    rows = []
+    for goal, check in checks:
+        try:
+            rows.append((goal, *check()))
+        except (KeyError, StopIteration):
+            rows.append((goal, "not run", None))
+    return rows
+
+
+def _table(rows: List[dict]) -> str:
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    return header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
+                            for r in rows)
+
+
+def write_benchmark_report(bench, results: dict, quality: dict, steps: Dict[str, float]) -> None:
+    out = bench.out
+    rows = _rows(results)
+    with open(out / "benchmark_results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table_rows = [{k: v for k, v in r.items() if k != "key"} for r in rows]
+    plot_results(table_rows, out / "benchmark_results.png")
+    from nnunetv2_rehrseg.demo.pipeline import DATASET_ID
+
+    dataset = f"Dataset{DATASET_ID:03d}"
+    goal_rows = goals(results, bench.command_seconds, steps, dataset)
+    (out / "benchmark_timings.json").write_text(json.dumps({
+        "stages_s": bench.timings, "peak_rss_gb_per_stage": bench.peak_rss_gb, "commands_s": bench.command_seconds,
+        "s_per_training_step": steps, "image_quality": quality}, indent=1))
+    quality_rows = "\n".join(f"| {k} | {v['PSNR dB']:.2f} | {v['SSIM']:.4f} |" for k, v in quality.items())
+    step_rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in steps.items())
+    command_rows = "\n".join(f"| {k} | {v:.0f} s |" for k, v in bench.command_seconds.items())
+    verdict = {True: "met", False: "**missed**", None: "not run"}
+    goal_table = "\n".join(f"| {g} | {m} | {verdict[ok]} |" for g, m, ok in goal_rows)
+    demo = bench.preset
+    (out / "benchmark_report.md").write_text(f"""# REHRSeg benchmark report
+
+MNI152 T1 ({demo.spacing_mm} mm) subjects, thick slices simulated at r={bench.r} along axis {bench.axis} (SimpleITK
+order, Gaussian slice profile); {demo.n_train} training subjects (fold 0: the last one validates), {demo.n_test} test
+subjects scored on their HR truth. Every learned arm: the same network width and nnU-Net patch search budget
+(`{demo.planner}` / `{bench.benchmark.stock_planner}`), the same iteration budget (`{demo.trainer}`,
+`{demo.baseline_trainer}`). Device: {bench.device}.
+
+{_table(table_rows)}
+HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and CSF/GM/WM; LR Dice: the LR-grid output
+against the test subjects' LR labels.
+
+![results](benchmark_results.png)
+
+## Goals
+
+| goal | measured | |
+|---|---|---|
+{goal_table}
+
+## Pseudo-HR image quality (test subjects, whole volume, data range of the HR truth)
+
+| method | PSNR dB | SSIM |
+|---|---|---|
+{quality_rows}
+
+## Time and memory
+
+| stage | wall time | peak memory (largest process) |
+|---|---|---|
+{timing_rows(bench)}
+
+Prediction commands (both test subjects, process start included):
+
+| command | wall time |
+|---|---|
+{command_rows}
+
+Seconds per training step (median epoch time / iterations; the epoch's validation iterations included):
+
+| dataset / trainer | s per step |
+|---|---|
+{step_rows}
+""")
