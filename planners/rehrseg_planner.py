@@ -9,8 +9,9 @@ The segmenter runs on the LR grid, so its topology is planned for an LR patch at
 get_plans_for_configuration, any planner's network class); the configuration's spacing and patch size describe the
 HR data the loader crops (r x the LR patch along the LR axis).
 """
+import os
 from pathlib import Path
-from typing import Type, Union
+from typing import Optional, Type, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -145,3 +146,20 @@ def rehrseg_planner_class(base_name: str = "ExperimentPlanner") -> Type[Experime
         raise InputError(f"-pl {base_name}: no such nnU-Net experiment planner (e.g. ExperimentPlanner, "
                          f"nnUNetPlannerResEncM, nnUNetPlannerResEncL)")
     return type(f"REHRSeg{base.__name__}", (REHRSegPlannerMixin, base), {})
+
+
+def plan_dataset(dataset_id: int, planner_class: Type[ExperimentPlanner], gpu_memory_target: Optional[float] = None,
+                 overwrite_plans_name: Optional[str] = None) -> str:
+    """nnU-Net's plan_experiment_dataset with any planner class; returns the plans name. nnUNet_n_proc_DA=0 (a
+    training setting) is read as 1 meanwhile: nnU-Net's VRAM estimate passes it to torch.set_num_threads."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+
+    previous = os.environ.get("nnUNet_n_proc_DA")
+    if previous == "0":
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        return plan_experiment_dataset(dataset_id, planner_class, gpu_memory_target,
+                                       overwrite_plans_name=overwrite_plans_name)[1]
+    finally:
+        if previous == "0":
+            os.environ["nnUNet_n_proc_DA"] = previous

@@ -1,7 +1,6 @@
 """rehrseg_plan_and_preprocess: stage 1 if missing -> fingerprint, plan and preprocess the pseudo-HR data."""
 import argparse
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -63,12 +62,11 @@ def plan_and_preprocess_entry(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
-                                                                      plan_experiment_dataset)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     from nnunetv2_rehrseg.planners.pseudo_hr_fingerprint import PseudoHRFingerprintExtractor
-    from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
+    from nnunetv2_rehrseg.planners.rehrseg_planner import plan_dataset, rehrseg_planner_class
     from nnunetv2_rehrseg.preprocessing import preprocess_pseudo_hr
     from nnunetv2_rehrseg.raw_dataset import open_raw_dataset
     from nnunetv2_rehrseg.selfsr.stage1 import run_stage1, stage1_folder
@@ -90,11 +88,7 @@ def plan_and_preprocess_entry(argv=None) -> None:
     _ensure_shared_lr_files(dataset_id, dataset.name, dataset.folder, args.np)
     extract_fingerprint_dataset(dataset_id, PseudoHRFingerprintExtractor, num_processes=args.np, clean=True,
                                 verbose=False)
-    if os.environ.get("nnUNet_n_proc_DA") == "0":
-        # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which rejects 0 (a training setting)
-        os.environ["nnUNet_n_proc_DA"] = "1"
-    _, plans_name = plan_experiment_dataset(dataset_id, planner_class, args.gpu_memory_target,
-                                            overwrite_plans_name=args.overwrite_plans_name)
+    plans_name = plan_dataset(dataset_id, planner_class, args.gpu_memory_target, args.overwrite_plans_name)
     output = preprocess_pseudo_hr(dataset.name, plans_name, args.np)
     logger.info("stage 1 %.0f s, planning + preprocessing %.0f s", t_stage1 - t0, time.time() - t_stage1)
     print(f"preprocessed pseudo-HR data: {output}\n"

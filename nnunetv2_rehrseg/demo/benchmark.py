@@ -90,7 +90,7 @@ class Benchmark(Pipeline):
         """Run a stage once: its wall time, peak memory and command times are kept, a rerun skips it."""
         marker = self.out / "stages" / f"{name.replace(' ', '_').replace('/', '_')}.json"
         if marker.is_file():
-            record = json.loads(marker.read_text())
+            record = {"name": name, **json.loads(marker.read_text())}
             logger.info("%s: done before (%.0f s), skipped", name, record["seconds"])
         else:
             commands_before = dict(self.command_seconds)
@@ -178,7 +178,6 @@ class Benchmark(Pipeline):
         path.write_text(json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
 
     def plan_stock(self, dataset_id: int) -> None:
-        from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
         from nnunetv2_rehrseg.planners import rehrseg_planner
@@ -188,7 +187,7 @@ class Benchmark(Pipeline):
         if planner is None:
             from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
             planner = ExperimentPlanner
-        plan_experiment_dataset(dataset_id, planner)
+        rehrseg_planner.plan_dataset(dataset_id, planner)
         self.run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", self.benchmark.stock_plans, "-c",
                  "3d_fullres", "-np", "2")
         self._splits(maybe_convert_to_dataset_name(dataset_id))
