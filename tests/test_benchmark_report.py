@@ -16,10 +16,11 @@ RESULTS = {"lr_nnunet_linear": summary(0.60, 10.0, 0.75), "label_round_trip": su
 COMMANDS = {"rehrseg": 20.0, "super_resolve": 30.0, "sr_then_segment": 25.0}
 STEPS = {"Dataset700_X/REHRSegTrainer_quick": 1.4, "Dataset700_X/REHRSegTrainer_noKD_quick": 1.0,
          "Dataset700_X/nnUNetTrainer_rehrsegQuickBudget": 1.0, "Dataset703_HR/nnUNetTrainer_rehrsegQuickBudget": 3.0}
+TRAINERS = ("REHRSegTrainer_quick", "nnUNetTrainer_rehrsegQuickBudget")
 
 
 def test_goals_are_computed_from_the_right_arms():
-    rows = {goal: (measured, met) for goal, measured, met in goals(RESULTS, COMMANDS, STEPS, "Dataset700")}
+    rows = {goal: (measured, met) for goal, measured, met in goals(RESULTS, COMMANDS, STEPS, *TRAINERS)}
     gap, met = rows["HR Dice closes >= 70% of the gap arm 1 -> arm 6"]
     assert gap.startswith("75%") and met                       # (0.75 - 0.60) / (0.80 - 0.60)
     assert rows["HR Dice beats arm 2 (label round trip)"][1]
@@ -34,7 +35,7 @@ def test_goals_are_computed_from_the_right_arms():
 
 def test_missing_arms_read_not_run():
     partial = {k: v for k, v in RESULTS.items() if k != "hr_upper_bound"}
-    rows = {goal: (measured, met) for goal, measured, met in goals(partial, {}, {}, "Dataset700")}
+    rows = {goal: (measured, met) for goal, measured, met in goals(partial, {}, {}, *TRAINERS)}
     assert rows["HR Dice closes >= 70% of the gap arm 1 -> arm 6"] == ("not run", None)
     assert rows["inference <= 0.5 x SR-then-segment (self-SR + HR nnU-Net)"] == ("not run", None)
     assert rows["HR Dice beats arm 2 (label round trip)"][1] is True

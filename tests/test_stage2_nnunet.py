@@ -287,6 +287,14 @@ def test_stock_training_still_works_after_ours(planned, monkeypatch):
     trainer.on_train_end()
 
 
+def test_rerun_with_other_stage1_settings_is_refused(planned):
+    result = run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-r", "2", "-slice_profile",
+                 "rf-pulse-slr", env=planned["env"], check=False)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "-r 2 (stage 1 used 4)" in message and "-slice_profile rf-pulse-slr" in message
+    assert "Traceback" not in message
+
+
 def test_stock_repreprocessing_of_our_plans_is_refused(planned):
     env = planned["env"]
     run("nnUNetv2_preprocess", "-d", "990", "-plans_name", "REHRSegPlans", "-c", "3d_fullres", "-np", "1", env=env)

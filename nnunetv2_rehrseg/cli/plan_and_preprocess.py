@@ -29,6 +29,25 @@ def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path
         tmp.replace(base / "dataset.json")
 
 
+def _refuse_other_stage1_settings(folder, args) -> None:
+    """Stage-1 flags that contradict the finished stage 1 would otherwise be silently ignored."""
+    import math
+
+    from nnunetv2_rehrseg.errors import InputError
+    from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
+
+    used = Stage1Settings.load(folder / "settings.json")
+    asked = {"-r": (args.r, used.r), "-target_spacing": (args.target_spacing, used.hr_spacing),
+             "-slice_thickness": (args.slice_thickness, used.slice_thickness),
+             "-slice_profile": (args.slice_profile, used.profile)}
+    differing = [f"{flag} {given} (stage 1 used {done})" for flag, (given, done) in asked.items()
+                 if given is not None and not (given == done or (isinstance(given, float) and
+                                                                 math.isclose(given, done, rel_tol=1e-4)))]
+    if differing:
+        raise InputError(f"{folder} holds a finished stage 1 made with other settings: {'; '.join(differing)}. "
+                         f"Drop those flags to reuse it, or delete {folder} to redo stage 1 with them")
+
+
 def _require_pseudo_hr_foreground(stage1: Path) -> None:
     """Pseudo-HR labels without any foreground (a self-SR stopped far too early) would only crash nnU-Net's
     fingerprinting; say what happened instead."""
@@ -80,6 +99,7 @@ def plan_and_preprocess_entry(argv=None) -> None:
     folder = stage1_folder(dataset.name)
     if (folder / "summary.json").is_file():
         logger.info("stage 1 found in %s", folder)
+        _refuse_other_stage1_settings(folder, args)
     else:
         run_stage1(dataset.name, resolve_device(args.device), **stage1_kwargs(args))
     t_stage1 = time.time()

@@ -3,7 +3,7 @@ import csv
 import json
 from typing import Dict, List
 
-from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows
+from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows, write_montage
 
 
 def _rows(results: dict) -> List[dict]:
@@ -21,8 +21,12 @@ def _rows(results: dict) -> List[dict]:
     return rows
 
 
-def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], dataset: str) -> List[tuple]:
-    """(goal, measured, met: True/False, or None where an arm it needs has not run) for the issue's targets."""
+def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], trainer: str,
+          baseline_trainer: str) -> List[tuple]:
+    """(goal, measured, met: True/False, or None where an arm it needs has not run) for the issue's targets.
+    `steps` is keyed '<dataset folder>/<trainer>'; the step ratio compares the two trainers on the REHRSeg dataset."""
+    from nnunetv2_rehrseg.demo.pipeline import DATASET_ID
+
     def dice(arm):
         return results[arm]["mean"]["Dice"]
 
@@ -47,9 +51,10 @@ def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], da
         return f"{ours:.0f} s vs {sr:.0f} s ({ours / sr:.2f}x)", ours <= 0.5 * sr
 
     def step():
-        ours = next(v for k, v in steps.items() if k.startswith(dataset) and k.endswith(("/REHRSegTrainer",
-                    "/REHRSegTrainer_quick", "/REHRSegTrainer_fast", "/REHRSegTrainer_50epochs")))
-        stock = next(v for k, v in steps.items() if k.startswith(dataset) and "/nnUNetTrainer" in k)
+        def of(name):
+            return next(v for k, v in steps.items() if k.startswith(f"Dataset{DATASET_ID:03d}_") and
+                        k.endswith(f"/{name}"))
+        ours, stock = of(trainer), of(baseline_trainer)
         return f"{ours:.2f} vs {stock:.2f} s ({ours / stock:.2f}x)", ours <= 1.5 * stock
 
     checks = [("HR Dice closes >= 70% of the gap arm 1 -> arm 6", gap),
@@ -84,10 +89,9 @@ def write_benchmark_report(bench, results: dict, quality: dict, steps: Dict[str,
         writer.writerows(rows)
     table_rows = [{k: v for k, v in r.items() if k != "key"} for r in rows]
     plot_results(table_rows, out / "benchmark_results.png")
-    from nnunetv2_rehrseg.demo.pipeline import DATASET_ID
-
-    dataset = f"Dataset{DATASET_ID:03d}"
-    goal_rows = goals(results, bench.command_seconds, steps, dataset)
+    for identifier in bench.data.test_ids:
+        write_montage(bench, identifier)
+    goal_rows = goals(results, bench.command_seconds, steps, bench.trainer, bench.baseline_trainer)
     (out / "benchmark_timings.json").write_text(json.dumps({
         "stages_s": bench.timings, "peak_rss_gb_per_stage": bench.peak_rss_gb, "commands_s": bench.command_seconds,
         "s_per_training_step": steps, "image_quality": quality}, indent=1))
@@ -97,6 +101,7 @@ def write_benchmark_report(bench, results: dict, quality: dict, steps: Dict[str,
     verdict = {True: "met", False: "**missed**", None: "not run"}
     goal_table = "\n".join(f"| {g} | {m} | {verdict[ok]} |" for g, m, ok in goal_rows)
     demo = bench.preset
+    montages = "\n".join(f"![{i}](montage_{i}.png)" for i in bench.data.test_ids)
     (out / "benchmark_report.md").write_text(f"""# REHRSeg benchmark report
 
 MNI152 T1 ({demo.spacing_mm} mm) subjects, thick slices simulated at r={bench.r} along axis {bench.axis} (SimpleITK
@@ -110,6 +115,8 @@ HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and CSF/GM/W
 against the test subjects' LR labels.
 
 ![results](benchmark_results.png)
+
+{montages}
 
 ## Goals
 

@@ -33,7 +33,7 @@ def _plane(volume: np.ndarray, sitk_axis: int) -> np.ndarray:
     return np.flipud(plane if lr == 0 else plane.T)
 
 
-def _montage(pipeline, identifier: str) -> None:
+def write_montage(pipeline, identifier: str) -> None:
     out, axis, r = pipeline.out, pipeline.axis, pipeline.r
     lr_image, _ = read_image(pipeline.data.raw_folder / "imagesTs" / f"{identifier}_0000.nii.gz")
     row = {"LR input (nearest)": _plane(np.repeat(lr_image, r, axis=numpy_axis_of(axis)), axis),
@@ -84,7 +84,7 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
         writer.writerows(rows)
     plot_results(rows, out / "results.png")
     for identifier in pipeline.data.test_ids:
-        _montage(pipeline, identifier)
+        write_montage(pipeline, identifier)
     (out / "timings.json").write_text(json.dumps({**pipeline.timings, "peak_rss_gb": peak_gb,
                                                   "peak_rss_gb_per_stage": pipeline.peak_rss_gb}, indent=1))
     header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
