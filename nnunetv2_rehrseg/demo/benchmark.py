@@ -218,8 +218,10 @@ class Benchmark(Pipeline):
     def evaluate(self) -> Dict[str, dict]:
         results = {}
         for arm in BENCHMARK_ARMS:
-            if not (self.out / "predictions" / arm).is_dir():
-                continue           # not run (yet): -report_only on an unfinished run
+            folder = self.out / "predictions" / arm
+            if not all((folder / f"{i}.nii.gz").is_file() for i in self.data.test_ids):
+                logger.info("%s: not (fully) predicted yet, left out of the report", arm)
+                continue           # --report_only on an unfinished run
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / "metrics" / f"{arm}.json"))
             results[arm] = result["summary"]
