@@ -4,7 +4,7 @@ DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resume
 
     python benchmarks/run_all.py -o DIR [-preset fast|default] [-device cpu|cuda] [-r 4] [-axis 2] [--report_only]
 
-fast (2 CPU cores): 16..128 features, 4 x 50 steps per learned arm, about 1.5 hours.
+fast (2 CPU cores): 16..128 features, 4 x 50 steps per learned arm, about 80 minutes.
 default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
 """
 import argparse

@@ -67,7 +67,8 @@ class REHRSegTrainer_noKD_tiny(REHRSegTrainer_tiny):
 
 
 class REHRSegTrainer_quick(_TrainingBudget, REHRSegTrainer):
-    """Half the demo's budget: every learned arm of `benchmarks/run_all.py -preset fast` (about 2 h on 2 cores)."""
+    """Half the demo's budget: every learned arm of `benchmarks/run_all.py -preset fast` (about 80 min on 2
+    cores)."""
     budget = (4, 50, 5)
 
 
