@@ -172,14 +172,7 @@ class Benchmark(Pipeline):
         (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=1))
 
     # ------------------------------------------------------------------ stock arms at HR
-    def _splits(self, dataset_name: str) -> None:
-        ids = self.data.train_ids
-        path = self.out / "nnUNet_preprocessed" / dataset_name / "splits_final.json"
-        path.write_text(json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
-
     def plan_stock(self, dataset_id: int) -> None:
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
         from nnunetv2_rehrseg.planners import rehrseg_planner
 
         self.run("nnUNetv2_extract_fingerprint", "-d", str(dataset_id), "-np", "2")
@@ -190,29 +183,22 @@ class Benchmark(Pipeline):
         rehrseg_planner.plan_dataset(dataset_id, planner)
         self.run("nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", self.benchmark.stock_plans, "-c",
                  "3d_fullres", "-np", "2")
-        self._splits(maybe_convert_to_dataset_name(dataset_id))
+        self.write_splits(dataset_id)
 
     def stock_hr_arm(self, arm: str, dataset_id: int) -> None:
-        self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", self.baseline_trainer, "-p",
-                 self.benchmark.stock_plans, "-device", self.device)
+        self.train(self.baseline_trainer, self.benchmark.stock_plans, dataset_id)
         name = next((self.out / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*")).name
         self.predict_stock(str(self.out / "nnUNet_raw" / name / "imagesTs"), arm, dataset_id, self.baseline_trainer,
                            self.benchmark.stock_plans)
 
     # ------------------------------------------------------------------ REHRSeg arms
     def rehrseg_arm(self, arm: str, trainer: str, dataset_id: int = DATASET_ID) -> None:
-        self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", "REHRSegPlans",
-                 "-device", self.device)
+        self.train(trainer, "REHRSegPlans", dataset_id)
         self.predict_rehrseg(trainer, arm, dataset_id)
 
     def plan_wrong_profile(self) -> None:
         self.build_wrong_profile_dataset()
-        iterations = [] if self.preset.selfsr_iterations is None else ["-iterations", str(self.preset.selfsr_iterations)]
-        self.run("rehrseg_plan_and_preprocess", "-d", str(WRONG_PROFILE_ID), "-pl", self.preset.planner, "-np", "2",
-                 "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations)
-        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-        self._splits(maybe_convert_to_dataset_name(WRONG_PROFILE_ID))
+        self.plan_rehrseg(WRONG_PROFILE_ID)
 
     # ------------------------------------------------------------------ scoring
     def evaluate(self) -> Dict[str, dict]:

@@ -108,10 +108,23 @@ class Pipeline:
         return build_demo_dataset(self.out / "nnUNet_raw", self.out / "truth", DATASET_ID, self.n_train, self.n_test,
                                   self.r, self.axis, self.spacing_mm, seed=self.seed)
 
-    def plan(self) -> None:
+    def plan_rehrseg(self, dataset_id: int) -> None:
+        """rehrseg_plan_and_preprocess with the preset's planner and self-SR budget, then fold 0's split."""
         iterations = [] if self.preset.selfsr_iterations is None else ["-iterations", str(self.preset.selfsr_iterations)]
-        self.run("rehrseg_plan_and_preprocess", "-d", str(DATASET_ID), "-pl", self.preset.planner, "-np", "2",
+        self.run("rehrseg_plan_and_preprocess", "-d", str(dataset_id), "-pl", self.preset.planner, "-np", "2",
                  "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations)
+        self.write_splits(dataset_id)
+
+    def write_splits(self, dataset_id: int) -> None:
+        """Fold 0 of every dataset of the run: the last training subject validates."""
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        ids = self.data.train_ids
+        path = self.out / "nnUNet_preprocessed" / maybe_convert_to_dataset_name(dataset_id) / "splits_final.json"
+        path.write_text(json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
+
+    def plan(self) -> None:
+        self.plan_rehrseg(DATASET_ID)
         # arm 1 gets the same LR topology, patch and budget: stock plans derived from ours, stock preprocessing
         plans, _ = load_dataset_plans(DATASET_ID)
         baseline = stock_lr_plans(plans)
@@ -121,11 +134,9 @@ class Pipeline:
         (base / f"{BASELINE_PLANS}.json").write_text(json.dumps(baseline, indent=1))
         self.run("nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", BASELINE_PLANS, "-c", "3d_fullres",
                  "-np", "2")
-        train_ids = sorted(p.name[:-len("_0000.nii.gz")] for p in (self.data.raw_folder / "imagesTr").iterdir())
-        (base / "splits_final.json").write_text(json.dumps([{"train": train_ids[:-1], "val": train_ids[-1:]}]))
 
-    def train(self, trainer: str, plans: str) -> None:
-        self.run("rehrseg_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-p", plans,
+    def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID) -> None:
+        self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
                  "-device", self.device)
 
     def predict_rehrseg(self, trainer: str, arm: str, dataset_id: int = DATASET_ID) -> None:
