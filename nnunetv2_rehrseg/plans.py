@@ -71,3 +71,19 @@ def load_dataset_plans(dataset_name_or_id, plans_name: str = PLANS_NAME):
     base = Path(str(nnUNet_preprocessed)) / maybe_convert_to_dataset_name(dataset_name_or_id)
     return (json.loads((base / f"{plans_name}.json").read_text()),
             json.loads((base / "dataset.json").read_text()))
+
+
+def save_stock_lr_plans(dataset_name_or_id, plans_name: str) -> None:
+    """Write stock_lr_plans of the dataset's REHRSegPlans as `plans_name`.json (own data identifier), ready for
+    nnUNetv2_preprocess -plans_name: the LR nnU-Net baseline with REHRSeg's topology, patch and budget."""
+    import json
+    from pathlib import Path
+
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    plans, _ = load_dataset_plans(dataset_name_or_id)
+    stock = stock_lr_plans(plans)
+    stock["plans_name"] = plans_name
+    stock["configurations"][CONFIGURATION]["data_identifier"] = f"{plans_name}_{CONFIGURATION}"
+    path = Path(str(nnUNet_preprocessed)) / plans["dataset_name"] / f"{plans_name}.json"
+    path.write_text(json.dumps(stock, indent=1))

@@ -203,6 +203,17 @@ class REHRSegTrainer(nnUNetTrainer):
                 NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None, pin,
                                              0.002))
 
+    def synthetic_batch(self, generator: torch.Generator) -> dict:
+        """Random data shaped like a training batch of this trainer's loader (step timings without data loading)."""
+        config = self.configuration_manager
+        b, channels = config.batch_size, self.num_input_channels
+        shape = [config.patch_size[0] + 2 * self.margin, *config.patch_size[1:]]
+        classes = self.label_manager.num_segmentation_heads
+        return {"data": torch.randn(b, channels, *shape, generator=generator),
+                "target": torch.randint(0, classes, (b, 1, *shape), generator=generator).to(torch.int16),
+                "uncertainty": torch.rand(b, 1, *shape, generator=generator),
+                "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
+
     def make_pseudo_lr_batch(self, batch: dict) -> PseudoLRBatch:
         to = dict(device=self.device, non_blocking=True)
         return make_pseudo_lr(batch["data"].to(**to), batch["target"].to(**to), batch["uncertainty"].to(**to),

@@ -66,6 +66,24 @@ class REHRSegTrainer_noKD_tiny(REHRSegTrainer_tiny):
     kd_correlation_weight = 0.0
 
 
+class REHRSegTrainer_selftest(_TrainingBudget, REHRSegTrainer):
+    """rehrseg_selftest on a GPU: 6 x 25 steps on its tiny generated dataset."""
+    budget = (6, 25, 5)
+
+
+class nnUNetTrainer_rehrsegSelftestBudget(_TrainingBudget, nnUNetTrainer):
+    budget = REHRSegTrainer_selftest.budget
+
+
+class REHRSegTrainer_selftestCPU(_TrainingBudget, REHRSegTrainer):
+    """rehrseg_selftest on a CPU (and in CI): 4 x 5 steps."""
+    budget = (4, 5, 1)
+
+
+class nnUNetTrainer_rehrsegSelftestCPUBudget(_TrainingBudget, nnUNetTrainer):
+    budget = REHRSegTrainer_selftestCPU.budget
+
+
 class REHRSegTrainer_quick(_TrainingBudget, REHRSegTrainer):
     """Half the demo's budget: every learned arm of `benchmarks/run_all.py -preset fast` (about 80 min on 2
     cores)."""

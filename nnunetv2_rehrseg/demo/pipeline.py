@@ -12,8 +12,6 @@ import logging
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,11 +20,12 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_rehrseg.commands import run_command
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
+from nnunetv2_rehrseg.plans import save_stock_lr_plans
 
 logger = logging.getLogger(__name__)
 DATASET_ID = 700
@@ -80,19 +79,12 @@ class Pipeline:
         self.current_stage: Optional[str] = None
 
     def run(self, *command: str) -> float:
-        """A public command, its output streamed to the terminal; returns its wall time and records its peak
-        memory (os.wait4: this child's own maximum resident set) against the current stage."""
-        logger.info("$ %s", " ".join(command))
-        executable = Path(sys.executable).parent / command[0]
-        t = time.time()
-        process = subprocess.Popen([str(executable), *command[1:]], env=self.env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            raise subprocess.CalledProcessError(process.returncode, command)
+        """A public command (see run_command); returns its wall time and records its peak memory against the current
+        stage."""
+        seconds, peak_gb = run_command(command, self.env)
         stage = self.current_stage or "other"
-        self.peak_rss_gb[stage] = max(self.peak_rss_gb.get(stage, 0.0), usage.ru_maxrss / 1024 ** 2)
-        return time.time() - t
+        self.peak_rss_gb[stage] = max(self.peak_rss_gb.get(stage, 0.0), peak_gb)
+        return seconds
 
     def timed(self, name: str, fn, *args):
         self.current_stage = name
@@ -126,12 +118,7 @@ class Pipeline:
     def plan(self) -> None:
         self.plan_rehrseg(DATASET_ID)
         # arm 1 gets the same LR topology, patch and budget: stock plans derived from ours, stock preprocessing
-        plans, _ = load_dataset_plans(DATASET_ID)
-        baseline = stock_lr_plans(plans)
-        baseline["plans_name"] = BASELINE_PLANS
-        baseline["configurations"]["3d_fullres"]["data_identifier"] = f"{BASELINE_PLANS}_3d_fullres"
-        base = self.out / "nnUNet_preprocessed" / plans["dataset_name"]
-        (base / f"{BASELINE_PLANS}.json").write_text(json.dumps(baseline, indent=1))
+        save_stock_lr_plans(DATASET_ID, BASELINE_PLANS)
         self.run("nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", BASELINE_PLANS, "-c", "3d_fullres",
                  "-np", "2")
 

@@ -1,0 +1,46 @@
+"""A tiny generated nnU-Net dataset (ellipsoid shells on an oblique thick-slice grid): the self-check's data and the
+tests' fixture. Nothing is downloaded."""
+import json
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+_ROTATION = np.array([[0.98, -0.17, 0.0], [0.17, 0.98, 0.0], [0.0, 0.0, 1.0]])
+OBLIQUE = tuple((_ROTATION / np.linalg.norm(_ROTATION, axis=1, keepdims=True)).ravel())
+
+
+def phantom(shape_zyx, seed):
+    """Ellipsoid shells: an image with three tissue classes and its labels, (z, y, x)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape_zyx], indexing="ij")
+    c = rng.uniform(-0.15, 0.15, 3)
+    d = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grids, c)))
+    labels = (d < 0.75).astype(np.uint8) + (d < 0.4)
+    image = 100 + 300 * (d < 0.75) + 200 * (d < 0.4) + 10 * rng.normal(size=d.shape)
+    return image.astype(np.float32), labels.astype(np.uint8)
+
+
+def write(array, spacing, path, direction=OBLIQUE, origin=(12.0, -40.0, 7.5)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def make_raw_dataset(raw_root: Path, dataset_id=990, name="Tiny", n_cases=2, spacing=(1.0, 1.0, 4.0),
+                     shape_zyx=(8, 32, 32), n_test=1) -> Path:
+    """nnUNet_raw/DatasetXXX_<name>: n_cases training cases (images + labels) and n_test test images."""
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
+    for i in range(n_cases + n_test):
+        image, labels = phantom(shape_zyx, i)
+        split = "Tr" if i < n_cases else "Ts"
+        write(image, spacing, folder / f"images{split}" / f"case{i:02d}_0000.nii.gz")
+        if split == "Tr":
+            write(labels, spacing, folder / "labelsTr" / f"case{i:02d}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "outer": 1, "inner": 2},
+        "numTraining": n_cases, "file_ending": ".nii.gz"}))
+    return folder

@@ -1,0 +1,69 @@
+"""Compute-only training-step time of a REHRSeg trainer against stock nnUNetTrainer on the same LR network plans.
+
+Both trainers come from the dataset's REHRSegPlans: stock nnU-Net gets the LR configuration (LR spacing, LR patch, the
+same topology without the HR head) and LR batches; REHRSeg gets the batches its loader makes and does the rest (the
+teacher forward, the HR head, the KD terms) itself. Synthetic batches: data loading is left out, so this is the cost of
+the step alone (nnU-Net's `..._noDataLoading` split).
+"""
+import time
+from copy import deepcopy
+
+import numpy as np
+import torch
+
+
+def _trainer(cls, plans, dataset_json, device):
+    trainer = cls({**deepcopy(plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
+    trainer.initialize()
+    return trainer
+
+
+def median_step_seconds(step, batch, steps: int, device: torch.device) -> float:
+    step(batch)  # warm-up
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def synthetic_lr_batch(trainer, shape, channels: int, batch_size: int, generator) -> dict:
+    """Image and deep-supervision targets as stock nnU-Net's loader delivers them."""
+    classes = trainer.label_manager.num_segmentation_heads
+    target = torch.randint(0, classes, (batch_size, 1, *shape), generator=generator).float()
+    return {"data": torch.randn(batch_size, channels, *shape, generator=generator),
+            "target": [torch.nn.functional.interpolate(target, [round(n * s) for n, s in zip(shape, scale)],
+                                                       mode="nearest-exact")
+                       for scale in trainer._get_deep_supervision_scales()]}
+
+
+def compare_step_times(dataset_id, trainer_name: str, device: torch.device, steps: int = 10) -> dict:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunetv2_rehrseg.trainers as trainers
+    from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
+    from nnunetv2_rehrseg.selfsr.training import load_network
+
+    plans, dataset_json = load_dataset_plans(dataset_id)
+    config = plans["configurations"]["3d_fullres"]
+    ours = _trainer(getattr(trainers, trainer_name), plans, dataset_json, device)
+    if ours.kd_enabled:
+        ours.teacher, _ = load_network(ours.selfsr_checkpoint(), device)
+        ours.teacher.requires_grad_(False)
+    stock = _trainer(nnUNetTrainer, stock_lr_plans(plans), dataset_json, device)
+
+    b, channels = config["batch_size"], len(dataset_json["channel_names"])
+    generator = torch.Generator().manual_seed(0)
+    ours_batch = ours.synthetic_batch(generator)
+    stock_batch = synthetic_lr_batch(stock, config["rehrseg"]["lr_patch_size"], channels, b, generator)
+    t_stock = median_step_seconds(stock.train_step, stock_batch, steps, device)
+    t_ours = median_step_seconds(ours.train_step, ours_batch, steps, device)
+    return {"device": str(device), "trainer": trainer_name, "batch_size": b,
+            "lr_patch": config["rehrseg"]["lr_patch_size"],
+            "features_per_stage": config["architecture"]["arch_kwargs"]["features_per_stage"],
+            "nnUNetTrainer_s_per_step": t_stock, "rehrseg_s_per_step": t_ours, "ratio": t_ours / t_stock}
