@@ -25,25 +25,33 @@ import numpy as np
 import torch
 
 TRAINER, STOCK_TRAINER = "REHRSegTrainer_quick", "nnUNetTrainer_rehrsegQuickBudget"
+DATASET_ID = 700   # the demo's
 GPU_STEP_SECONDS = (0.10, 0.15)
 
 
 def prepare_data(out: Path, device: str, selfsr_iterations: int):
     """The demo's subjects, stage 1, REHRSeg plans and the stock LR plans (skipped when already there)."""
+    from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
     from nnunetv2_rehrseg.demo.pipeline import PRESETS, Pipeline
 
     pipeline = Pipeline(out, device, 4, 2, replace(PRESETS["fast"], selfsr_iterations=selfsr_iterations), seed=0)
     pipeline.data = pipeline.build_data()
-    if not (out / "nnUNet_preprocessed" / "Dataset700_MNIDemo" / "nnUNetPlans_rehrsegLR.json").is_file():
+    if not (out / "nnUNet_preprocessed" / dataset_name() / f"{BASELINE_PLANS}.json").is_file():
         pipeline.plan()
     return pipeline
 
 
+def dataset_name() -> str:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    return maybe_convert_to_dataset_name(DATASET_ID)
+
+
 def trainer_instance(name: str, plans_name: str, device: torch.device):
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.plans import load_dataset_plans
+    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans
 
-    plans, dataset_json = load_dataset_plans(700, plans_name)
+    plans, dataset_json = load_dataset_plans(DATASET_ID, plans_name)
     trainer = getattr(trainers, name)({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, device)
     trainer.initialize()
     return trainer
@@ -71,7 +79,7 @@ def seconds_per_step_with_loading(pipeline, name: str, plans_name: str, workers:
     from nnunetv2_rehrseg.selftest import seconds_per_step
     import nnunetv2_rehrseg.trainers as trainers
 
-    fold = pipeline.out / "nnUNet_results" / "Dataset700_MNIDemo" / f"{name}__{plans_name}__3d_fullres" / "fold_0"
+    fold = pipeline.out / "nnUNet_results" / dataset_name() / f"{name}__{plans_name}__3d_fullres" / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():
         pipeline.env["nnUNet_n_proc_DA"] = str(workers)
         pipeline.train(name, plans_name)
@@ -89,7 +97,7 @@ def main(argv=None) -> dict:
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from nnunetv2_rehrseg.demo.pipeline import BASELINE_PLANS
+    from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
     from nnunetv2_rehrseg.step_timing import compare_step_times
 
     out = Path(args.o).resolve()
@@ -112,7 +120,8 @@ def main(argv=None) -> dict:
     for arm, (name, plans) in arms.items():
         measure(f"{arm} s/step with data loading ({args.workers} workers)", seconds_per_step_with_loading, pipeline,
                 name, plans, args.workers)
-    timing = measure("no data loading", lambda: compare_step_times(700, "REHRSegTrainer", torch.device(args.device)))
+    timing = measure("no data loading",
+                     lambda: compare_step_times(DATASET_ID, "REHRSegTrainer", torch.device(args.device)))
 
     batch_size = trainer_instance(STOCK_TRAINER, BASELINE_PLANS, torch.device("cpu")).batch_size
     lines = ["| | REHRSeg | stock nnU-Net | ratio |", "|---|---|---|---|"]

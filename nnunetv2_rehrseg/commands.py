@@ -1,11 +1,15 @@
-"""Running this environment's console scripts (ours and nnU-Net's) as a user would, with wall time and peak memory."""
+"""Running this environment's console scripts (ours and nnU-Net's) as a user would, with wall time and peak memory;
+the output folder of a run made of them."""
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
+
+from nnunetv2_rehrseg.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -22,3 +26,11 @@ def run_command(command: Sequence[str], env: Dict[str, str]) -> Tuple[float, flo
     if os.waitstatus_to_exitcode(status) != 0:
         raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), list(command))
     return time.time() - t, usage.ru_maxrss / 1024 ** 2
+
+
+def clean_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out} is not empty; choose a new -o or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)

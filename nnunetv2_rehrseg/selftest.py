@@ -28,7 +28,7 @@ import torch
 from nnunetv2_rehrseg.commands import run_command
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.phantom import make_raw_dataset
-from nnunetv2_rehrseg.plans import load_dataset_plans, save_stock_lr_plans
+from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, save_stock_lr_plans
 
 logger = logging.getLogger(__name__)
 DATASET_ID = 989

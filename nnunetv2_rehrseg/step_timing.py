@@ -46,7 +46,7 @@ def compare_step_times(dataset_id, trainer_name: str, device: torch.device, step
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.plans import load_dataset_plans, stock_lr_plans
+    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, stock_lr_plans
     from nnunetv2_rehrseg.selfsr.training import load_network
 
     plans, dataset_json = load_dataset_plans(dataset_id)

@@ -86,7 +86,7 @@ def test_pseudo_hr_data_is_normalised_like_the_lr_input(planned):
     import blosc2
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-    from nnunetv2_rehrseg.preprocessing import zscore_statistics
+    from nnunetv2_rehrseg.segmenter.preprocessing import zscore_statistics
 
     pre, raw = planned["pre"], planned["raw"]
     plans = json.loads((pre / "REHRSegPlans.json").read_text())
@@ -116,7 +116,7 @@ def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
 
     from nnunetv2_rehrseg.errors import InputError
-    from nnunetv2_rehrseg.network import build_rehrseg_network
+    from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network
     from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
 
     with pytest.raises(InputError, match="-pl"):
@@ -262,12 +262,18 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     # one training step through the real data loader: uncertainty travels with the patch, all terms finite
     tiny.on_train_start()
-    batch = next(tiny.dataloader_train)
-    assert batch["uncertainty"].shape[2:] == batch["data"].shape[2:] == batch["target"].shape[2:]
-    assert batch["uncertainty"].min() >= 0 and batch["uncertainty"].max() <= 1
-    assert batch["data"].shape[2] == plans["configurations"]["3d_fullres"]["patch_size"][0] + 2 * tiny.margin
-    out = tiny.train_step(batch)
+    config = plans["configurations"]["3d_fullres"]
+    lr_patch, r = config["rehrseg"]["lr_patch_size"], config["rehrseg"]["r"]
+    for loader in (tiny.dataloader_train, tiny.dataloader_val):
+        # the loader made the pseudo-LR input (D slices), the HR labels cover the r*D core slices
+        batch = next(loader)
+        assert list(batch["data"].shape[2:]) == list(batch["uncertainty"].shape[2:]) == lr_patch
+        assert list(batch["target"].shape[2:]) == [r * lr_patch[0], *lr_patch[1:]] == config["patch_size"]
+        assert batch["uncertainty"].min() >= 0 and batch["uncertainty"].max() <= 1
+        assert batch["target"].min() >= 0
+    out = tiny.train_step(next(tiny.dataloader_train))
     assert all(np.isfinite(v) for v in out.values())
+    assert np.isfinite(tiny.validation_step(next(tiny.dataloader_val))["loss"])
     tiny.on_train_end()
 
 

@@ -7,13 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_rehrseg.dataloading import REHRSegDataLoader
-from nnunetv2_rehrseg.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
+from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples, outside_on_lr_grid
+from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader
+from nnunetv2_rehrseg.degradation import blur_subsample
+from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
                                            spatial_kd_loss, teacher_stage_for)
-from nnunetv2_rehrseg.losses import UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.network import STOCK_INFERENCE_MESSAGE, build_rehrseg_network
-from nnunetv2_rehrseg.plans import REHRSegPlanBlock
-from nnunetv2_rehrseg.pseudo_lr import downsample_for_deep_supervision, make_pseudo_lr, margin_slices
+from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_supervision_weights
+from nnunetv2_rehrseg.segmenter.network import STOCK_INFERENCE_MESSAGE, build_rehrseg_network
+from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, downsample_for_deep_supervision, lr_targets, margin_slices
 
 ARCH = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2]],
@@ -66,23 +68,127 @@ def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():
     r, fwhm, margin = 4, 4.0, margin_slices(4, 4.0, "gaussian")
     assert margin % r == 0 and margin >= r
     d_hr = 8 * r + 2 * margin
-    ramp = torch.arange(d_hr, dtype=torch.float32).view(1, 1, -1, 1, 1).expand(2, 1, d_hr, 6, 6).contiguous()
-    labels = (torch.arange(d_hr) // 2 % 2).view(1, 1, -1, 1, 1).expand(2, 1, d_hr, 6, 6).contiguous()
-    u = torch.rand(2, 1, d_hr, 6, 6)
-    p = make_pseudo_lr(ramp, labels, u, r, fwhm, "gaussian", margin, num_classes=2)
-    assert p.image.shape == (2, 1, 8, 6, 6) and p.hr_labels.shape == (2, 1, 32, 6, 6)
+    ramp = torch.arange(d_hr, dtype=torch.float32).view(1, -1, 1, 1).expand(1, d_hr, 6, 6).contiguous()
+    labels = (torch.arange(d_hr) // 2 % 2).view(1, -1, 1, 1).expand(1, d_hr, 6, 6).contiguous()
+    u = torch.rand(1, d_hr, 6, 6)
+    image, hr_labels, uncertainty = degrade_patch(ramp, labels, u, r, fwhm, "gaussian", margin)
+    assert image.shape == (1, 8, 6, 6) and hr_labels.shape == (1, 32, 6, 6) and uncertainty.shape == (1, 8, 6, 6)
     # a ramp along the LR axis degrades to its values at the thick-slice centres c_k = margin + r*k + (r-1)/2
     centres = margin + r * np.arange(8) + (r - 1) / 2
-    np.testing.assert_allclose(p.image[0, 0, :, 0, 0].numpy(), centres, atol=1e-4)
-    np.testing.assert_allclose(p.uncertainty[0, 0, :, 2, 3].numpy(),
-                               u[0, 0, margin:margin + 32, 2, 3].reshape(8, r).mean(1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(image[0, :, 0, 0].numpy(), centres, atol=1e-4)
+    np.testing.assert_allclose(uncertainty[0, :, 2, 3].numpy(), u[0, margin:margin + 32, 2, 3].reshape(8, r).mean(1),
+                               atol=1e-6)
+    np.testing.assert_array_equal(hr_labels.numpy(), labels[:, margin:margin + 32].numpy())
     # an in-plane pattern constant along the LR axis is left untouched (no in-plane blur)
     checker = ((torch.arange(6).view(-1, 1) + torch.arange(6).view(1, -1)) % 2).float()
-    flat = checker.expand(1, 1, d_hr, 6, 6).contiguous()
-    p2 = make_pseudo_lr(flat, labels[:1], u[:1], r, fwhm, "gaussian", margin, 2)
-    np.testing.assert_allclose(p2.image[0, 0, 3].numpy(), checker.numpy(), atol=1e-6)
+    flat = checker.expand(1, d_hr, 6, 6).contiguous()
+    np.testing.assert_allclose(degrade_patch(flat, labels, u, r, fwhm, "gaussian", margin)[0][0, 3].numpy(),
+                               checker.numpy(), atol=1e-6)
+    # on the device: majority pseudo-LR labels of a batch, deep-supervision targets
+    p = lr_targets(image[None].expand(2, -1, -1, -1, -1), hr_labels[None].expand(2, -1, -1, -1, -1),
+                   uncertainty[None].expand(2, -1, -1, -1, -1), r, num_classes=2)
+    assert p.labels.shape == (2, 1, 8, 6, 6)
+    np.testing.assert_array_equal(p.labels[0, 0, :, 0, 0].numpy(), np.zeros(8))   # 0 0 1 1 per 4 slices: tie -> 0
     scaled, unc = downsample_for_deep_supervision(p.labels, p.uncertainty, [[1, 1, 1], [1, 0.5, 0.5]])
     assert scaled[1].shape == (2, 1, 8, 3, 3) and unc[1].shape == (2, 1, 8, 3, 3)
+
+
+def _augmentation(mirror: bool):
+    """REHRSeg's spatial augmentation (nnU-Net's dummy-2D rotation about the LR axis and scaling, mirroring), always
+    applied."""
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
+
+    spatial = SpatialTransform((20, 20), patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
+                               p_rotation=1, rotation=(-np.pi, np.pi), p_scaling=1, scaling=(0.7, 1.4),
+                               p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False,
+                               border_mode_seg="constant", padding_value_seg=-1)
+    steps = [Convert3DTo2DTransform(), spatial, Convert2DTo3DTransform()]
+    return ComposeTransforms(steps + ([MirrorTransform(allowed_axes=(0, 1, 2))] if mirror else []))
+
+
+@pytest.mark.parametrize("phase", [0, 1, 3])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_augmenting_then_degrading_equals_degrading_then_augmenting(phase, mirror):
+    """The loader degrades first and augments the LR sample; the result is what augmenting the HR patch and degrading
+    it gives, for every crop phase, with mirroring along the LR axis too (same-FOV grid, symmetric margin)."""
+    r, fwhm = 4, 4.0
+    margin = margin_slices(r, fwhm, "gaussian")
+    generator = torch.Generator().manual_seed(phase)
+    volume = torch.randn(1, 6 * r + 2 * margin + r, 28, 28, generator=generator)
+    volume = torch.nn.functional.avg_pool3d(volume[None], 3, 1, 1)[0]            # smooth, like anatomy
+    labels = (volume > 0.1).to(torch.int16) + (volume > 0.3).to(torch.int16)
+    uncertainty = torch.rand(volume.shape, generator=generator)
+    crop = slice(phase, phase + 6 * r + 2 * margin)                              # a crop starting at `phase`
+    hr = {"image": volume[:, crop].contiguous(), "segmentation": labels[:, crop].contiguous(),
+          "regression_target": uncertainty[:, crop].contiguous()}
+    transforms = _augmentation(mirror)
+
+    np.random.seed(7)
+    torch.manual_seed(0)                # MirrorTransform draws with torch: seed 0 flips the LR axis (first draw 0.496)
+    augmented_hr = transforms(**{k: v.clone() for k, v in hr.items()})
+    expected = degrade_patch(augmented_hr["image"], augmented_hr["segmentation"], augmented_hr["regression_target"],
+                             r, fwhm, "gaussian", margin)
+    np.random.seed(7)
+    torch.manual_seed(0)
+    image, hr_labels, lr_uncertainty = degrade_patch(hr["image"], hr["segmentation"], hr["regression_target"], r, fwhm,
+                                                     "gaussian", margin)
+    got = transforms(image=image, segmentation=hr_labels, regression_target=lr_uncertainty)
+    assert got["image"].shape == (1, 6, 20, 20) and got["segmentation"].shape == (1, 6 * r, 20, 20)
+    np.testing.assert_allclose(got["image"].numpy(), expected[0].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(got["segmentation"].numpy(), expected[1].numpy())
+    np.testing.assert_allclose(got["regression_target"].numpy(), expected[2].numpy(), atol=1e-5)
+
+
+def test_lr_grid_mask_replaces_nnunets_mask_for_norm():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    r = 4
+    transforms = for_lr_grid_samples(nnUNetTrainer.get_training_transforms(
+        (8, 16, 16), (-np.pi, np.pi), None, (0, 1, 2), True, use_mask_for_norm=[True], foreground_labels=[1],
+        regions=None, ignore_label=None), r)
+    kinds = [type(t).__name__ for t in transforms.transforms]
+    assert "LRGridMaskImageTransform" in kinds and "MaskImageTransform" not in kinds
+    mask_step = transforms.transforms[kinds.index("LRGridMaskImageTransform")]
+    hr_labels = torch.zeros(1, 2 * r, 3, 3, dtype=torch.int16)
+    hr_labels[0, :3, 0, 0] = -1            # thick slice 0, voxel (0, 0): 3 of 4 sub-slices outside -> masked
+    hr_labels[0, :2, 1, 1] = -1            # 2 of 4: a tie stays inside
+    hr_labels[0, 4:, 2, 2] = -1            # thick slice 1, voxel (2, 2): all outside
+    out = mask_step(image=torch.ones(1, 2, 3, 3), segmentation=hr_labels)
+    assert torch.equal(outside_on_lr_grid(hr_labels[0], r), out["image"][0] == 0)
+    assert out["image"][0, 0, 0, 0] == 0 and out["image"][0, 0, 1, 1] == 1 and out["image"][0, 1, 2, 2] == 0
+    assert int((out["image"] == 0).sum()) == 2
+
+
+class _StubDataset:
+    def __init__(self, uncertainty):
+        self.uncertainty = uncertainty
+
+    def load_uncertainty(self, key):
+        return self.uncertainty
+
+
+def test_loader_sample_is_the_degraded_crop():
+    """Without augmentation the loader's sample is the crop blurred and subsampled along the LR axis (what the
+    pseudo-LR maker has always made from the same HR patch and phase), the core labels and the mean uncertainty."""
+    r, fwhm = 4, 3.0
+    margin = margin_slices(r, fwhm, "gaussian")
+    loader = _PhaseOnly(r, random_phase=False)
+    loader.fwhm, loader.slice_profile, loader.margin = fwhm, "gaussian", margin
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(1, 40, 12, 12)).astype(np.float32)
+    seg = rng.integers(0, 3, size=(1, 40, 12, 12)).astype(np.int16)
+    loader._data = _StubDataset(rng.uniform(size=(1, 40, 12, 12)).astype(np.float32))
+    bbox = [[-4, 4 * r + 2 * margin - 4], [2, 10], [0, 12]]                  # reaches past the volume's start
+    sample = loader.pseudo_lr_sample("case", bbox, data, seg)
+    padded = np.pad(data, ((0, 0), (4, 0), (0, 0), (0, 0)))[:, :4 * r + 2 * margin, 2:10]
+    np.testing.assert_allclose(sample["image"].numpy(),
+                               blur_subsample(padded, 1, r, fwhm)[:, margin // r:margin // r + 4], atol=1e-5)
+    padded_seg = np.pad(seg, ((0, 0), (4, 0), (0, 0), (0, 0)), constant_values=-1)[:, :4 * r + 2 * margin, 2:10]
+    np.testing.assert_array_equal(sample["segmentation"].numpy(), padded_seg[:, margin:margin + 4 * r])
+    assert sample["regression_target"].shape == (1, 4, 8, 12)
 
 
 class _PhaseOnly(REHRSegDataLoader):
@@ -173,7 +279,7 @@ def test_adapter_gradients_are_averaged_across_ddp_workers(tmp_path):
 
 
 def test_zscore_statistics_follow_nnunet_cropping_and_mask():
-    from nnunetv2_rehrseg.preprocessing import zscore_statistics
+    from nnunetv2_rehrseg.segmenter.preprocessing import zscore_statistics
 
     rng = np.random.default_rng(0)
     inner = rng.uniform(1, 5, (6, 10, 10)).astype(np.float32)

@@ -1,7 +1,8 @@
 """REHRSegTrainer: nnU-Net training on pseudo-HR data, LR-grid network with an HR head (method.md R5-R9).
 
-Per training step, on the device: HR patches from nnU-Net's loader (phase-aligned, with a margin of whole thick
-slices) -> pseudo-LR input by slice-profile blur and r-fold subsampling -> network on the LR grid -> losses:
+In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -> pseudo-LR input by slice-profile
+blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid. Per training step, on the device: pseudo-LR
+labels (thick-slice majority of the HR labels) -> network on the LR grid -> losses:
 uncertainty-weighted CE on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head vs the
 pseudo-HR labels, spatial and correlation distillation from the frozen self-SR encoder (which sees the pseudo-LR
 image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in on_train_start; the
@@ -29,15 +30,16 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
 from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save_atomic
-from nnunetv2_rehrseg.dataloading import REHRSegDataLoader, REHRSegDataset
-from nnunetv2_rehrseg.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
-from nnunetv2_rehrseg.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.network import build_rehrseg_network, unwrap
-from nnunetv2_rehrseg.plans import REHRSegPlanBlock
-from nnunetv2_rehrseg.preprocessing import load_stamp
+from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
+from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
+from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
+from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, unwrap
+from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
-from nnunetv2_rehrseg.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, make_pseudo_lr, margin_slices
+from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, lr_targets, margin_slices
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
 from nnunetv2_rehrseg.selfsr.training import FINAL, network_from_checkpoint
 
@@ -178,10 +180,10 @@ class REHRSegTrainer(nnUNetTrainer):
         initial_patch_size = [patch_size[0], *initial_patch_size[1:]]
         labels = self.label_manager
         # deep-supervision targets are made on the device from the pseudo-LR labels, so none here
-        tr_transforms = self.get_training_transforms(
+        tr_transforms = for_lr_grid_samples(self.get_training_transforms(
             patch_size, rotation, None, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
-            foreground_labels=labels.foreground_labels, regions=None, ignore_label=labels.ignore_label)
+            foreground_labels=labels.foreground_labels, regions=None, ignore_label=labels.ignore_label), self.rehrseg.r)
         val_transforms = self.get_validation_transforms(None, is_cascaded=False,
                                                         foreground_labels=labels.foreground_labels, regions=None,
                                                         ignore_label=labels.ignore_label)
@@ -190,6 +192,7 @@ class REHRSegTrainer(nnUNetTrainer):
         common = dict(sampling_probabilities=None, pad_sides=None,
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, r=self.rehrseg.r,
+                      fwhm=self.rehrseg.fwhm, slice_profile=self.rehrseg.slice_profile, margin=self.margin,
                       intensity_ranges=ranges)
         dl_tr = REHRSegDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, labels,
                                   transforms=tr_transforms, random_phase=self.random_phase, **common)
@@ -205,22 +208,21 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def synthetic_batch(self, generator: torch.Generator) -> dict:
         """Random data shaped like a training batch of this trainer's loader (step timings without data loading)."""
-        config = self.configuration_manager
-        b, channels = config.batch_size, self.num_input_channels
-        shape = [config.patch_size[0] + 2 * self.margin, *config.patch_size[1:]]
+        b, channels, r = self.configuration_manager.batch_size, self.num_input_channels, self.rehrseg.r
+        lr_shape = self.rehrseg.lr_patch_size
+        hr_shape = [r * lr_shape[0], *lr_shape[1:]]
         classes = self.label_manager.num_segmentation_heads
-        return {"data": torch.randn(b, channels, *shape, generator=generator),
-                "target": torch.randint(0, classes, (b, 1, *shape), generator=generator).to(torch.int16),
-                "uncertainty": torch.rand(b, 1, *shape, generator=generator),
+        return {"data": torch.randn(b, channels, *lr_shape, generator=generator),
+                "target": torch.randint(0, classes, (b, 1, *hr_shape), generator=generator).to(torch.int16),
+                "uncertainty": torch.rand(b, 1, *lr_shape, generator=generator),
                 "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
 
     def make_pseudo_lr_batch(self, batch: dict) -> PseudoLRBatch:
         to = dict(device=self.device, non_blocking=True)
-        return make_pseudo_lr(batch["data"].to(**to), batch["target"].to(**to), batch["uncertainty"].to(**to),
-                              self.rehrseg.r, self.rehrseg.fwhm, self.rehrseg.slice_profile, self.margin,
-                              self.label_manager.num_segmentation_heads)
+        return lr_targets(batch["data"].to(**to), batch["target"].to(**to), batch["uncertainty"].to(**to),
+                          self.rehrseg.r, self.label_manager.num_segmentation_heads)
 
-    def lr_targets(self, pseudo: PseudoLRBatch):
+    def deep_supervision_targets(self, pseudo: PseudoLRBatch):
         if not self.enable_deep_supervision:
             return pseudo.labels, pseudo.uncertainty
         return downsample_for_deep_supervision(pseudo.labels, pseudo.uncertainty,
@@ -240,7 +242,7 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def loss_terms(self, batch: dict, with_kd: bool):
         pseudo = self.make_pseudo_lr_batch(batch)
-        targets, uncertainties = self.lr_targets(pseudo)
+        targets, uncertainties = self.deep_supervision_targets(pseudo)
         teacher = self.teacher_features(pseudo, batch["intensity_range"]) if with_kd else None
         lr_logits, hr_logits, skips = self.network(pseudo.image)
         terms = {"loss_lr": self.loss(lr_logits, targets, uncertainties), "loss_hr": self.hr_loss(hr_logits,

@@ -33,7 +33,8 @@ def demo_entry(argv=None) -> None:
     setup_logging()
     import torch
 
-    from nnunetv2_rehrseg.demo.pipeline import Pipeline, clean_output, resolve_preset
+    from nnunetv2_rehrseg.commands import clean_output
+    from nnunetv2_rehrseg.demo.pipeline import Pipeline, resolve_preset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = resolve_preset(args.preset, device, spacing_mm=args.spacing, n_train=args.n_train, n_test=args.n_test,

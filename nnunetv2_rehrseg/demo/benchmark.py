@@ -20,7 +20,9 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.demo.pipeline import (ARMS, BASELINE_PLANS, DATASET_ID, PRESETS, DemoPreset, Pipeline,
+from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
+from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
+from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline,
                                             argmax_resampled, resample_to)
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
@@ -29,7 +31,6 @@ from nnunetv2_rehrseg.io import read_image, write_image
 
 logger = logging.getLogger(__name__)
 INTERP_ID, PSEUDO_HR_ID, HR_ID, WRONG_PROFILE_ID = 701, 702, 703, 704
-WRONG_PROFILE = "rf-pulse-slr"       # the data are simulated with the Gaussian profile
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,6 @@ BENCHMARK_PRESETS = {
         "ExperimentPlanner", "nnUNetPlans"),
 }
 
-BENCHMARK_ARMS = {
-    **{k: v for k, v in ARMS.items() if k != "rehrseg"},
-    "interp_then_segment": "(3) interpolate-then-segment (B-spline image, linear labels -> nnU-Net at HR)",
-    "sr_then_segment": "(4) SR-then-segment (self-SR pseudo-HR data -> nnU-Net at HR)",
-    "rehrseg": "(5) REHRSeg (this plugin)",
-    "rehrseg_noKD": "(5) REHRSeg without KD",
-    "rehrseg_noUncertainty": "(5) REHRSeg without uncertainty weighting",
-    "rehrseg_noPseudoData": "(5) REHRSeg without pseudo-data (real LR phase only)",
-    "hr_upper_bound": "(6) HR upper bound (nnU-Net on true HR images and labels)",
-    "rehrseg_wrong_profile": f"REHRSeg told the wrong slice profile ({WRONG_PROFILE}; data: Gaussian)",
-}
 LR_OUTPUT_ARMS = {"lr_nnunet_linear": "lr_nnunet_lr", **{a: f"{a}/lr" for a in BENCHMARK_ARMS if
                                                          a.startswith("rehrseg")}}
 STOCK_HR_ARMS = {"interp_then_segment": INTERP_ID, "sr_then_segment": PSEUDO_HR_ID, "hr_upper_bound": HR_ID}
@@ -269,8 +259,6 @@ class Benchmark(Pipeline):
         quality = self.image_quality()
         steps = self.step_seconds()
         self.timings["total (this invocation)"] = time.time() - t0
-        from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
-
         write_benchmark_report(self, results, quality, steps)
         return results
 

@@ -3,12 +3,11 @@ import csv
 import json
 from typing import Dict, List
 
+from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS, DATASET_ID
 from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows, write_montage
 
 
 def _rows(results: dict) -> List[dict]:
-    from nnunetv2_rehrseg.demo.benchmark import BENCHMARK_ARMS
-
     rows = []
     for arm, description in BENCHMARK_ARMS.items():
         if arm not in results:
@@ -25,8 +24,6 @@ def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], tr
           baseline_trainer: str) -> List[tuple]:
     """(goal, measured, met: True/False, or None where an arm it needs has not run) for the issue's targets.
     `steps` is keyed '<dataset folder>/<trainer>'; the step ratio compares the two trainers on the REHRSeg dataset."""
-    from nnunetv2_rehrseg.demo.pipeline import DATASET_ID
-
     def dice(arm):
         return results[arm]["mean"]["Dice"]
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,15 +20,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_rehrseg.commands import run_command
+from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID
+from nnunetv2_rehrseg.demo.report import write_report
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.plans import save_stock_lr_plans
+from nnunetv2_rehrseg.segmenter.plans import save_stock_lr_plans
 
 logger = logging.getLogger(__name__)
-DATASET_ID = 700
-BASELINE_PLANS = "nnUNetPlans_rehrsegLR"
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,6 @@ def resolve_preset(name: Optional[str], device: str, **overrides) -> DemoPreset:
     """The named preset (default: 'default' on CUDA, 'fast' elsewhere) with the given non-None fields replaced."""
     preset = PRESETS[name or ("default" if device == "cuda" else "fast")]
     return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
-ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
-        "lr_nnunet_nearest": "(1) LR nnU-Net, labels nearest-resampled to HR",
-        "label_round_trip": "(2) label round-trip oracle (HR truth -> LR -> nearest)",
-        "rehrseg": "(5) REHRSeg (this plugin)"}
 
 
 class Pipeline:
@@ -195,8 +190,6 @@ class Pipeline:
         self.timings["total"] = time.time() - t0
         peak_gb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024 ** 2
-        from nnunetv2_rehrseg.demo.report import write_report
-
         write_report(self, results, peak_gb)
         return results
 
@@ -218,13 +211,3 @@ def _upsample_nearest(lr_labels: np.ndarray, sitk_axis: int, r: int) -> np.ndarr
     from nnunetv2_rehrseg.geometry import numpy_axis_of
 
     return np.repeat(lr_labels, r, axis=numpy_axis_of(sitk_axis)).astype(np.uint8)
-
-
-def clean_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            from nnunetv2_rehrseg.errors import InputError
-
-            raise InputError(f"{out} is not empty; choose a new -o or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)

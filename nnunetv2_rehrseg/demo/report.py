@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunetv2_rehrseg.demo.anatomy import LABELS
+from nnunetv2_rehrseg.demo.arms import ARMS
 from nnunetv2_rehrseg.geometry import numpy_axis_of
 from nnunetv2_rehrseg.io import read_image
 from nnunetv2_rehrseg.qc import save_montage
@@ -14,8 +15,6 @@ NAMES = {str(v): k for k, v in LABELS.items() if v}
 
 
 def _rows(pipeline, results):
-    from nnunetv2_rehrseg.demo.pipeline import ARMS
-
     for arm, description in ARMS.items():
         summary = results[arm]
         per_label = summary["mean_per_label"]

@@ -25,8 +25,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.network import build_rehrseg_network
-from nnunetv2_rehrseg.plans import CONFIGURATION, REHRSegPlanBlock
+from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network
+from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
 
 logger = logging.getLogger(__name__)
 

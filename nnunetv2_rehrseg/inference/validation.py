@@ -13,7 +13,7 @@ from tqdm import tqdm
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 
 from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
-from nnunetv2_rehrseg.network import unwrap
+from nnunetv2_rehrseg.segmenter.network import unwrap
 from nnunetv2_rehrseg.raw_dataset import open_raw_dataset
 from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
 

@@ -1,7 +1,10 @@
-"""nnU-Net's blosc2 dataset and data loader, extended by the uncertainty sidecar and phase-aligned HR crops.
+"""nnU-Net's blosc2 dataset and data loader, extended by the uncertainty sidecar, phase-aligned HR crops and the
+pseudo-LR input made before augmentation.
 
-The uncertainty map rides through batchgeneratorsv2 as `regression_target`: spatial transforms (rotation, scaling,
-mirroring, the dummy-2D conversion) move it with the image, intensity transforms leave it alone.
+Per sample: an HR crop (with the slice profile's margin along the LR axis) -> `degrade_patch` -> pseudo-LR image
+(D slices), HR labels (r*D slices), uncertainty per thick slice (D slices) -> nnU-Net's transforms. The uncertainty
+rides through batchgeneratorsv2 as `regression_target`: spatial transforms move it with the image, intensity
+transforms leave it alone; intensity transforms act on the LR image, as they do on a real LR input in stock nnU-Net.
 
 Phase: along the LR axis each crop starts where a thick slice of the chosen phase starts, counted on the volume's
 own HR grid (crop offset of preprocessing included), so phase 0 reproduces the real LR sampling and phases 1..r-1
@@ -17,7 +20,8 @@ from threadpoolctl import threadpool_limits
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from nnunetv2_rehrseg.preprocessing import uncertainty_file
+from nnunetv2_rehrseg.segmenter.preprocessing import uncertainty_file
+from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch
 
 
 class REHRSegDataset(nnUNetDatasetBlosc2):
@@ -26,9 +30,10 @@ class REHRSegDataset(nnUNetDatasetBlosc2):
 
 
 class REHRSegDataLoader(nnUNetDataLoader):
-    def __init__(self, *args, r: int, random_phase: bool, intensity_ranges: Dict[str, list], **kwargs):
+    def __init__(self, *args, r: int, fwhm: float, slice_profile: str, margin: int, random_phase: bool,
+                 intensity_ranges: Dict[str, list], **kwargs):
         super().__init__(*args, **kwargs)
-        self.r = r
+        self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
         self.intensity_ranges = intensity_ranges
 
@@ -40,6 +45,15 @@ class REHRSegDataLoader(nnUNetDataLoader):
         ubs[0] -= shift
         return phase
 
+    def pseudo_lr_sample(self, key: str, bbox: list, data, seg) -> Dict[str, torch.Tensor]:
+        """The crop degraded to a pseudo-LR sample, before augmentation."""
+        image, labels, uncertainty = degrade_patch(
+            torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
+            torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)),
+            torch.from_numpy(crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0)).float(),
+            self.r, self.fwhm, self.slice_profile, self.margin)
+        return {"image": image, "segmentation": labels, "regression_target": uncertainty}
+
     def generate_train_batch(self):
         keys = self.get_indices()
         images, labels, uncertainties, phases = [], [], [], []
@@ -48,12 +62,8 @@ class REHRSegDataLoader(nnUNetDataLoader):
                 data, seg, _, properties = self._data.load_case(key)
                 lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
                 phases.append(self.align_to_phase(lbs, ubs, properties["bbox_used_for_cropping"][0][0]))
-                bbox = [[lo, hi] for lo, hi in zip(lbs, ubs)]
-                sample = self.transforms(**{
-                    "image": torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
-                    "segmentation": torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)),
-                    "regression_target": torch.from_numpy(
-                        crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0)).float()})
+                sample = self.transforms(**self.pseudo_lr_sample(key, [[lo, hi] for lo, hi in zip(lbs, ubs)], data,
+                                                                 seg))
                 images.append(sample["image"])
                 labels.append(sample["segmentation"])
                 uncertainties.append(sample["regression_target"])

@@ -1,0 +1,21 @@
+"""The arms of the demo and the benchmark and the demo's dataset: names shared by the runs and their reports."""
+DATASET_ID = 700
+BASELINE_PLANS = "nnUNetPlans_rehrsegLR"
+WRONG_PROFILE = "rf-pulse-slr"       # the data are simulated with the Gaussian profile
+
+ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
+        "lr_nnunet_nearest": "(1) LR nnU-Net, labels nearest-resampled to HR",
+        "label_round_trip": "(2) label round-trip oracle (HR truth -> LR -> nearest)",
+        "rehrseg": "(5) REHRSeg (this plugin)"}
+
+BENCHMARK_ARMS = {
+    **{k: v for k, v in ARMS.items() if k != "rehrseg"},
+    "interp_then_segment": "(3) interpolate-then-segment (B-spline image, linear labels -> nnU-Net at HR)",
+    "sr_then_segment": "(4) SR-then-segment (self-SR pseudo-HR data -> nnU-Net at HR)",
+    "rehrseg": "(5) REHRSeg (this plugin)",
+    "rehrseg_noKD": "(5) REHRSeg without KD",
+    "rehrseg_noUncertainty": "(5) REHRSeg without uncertainty weighting",
+    "rehrseg_noPseudoData": "(5) REHRSeg without pseudo-data (real LR phase only)",
+    "hr_upper_bound": "(6) HR upper bound (nnU-Net on true HR images and labels)",
+    "rehrseg_wrong_profile": f"REHRSeg told the wrong slice profile ({WRONG_PROFILE}; data: Gaussian)",
+}

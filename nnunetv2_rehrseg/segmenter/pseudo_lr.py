@@ -1,0 +1,73 @@
+"""Pseudo-LR training samples made from pseudo-HR patches (the paper's pseudo-data), before augmentation.
+
+The loader crops HR patches whose first slice starts a thick slice of a chosen phase (REHRSegDataLoader) and adds a
+margin of whole thick slices on both ends along the LR axis, so the slice profile sees real neighbours instead of
+replicated edges. `degrade_patch` blurs the image with the slice profile and subsamples it r-fold along the LR axis,
+drops the margin, keeps the HR labels of the r*D core slices and averages the uncertainty over each thick slice's r
+sub-slices. All of this commutes with REHRSeg's spatial augmentation (in-plane rotation and scaling applied to every
+slice alike, mirroring), so the augmentation then runs on the LR image (D slices) instead of the HR patch: labels and
+uncertainty get the same in-plane transform. On the device `lr_targets` makes the pseudo-LR labels: the per-voxel
+majority over the r sub-slices (the annotator model of stage 1); a majority of in-plane-resampled labels equals the
+resampled majority when every slice gets the same in-plane sampling.
+"""
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, slice_kernel
+
+LR_AXIS = -3  # of (C, D, H, W) samples and (B, C, D, H, W) batches: nnU-Net's transpose puts the LR axis first
+
+
+def margin_slices(r: int, fwhm: float, profile: str) -> int:
+    """HR slices of context needed on each side of a patch by the slice profile, rounded up to whole thick slices."""
+    weights, i_min = slice_kernel(r, fwhm, profile)
+    reach = max(0, -i_min, i_min + len(weights) - r)
+    return r * -(-reach // r)
+
+
+def degrade_patch(hr_image: torch.Tensor, hr_labels: torch.Tensor, hr_uncertainty: torch.Tensor, r: int,
+                  fwhm: float, profile: str, margin: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HR patch with `margin` slices of context on both ends of the LR axis -> (pseudo-LR image with D slices, HR
+    labels of the r*D core slices, uncertainty averaged per thick slice with D slices). Any leading dimensions."""
+    n_lr = (hr_image.shape[LR_AXIS] - 2 * margin) // r
+    image = blur_subsample(hr_image, LR_AXIS, r, fwhm, profile).narrow(LR_AXIS, margin // r, n_lr)
+    labels = hr_labels.narrow(LR_AXIS, margin, r * n_lr)
+    core = hr_uncertainty.narrow(LR_AXIS, margin, r * n_lr)
+    *lead, _, h, w = core.shape
+    uncertainty = core.reshape(*lead, n_lr, r, h, w).mean(-3)
+    return image.to(hr_image.dtype).contiguous(), labels.contiguous(), uncertainty
+
+
+@dataclass
+class PseudoLRBatch:
+    image: torch.Tensor                 # (B, C, D, H, W) LR grid
+    labels: torch.Tensor                # (B, 1, D, H, W) majority labels
+    uncertainty: torch.Tensor           # (B, 1, D, H, W) mean over the r sub-slices
+    hr_labels: torch.Tensor             # (B, 1, r*D, H, W)
+
+
+def lr_targets(image: torch.Tensor, hr_labels: torch.Tensor, uncertainty: torch.Tensor, r: int,
+               num_classes: int) -> PseudoLRBatch:
+    """A loader batch (augmented pseudo-LR image, HR labels, LR uncertainty) with its pseudo-LR labels."""
+    return PseudoLRBatch(image, majority_labels(hr_labels, LR_AXIS, r, num_classes=num_classes), uncertainty,
+                         hr_labels)
+
+
+def downsample_for_deep_supervision(labels: torch.Tensor, uncertainty: torch.Tensor,
+                                    scales: Sequence[Sequence[float]]) -> Tuple[List[torch.Tensor],
+                                                                                List[torch.Tensor]]:
+    """LR targets per deep-supervision output: labels as nnU-Net's DownsampleSegForDSTransform does (nearest-exact),
+    the uncertainty by area averaging."""
+    label_list, uncertainty_list = [], []
+    for scale in scales:
+        if all(s == 1 for s in scale):
+            label_list.append(labels)
+            uncertainty_list.append(uncertainty)
+            continue
+        shape = [round(n * s) for n, s in zip(labels.shape[2:], scale)]
+        label_list.append(F.interpolate(labels.float(), shape, mode="nearest-exact").to(labels.dtype))
+        uncertainty_list.append(F.interpolate(uncertainty, shape, mode="area"))
+    return label_list, uncertainty_list
