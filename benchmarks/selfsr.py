@@ -2,8 +2,9 @@
 
 Prints PSNR/SSIM of the pseudo-HR image vs the HR truth (whole volume, data range of the HR truth, input intensity
 scale) for nearest, linear and cubic B-spline upsampling and for the self-SR (plain head = no UASR, UASR head; with
-the LR labels as input and image-only), HR Dice of the SR labels vs the label round trip (nearest-upsampled LR
-labels), wall time and peak memory. Writes a JSON and a PNG montage next to it with -o.
+the LR labels as input and image-only), HR Dice of the SR labels (raw argmax, and as stage 1 writes them: consistent
+with the annotation, class volumes calibrated to it) vs nearest upsampling and shape-based interpolation of the LR
+labels, class volumes relative to the annotation, wall time and peak memory. Writes a JSON and a PNG montage next to it with -o.
 
     python benchmarks/selfsr.py [-preset fast] [-iterations N] [-device cpu] [-o DIR]
 """
@@ -21,10 +22,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, profile_fwhm_in_voxels
 from nnunetv2_rehrseg.demo.anatomy import LABELS, mni152
+from nnunetv2_rehrseg.interpolation import shape_based_upsample
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 
@@ -69,6 +72,10 @@ def main(argv=None) -> int:
         results[name] = image_scores(up, hr)
     round_trip = np.repeat(lr_labels, r, axis=0)
     results["label round trip (nearest LR labels)"] = label_scores(round_trip, hr_labels)
+    for mode in ("2d", "3d"):
+        results[f"shape-based interpolation of the LR labels ({mode})"] = label_scores(
+            shape_based_upsample(lr_labels, 0, r, spacing=(2.0 * r, 2.0, 2.0), mode=mode), hr_labels)
+    annotated = r * class_volumes(lr_labels, len(LABELS))
 
     ranges = intensity_range(lr[None])
     case = SRCase(to_unit(lr[None], ranges), lr_labels)
@@ -88,6 +95,13 @@ def main(argv=None) -> int:
             image = from_unit(res["image"], ranges)[0]
             key = f"self-SR {head}, {mode}"
             results[key] = {**image_scores(image, hr), **label_scores(res["labels"], hr_labels)}
+            if mode == "image+labels":
+                # what stage 1 writes: consistent with the annotation, class volumes calibrated to it
+                written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
+                results[f"{key}, as written (consistent, volume-calibrated)"] = {
+                    **label_scores(written, hr_labels), "volume_ratio_to_annotation": record["calibrated"][1:]}
+                results[key]["volume_ratio_to_annotation"] = list(
+                    (class_volumes(res["labels"], len(LABELS)) / annotated)[1:])
             if head == "UASR":
                 # U is meant to track the image error: its level and correlation, in [0, 1] units
                 error = np.abs(res["image"][0] - to_unit(hr[None], ranges)[0])
@@ -106,12 +120,14 @@ def main(argv=None) -> int:
                "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict()}
     (out / "selfsr_benchmark.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{'method':45s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM")
+    print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM  volume/annotation")
     for name, s in results.items():
         psnr = f"{s['psnr']:8.2f}" if "psnr" in s else " " * 8
         ssim = f"{s['ssim']:7.4f}" if "ssim" in s else " " * 7
         dice = f"{s['mean_dice']:10.4f}  " + "/".join(f"{v:.3f}" for v in s["dice"].values()) if "dice" in s else ""
-        print(f"{name:45s} {psnr} {ssim} {dice}")
+        volume = "  " + "/".join(f"{v:.2f}" for v in s["volume_ratio_to_annotation"]) \
+            if "volume_ratio_to_annotation" in s else ""
+        print(f"{name:75s} {psnr} {ssim} {dice}{volume}")
     for name, s in results.items():
         if "uncertainty" in s:
             u = s["uncertainty"]

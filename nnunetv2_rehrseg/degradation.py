@@ -131,36 +131,6 @@ def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: in
     return lr.numpy().astype(hr_labels.dtype) if is_numpy else lr.to(hr_labels.dtype)
 
 
-def labels_consistent_with_lr(probabilities: np.ndarray, lr_labels: np.ndarray, r: int) -> np.ndarray:
-    """HR labels (rZ, Y, X) whose thick-slice majority reproduces the annotated LR labels (Z, Y, X) exactly.
-
-    Starts from argmax(probabilities) (K, rZ, Y, X); where the majority over a thick slice's r sub-slices disagrees
-    with the LR label, the fewest sub-slices needed are switched to the LR label, those most probable for it first.
-    Sub-slice detail that agrees with the annotation is kept; labels that contradict it on the very slices the
-    annotator drew are not (the LR axis is axis 0, phase 0).
-    """
-    k, n_hr = probabilities.shape[:2]
-    if n_hr != r * lr_labels.shape[0]:
-        raise ValueError(f"{n_hr} HR slices do not make {lr_labels.shape[0]} thick slices of r={r}")
-    hr = probabilities.argmax(0).astype(lr_labels.dtype)
-    columns = hr.reshape(lr_labels.shape[0], r, *lr_labels.shape[1:])          # (Z, r, Y, X)
-    target = lr_labels[:, None]
-    p_target = np.take_along_axis(probabilities.reshape(k, lr_labels.shape[0], r, *lr_labels.shape[1:]),
-                                  target[None].astype(np.int64), 0)[0]        # (Z, r, Y, X)
-    order = np.argsort(-p_target, axis=1, kind="stable")                     # most probable sub-slice first
-    todo = majority_labels(hr, 0, r, num_classes=k) != lr_labels
-    result = columns.copy()
-    candidate = columns.copy()
-    for n_switched in range(1, r + 1):
-        if not todo.any():
-            break
-        np.put_along_axis(candidate, order[:, n_switched - 1:n_switched], target, axis=1)
-        fixed = todo & (majority_labels(candidate.reshape(hr.shape), 0, r, num_classes=k) == lr_labels)
-        result = np.where(fixed[:, None], candidate, result)
-        todo &= ~fixed
-    return result.reshape(hr.shape)
-
-
 def detect_lr_axis(spacing: Sequence[float], min_anisotropy: float = 1.5) -> int:
     """Index of the thick-slice axis (largest spacing); raises for (near-)isotropic spacing."""
     spacing = np.asarray(spacing, dtype=float)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, labels_consistent_with_lr, majority_labels, profile_fwhm_in_voxels,
+from nnunetv2_rehrseg.selfsr.pseudo_labels import labels_consistent_with_lr, volume_calibrated_labels
+from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
                                           resolve_scale, slice_kernel)
 
 
@@ -130,3 +131,24 @@ def test_consistent_labels_switch_the_fewest_most_probable_sub_slices():
 def test_consistent_labels_refuse_a_wrong_shape():
     with pytest.raises(ValueError, match="thick slices"):
         labels_consistent_with_lr(np.ones((2, 7, 3, 3), np.float32), np.zeros((2, 3, 3), np.uint8), 4)
+
+
+def test_volume_calibration_restores_an_under_predicted_class_and_stays_consistent():
+    """A network that under-predicts a thin class: the consistency step alone keeps it near the minimum the majority
+    allows; calibrated, its HR volume matches r x the annotated volume and the majority still reproduces the
+    annotation."""
+    r, rng = 4, np.random.default_rng(3)
+    hr_truth = np.zeros((32, 20, 20), np.uint8)
+    hr_truth[:, 5:7] = 1                                    # a thin sheet, 2 voxels thick in-plane
+    hr_truth[:, 12:] = 2
+    hr_truth[9:14, 3:9] = 1                                 # and a blob crossing thick-slice boundaries
+    lr = majority_labels(hr_truth, 0, r, num_classes=3)
+    logits = np.eye(3)[hr_truth].transpose(3, 0, 1, 2) * 3.0 + rng.normal(0, 1.0, (3, *hr_truth.shape))
+    logits[1] -= 2.5                                        # class 1 under-predicted
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    labels, record = volume_calibrated_labels(probabilities.astype(np.float32), lr, r)
+    target = r * np.bincount(lr.ravel(), minlength=3)
+    assert record["consistent_only"][1] < 0.9               # the old rule leaves the deficit
+    np.testing.assert_allclose(np.bincount(labels.ravel(), minlength=3) / target, 1, atol=0.03)
+    np.testing.assert_array_equal(majority_labels(labels, 0, r, num_classes=3), lr)
+    assert record["offsets"][1] > record["offsets"][0]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, labels_consistent_with_lr, majority_labels,
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majority_labels,
                                           profile_fwhm_in_voxels, resolve_scale)
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
@@ -31,6 +31,7 @@ from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.selfsr.pseudo_labels import volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.training import FINAL, load_network, train_selfsr
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     net, _ = load_network(checkpoint, device)
 
     t_infer = time.time()
-    qc, relabelled, montage_rows = {}, {}, []
+    qc, relabelled, volumes, montage_rows = {}, {}, {}, []
     for case, sr_case, rng in tqdm(list(zip(cases, sr_cases, ranges)), desc="pseudo-HR data"):
         paths = pseudo_hr_paths(folder, case.identifier, dataset.num_channels)
         result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
@@ -203,7 +204,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
         # made to agree with the annotation on the annotated thick slices
         back_to_lr = majority_labels(result["labels"], 0, settings.r, num_classes=num_classes)
         qc[case.identifier] = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
-        consistent = labels_consistent_with_lr(result["probabilities"], sr_case.labels, settings.r)
+        consistent, volumes[case.identifier] = volume_calibrated_labels(result["probabilities"], sr_case.labels,
+                                                                        settings.r)
         relabelled[case.identifier] = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
         if not all(Path(p).is_file() for p in paths["images"] + [paths["label"], paths["uncertainty"]]):
@@ -216,7 +218,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     (folder / "qc").mkdir(exist_ok=True)
     _write_json(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
                                                  "mean": float(np.mean(list(mean_dice.values()))),
-                                                 "hr_fraction_relabelled_to_agree": relabelled})
+                                                 "hr_fraction_relabelled_to_agree": relabelled,
+                                                 "volume_ratio_pseudo_hr_to_annotation": volumes})
     for identifier, scores in qc.items():
         logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
