@@ -97,3 +97,28 @@ def test_uasr_nll_is_minimal_when_u_matches_the_error():
     nll = {u: uasr_loss({"image": pred_image, "seg": seg, "uncertainty": torch.full_like(image, u)}, image,
                         labels)["nll"].item() for u in (0.05, 0.2, 0.6)}
     assert nll[0.2] < nll[0.05] and nll[0.2] < nll[0.6]
+
+
+def test_label_residual_with_zero_correction_gives_the_interpolated_input_labels():
+    torch.manual_seed(1)
+    net = SelfSRNet(1, 3, 4, window=4, features=(8, 16), fused_features=16, hypotheses=4, label_residual=True)
+    labels = torch.randint(0, 3, (1, 4, 8, 8))
+    x = torch.cat([torch.rand(1, 1, 4, 8, 8), torch.nn.functional.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()], 1)
+    with torch.no_grad():
+        net.uasr_head.hypotheses.weight.zero_()
+        net.uasr_head.hypotheses.bias.zero_()
+        seg = net(x)["seg"][0]                                          # (3, r, 8, 8)
+    one_hot = x[0, 1:]
+    expected = torch.einsum("tf,cfhw->cthw", net.interp, one_hot) * net.label_prior
+    torch.testing.assert_close(seg, expected)
+    # at r = 4 every sub-slice lies closest to the reference slice: the argmax is its labels
+    assert torch.equal(seg.argmax(0), labels[0, 1].expand(4, -1, -1))
+    # the option is off for models configured before it existed, and without labels there is no prior
+    from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
+
+    config = SelfSRConfig(image_channels=1, num_classes=3, r=4, fwhm=4.0)
+    assert config.label_residual and not SelfSRConfig.from_dict(
+        {k: v for k, v in config.to_dict().items() if k != "label_residual"}).label_residual
+    x[:, 1:] = 0
+    with torch.no_grad():
+        assert torch.equal(net(x)["seg"], torch.zeros_like(net(x)["seg"]))

@@ -34,6 +34,7 @@ class SelfSRConfig:
     # dominate the shared backbone and the image barely beats cubic interpolation (benchmarks/selfsr.py)
     image_loss_weight: float = 20.0
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
+    label_residual: bool = True        # label logits as a correction to the interpolated input labels
     checkpoint_every: int = 200
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -45,7 +46,8 @@ class SelfSRConfig:
     def network_kwargs(self) -> dict:
         return dict(image_channels=self.image_channels, num_classes=self.num_classes, r=self.r, window=self.window,
                     features=tuple(self.features), blocks_per_stage=self.blocks_per_stage,
-                    fused_features=self.fused_features, hypotheses=self.hypotheses)
+                    fused_features=self.fused_features, hypotheses=self.hypotheses,
+                    label_residual=self.label_residual)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -56,6 +58,7 @@ class SelfSRConfig:
     def from_dict(cls, d: dict) -> "SelfSRConfig":
         d = dict(d)
         d["features"] = tuple(d["features"])
+        d.setdefault("label_residual", False)      # models trained before the option predicted labels from scratch
         return cls(**d)
 
 

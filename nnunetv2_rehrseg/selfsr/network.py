@@ -4,7 +4,9 @@ and an uncertainty-aware (UASR) mixture head.
 Input  (B, C_img + n_classes, window, H, W): a window of thick slices [s-1, s, s+1, s+2], image channels first,
        then the one-hot labels (all zeros when the labels are unknown).
 Output the r thin sub-slices of slice s: image (B, C_img, r, H, W), label logits (B, n_classes, r, H, W) and, for
-       the UASR head, an uncertainty map U in (0, 1) of shape (B, 1, r, H, W).
+       the UASR head, an uncertainty map U in (0, 1) of shape (B, 1, r, H, W). The image is a residual to the window
+       interpolated linearly at the sub-slice centres; with `label_residual` the label logits are too (a learned
+       scale times the interpolated one-hot input labels, plus the head's output).
 The frame axis is never pooled, so the encoder also runs on a whole LR patch (any number of slices): that is how
 stage 2 reads its features for distillation.
 """
@@ -12,6 +14,9 @@ from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
+
+
+LABEL_PRIOR_INIT = 4.0   # logit margin of an interpolated one-hot label: softmax ~0.95 where the input is certain
 
 
 def _act() -> nn.Module:
@@ -118,7 +123,7 @@ class UASRHead(nn.Module):
 class SelfSRNet(nn.Module):
     def __init__(self, image_channels: int, num_classes: int, r: int, window: int = 4,
                  features: Sequence[int] = (32, 64, 128), blocks_per_stage: int = 1, fused_features: int = 128,
-                 hypotheses: int = 16, uasr: bool = True):
+                 hypotheses: int = 16, uasr: bool = True, label_residual: bool = False):
         super().__init__()
         if window < 2:
             raise ValueError("the SR window needs at least 2 slices")
@@ -145,6 +150,9 @@ class SelfSRNet(nn.Module):
         interp[torch.arange(r), lower] = 1 - frac
         interp[torch.arange(r), lower + 1] = frac
         self.register_buffer("interp", interp, persistent=False)
+        # label logits as a correction to the input labels linearly interpolated like the image (a learned scale,
+        # starting confident): the network only has to learn where the thin slices differ from the thick ones
+        self.label_prior = nn.Parameter(torch.tensor(LABEL_PRIOR_INIT)) if label_residual else None
 
     def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Encoder features per stage, (B, F_i, frames, H / 2^i, W / 2^i)."""
@@ -167,8 +175,11 @@ class SelfSRNet(nn.Module):
         head = self.uasr_head if self.use_uasr else self.plain_head
         out = head(fused)
         residual = out["residual"]
-        base = torch.einsum("tf,bcfhw->bcthw", self.interp.to(x.dtype), x[:, :self.image_channels])
-        result = {"image": base + residual[:, :self.image_channels], "seg": residual[:, self.image_channels:]}
+        base = torch.einsum("tf,bcfhw->bcthw", self.interp.to(x.dtype), x)
+        seg = residual[:, self.image_channels:]
+        if self.label_prior is not None:
+            seg = seg + self.label_prior * base[:, self.image_channels:]
+        result = {"image": base[:, :self.image_channels] + residual[:, :self.image_channels], "seg": seg}
         if self.use_uasr:
             result["uncertainty"] = out["uncertainty"]
         return result
