@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples, outside_on_lr_grid
+from nnunetv2_rehrseg.segmenter.augmentation import (VectorisedLabelSpatialTransform, for_lr_grid_samples,
+                                                     outside_on_lr_grid)
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader
 from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
@@ -106,7 +107,8 @@ def _augmentation(mirror: bool):
                                p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False,
                                border_mode_seg="constant", padding_value_seg=-1)
     steps = [Convert3DTo2DTransform(), spatial, Convert2DTo3DTransform()]
-    return ComposeTransforms(steps + ([MirrorTransform(allowed_axes=(0, 1, 2))] if mirror else []))
+    return for_lr_grid_samples(ComposeTransforms(steps + ([MirrorTransform(allowed_axes=(0, 1, 2))] if mirror else [])),
+                               4)
 
 
 @pytest.mark.parametrize("phase", [0, 1, 3])
@@ -142,6 +144,31 @@ def test_augmenting_then_degrading_equals_degrading_then_augmenting(phase, mirro
     np.testing.assert_allclose(got["regression_target"].numpy(), expected[2].numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_vectorised_label_resampling_follows_nnunets_rule(align_corners):
+    """The four-neighbour vote gives nnU-Net's labels (bilinear indicators, argmax, nearest settles ties, padding
+    outside) up to near-ties that nnU-Net's float16 scores collapse."""
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    kwargs = dict(patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0, p_rotation=1,
+                  rotation=(-np.pi, np.pi), p_scaling=1, scaling=(0.7, 1.4), p_synchronize_scaling_across_axes=1,
+                  bg_style_seg_sampling=False, border_mode_seg="constant", padding_value_seg=-1,
+                  align_corners=align_corners)
+    stock, ours = SpatialTransform((40, 40), **kwargs), VectorisedLabelSpatialTransform((40, 40), **kwargs)
+    field = torch.nn.functional.avg_pool2d(torch.randn(12, 1, 56, 56, generator=torch.Generator().manual_seed(2)),
+                                           5, 1, 2)[:, 0]
+    labels = ((field > 0.05).to(torch.int16) + (field > 0.2).to(torch.int16) + 2 * (field > 0.35).to(torch.int16))
+    labels[:, :6] = -1
+    for seed in range(8):
+        np.random.seed(seed)
+        params = stock.get_parameters(image=torch.zeros(1, 56, 56))
+        expected = stock._apply_to_segmentation(labels, **params)
+        got = ours._apply_to_segmentation(labels, **params)
+        assert got.shape == expected.shape == (12, 40, 40) and got.dtype == labels.dtype
+        assert (got == expected).float().mean() > 0.999
+        assert set(got.unique().tolist()) <= {-1, 0, 1, 2, 3, 4}
+
+
 def test_lr_grid_mask_replaces_nnunets_mask_for_norm():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -151,6 +178,7 @@ def test_lr_grid_mask_replaces_nnunets_mask_for_norm():
         regions=None, ignore_label=None), r)
     kinds = [type(t).__name__ for t in transforms.transforms]
     assert "LRGridMaskImageTransform" in kinds and "MaskImageTransform" not in kinds
+    assert "VectorisedLabelSpatialTransform" in kinds and "SpatialTransform" not in kinds
     mask_step = transforms.transforms[kinds.index("LRGridMaskImageTransform")]
     hr_labels = torch.zeros(1, 2 * r, 3, 3, dtype=torch.int16)
     hr_labels[0, :3, 0, 0] = -1            # thick slice 0, voxel (0, 0): 3 of 4 sub-slices outside -> masked

@@ -16,7 +16,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, slice_kernel
+from nnunetv2_rehrseg.degradation import majority_labels, slice_kernel
 
 LR_AXIS = -3  # of (C, D, H, W) samples and (B, C, D, H, W) batches: nnU-Net's transpose puts the LR axis first
 
@@ -33,12 +33,29 @@ def degrade_patch(hr_image: torch.Tensor, hr_labels: torch.Tensor, hr_uncertaint
     """HR patch with `margin` slices of context on both ends of the LR axis -> (pseudo-LR image with D slices, HR
     labels of the r*D core slices, uncertainty averaged per thick slice with D slices). Any leading dimensions."""
     n_lr = (hr_image.shape[LR_AXIS] - 2 * margin) // r
-    image = blur_subsample(hr_image, LR_AXIS, r, fwhm, profile).narrow(LR_AXIS, margin // r, n_lr)
+    image = blur_subsample_core(hr_image, r, fwhm, profile, margin, n_lr)
     labels = hr_labels.narrow(LR_AXIS, margin, r * n_lr)
     core = hr_uncertainty.narrow(LR_AXIS, margin, r * n_lr)
     *lead, _, h, w = core.shape
     uncertainty = core.reshape(*lead, n_lr, r, h, w).mean(-3)
     return image.to(hr_image.dtype).contiguous(), labels.contiguous(), uncertainty
+
+
+def blur_subsample_core(hr_image: torch.Tensor, r: int, fwhm: float, profile: str, margin: int,
+                        n_lr: int) -> torch.Tensor:
+    """`blur_subsample` along the LR axis for the n_lr thick slices after the margin only: the margin holds the
+    profile's reach, so no padding is needed, and the taps are strided slices of the patch (no reshaping into lines;
+    measured about 3x faster in the loader). Equal to blur_subsample(...).narrow(LR_AXIS, margin // r, n_lr)."""
+    weights, i_min = slice_kernel(r, fwhm, profile)
+    first = margin + i_min
+    if first < 0 or first + r * (n_lr - 1) + len(weights) > hr_image.shape[LR_AXIS]:
+        raise ValueError(f"a margin of {margin} slices is less than the slice profile's reach")
+    image = hr_image.float()
+    out = None
+    for tap, weight in enumerate(weights):
+        term = float(weight) * image.narrow(LR_AXIS, first + tap, r * (n_lr - 1) + 1)[..., ::r, :, :]
+        out = term if out is None else out.add_(term)
+    return out
 
 
 @dataclass
