@@ -50,7 +50,7 @@ class REHRSegDataLoader(nnUNetDataLoader):
         image, labels, uncertainty = degrade_patch(
             torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
             torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)),
-            torch.from_numpy(crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0)).float(),
+            torch.tensor(crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0), dtype=torch.float32),  # mmap
             self.r, self.fwhm, self.slice_profile, self.margin)
         return {"image": image, "segmentation": labels, "regression_target": uncertainty}
 
