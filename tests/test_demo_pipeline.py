@@ -16,9 +16,11 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
                 "-tr", "REHRSegTrainer_tiny", "-tr_baseline", "nnUNetTrainer_rehrsegTinyBudget"])
     for name in ("report.md", "results.csv", "results.png", "montage_sub03.png", "timings.json",
                  "metrics_rehrseg.json", "predictions/rehrseg/sub03.nii.gz", "predictions/rehrseg/lr/sub03.nii.gz",
-                 "predictions/lr_nnunet_linear/sub03.nii.gz", "predictions/label_round_trip/sub03.nii.gz"):
+                 "predictions/lr_nnunet_linear/sub03.nii.gz", "predictions/label_round_trip/sub03.nii.gz",
+                 "predictions/lr_nnunet_shape/sub03.nii.gz", "predictions/label_round_trip_shape/sub03.nii.gz"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == 4 and all(0 <= float(r["mean Dice"]) <= 1 for r in rows)
-    assert float(rows[2]["mean Dice"]) > 0.4            # the oracle: HR truth -> LR -> nearest
+    assert len(rows) == 6 and all(0 <= float(r["mean Dice"]) <= 1 for r in rows)
+    oracle = {r["arm"][:4]: float(r["mean Dice"]) for r in rows}
+    assert oracle["(2) "] > 0.4 and oracle["(2b)"] > 0.4     # HR truth -> LR -> nearest / shape-based
     assert json.loads((out / "timings.json").read_text())["total"] > 0

@@ -5,7 +5,9 @@ WRONG_PROFILE = "rf-pulse-slr"       # the data are simulated with the Gaussian 
 
 ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
         "lr_nnunet_nearest": "(1) LR nnU-Net, labels nearest-resampled to HR",
+        "lr_nnunet_shape": "(1b) LR nnU-Net, labels shape-based interpolated to HR",
         "label_round_trip": "(2) label round-trip oracle (HR truth -> LR -> nearest)",
+        "label_round_trip_shape": "(2b) label round-trip oracle (HR truth -> LR -> shape-based)",
         "rehrseg": "(5) REHRSeg (this plugin)"}
 
 BENCHMARK_ARMS = {

@@ -22,7 +22,8 @@ import SimpleITK as sitk
 
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
 from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
-from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline,
+from nnunetv2_rehrseg.demo.convergence import learning_curves
+from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_spread,
                                             argmax_resampled, resample_to)
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
@@ -200,7 +201,7 @@ class Benchmark(Pipeline):
                 continue           # --report_only on an unfinished run
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / "metrics" / f"{arm}.json"))
-            results[arm] = result["summary"]
+            results[arm] = with_spread(result)
         for arm, folder in LR_OUTPUT_ARMS.items():
             if arm not in results:
                 continue
@@ -228,24 +229,6 @@ class Benchmark(Pipeline):
         return {name: {"PSNR dB": float(np.mean([s[0] for s in v])), "SSIM": float(np.mean([s[1] for s in v]))}
                 for name, v in scores.items() if v}
 
-    def step_seconds(self) -> Dict[str, float]:
-        """Median seconds per training iteration of each learned arm, from nnU-Net's logged epoch timestamps (epoch
-        wall time / training iterations; the epoch's few validation iterations are included)."""
-        import torch
-
-        from nnunetv2_rehrseg import trainers
-
-        seconds = {}
-        for checkpoint in sorted((self.out / "nnUNet_results").glob("*/*/fold_0/checkpoint_final.pth")):
-            trainer_folder = checkpoint.parent.parent
-            name = trainer_folder.name.split("__")[0]
-            budget = getattr(getattr(trainers, name, None), "budget", None)
-            iterations = budget[1] if budget else 250          # nnU-Net's default
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-            epochs = np.subtract(state["epoch_end_timestamps"], state["epoch_start_timestamps"])
-            seconds[f"{trainer_folder.parent.name}/{name}"] = float(np.median(epochs)) / iterations
-        return seconds
-
     # ------------------------------------------------------------------ everything
     def __call__(self, report_only: bool = False) -> Dict[str, dict]:
         """All stages (finished ones skipped), then the report; report_only: the report of the finished stages."""
@@ -257,9 +240,9 @@ class Benchmark(Pipeline):
             self.run_stages()
         results = self.timed("evaluate", self.evaluate)
         quality = self.image_quality()
-        steps = self.step_seconds()
+        curves = learning_curves(self.out / "nnUNet_results")
         self.timings["total (this invocation)"] = time.time() - t0
-        write_benchmark_report(self, results, quality, steps)
+        write_benchmark_report(self, results, quality, curves)
         return results
 
     def run_stages(self) -> None:

@@ -4,6 +4,7 @@ import json
 from typing import Dict, List
 
 from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS, DATASET_ID
+from nnunetv2_rehrseg.demo.convergence import convergence_rows, plot_learning_curves
 from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows, write_montage
 
 
@@ -14,9 +15,11 @@ def _rows(results: dict) -> List[dict]:
             continue
         summary = results[arm]
         rows.append({"arm": description, "key": arm, "mean Dice": summary["mean"]["Dice"],
+                     "mean Dice std": summary.get("std", {}).get("Dice", float("nan")),
                      **{f"Dice {NAMES[k]}": v["Dice"] for k, v in summary["mean_per_label"].items()},
-                     "HD95 mm": summary["mean"]["HD95"], "ASSD mm": summary["mean"]["ASSD"],
-                     "LR Dice": summary.get("lr_dice", float("nan"))})
+                     "HD95 mm": summary["mean"]["HD95"],
+                     "HD95 mm std": summary.get("std", {}).get("HD95", float("nan")),
+                     "ASSD mm": summary["mean"]["ASSD"], "LR Dice": summary.get("lr_dice", float("nan"))})
     return rows
 
 
@@ -77,8 +80,10 @@ def _table(rows: List[dict]) -> str:
                             for r in rows)
 
 
-def write_benchmark_report(bench, results: dict, quality: dict, steps: Dict[str, float]) -> None:
+def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str, dict]) -> None:
     out = bench.out
+    steps = {k: v["s_per_step"] for k, v in curves.items()}
+    plot_learning_curves(curves, out / "benchmark_learning_curves.png")
     rows = _rows(results)
     with open(out / "benchmark_results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -91,7 +96,7 @@ def write_benchmark_report(bench, results: dict, quality: dict, steps: Dict[str,
     goal_rows = goals(results, bench.command_seconds, steps, bench.trainer, bench.baseline_trainer)
     (out / "benchmark_timings.json").write_text(json.dumps({
         "stages_s": bench.timings, "peak_rss_gb_per_stage": bench.peak_rss_gb, "commands_s": bench.command_seconds,
-        "s_per_training_step": steps, "image_quality": quality}, indent=1))
+        "s_per_training_step": steps, "image_quality": quality, "learning_curves": curves}, indent=1))
     quality_rows = "\n".join(f"| {k} | {v['PSNR dB']:.2f} | {v['SSIM']:.4f} |" for k, v in quality.items())
     step_rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in steps.items())
     command_rows = "\n".join(f"| {k} | {v:.0f} s |" for k, v in bench.command_seconds.items())
@@ -114,6 +119,18 @@ against the test subjects' LR labels.
 ![results](benchmark_results.png)
 
 {montages}
+
+## Convergence
+
+Validation Dice of every learned arm (fold 0's validation subject, never a test subject; nnU-Net's online patch
+Dice and its EMA): an arm counts as converged when the EMA changes by less than 0.01 over the last quarter of its
+steps. A result from an arm that has not converged is not a result.
+
+| dataset / trainer | steps | final EMA validation Dice | change over the last quarter | converged |
+|---|---|---|---|---|
+{chr(10).join(convergence_rows(curves))}
+
+![learning curves](benchmark_learning_curves.png)
 
 ## Goals
 

@@ -150,8 +150,11 @@ class Pipeline:
         for identifier in self.data.test_ids:
             self._baseline_to_hr(identifier)
             lr_labels, lr = read_image(self.out / "truth" / "lr_labels" / f"{identifier}.nii.gz")
-            write_image(_upsample_nearest(lr_labels, self.axis, self.r), hr_grid(lr, self.axis, self.r),
+            hr = hr_grid(lr, self.axis, self.r)
+            write_image(upsample_nearest(lr_labels, self.axis, self.r), hr,
                         preds / "label_round_trip" / f"{identifier}.nii.gz")
+            write_image(shape_based_to_hr(lr_labels, lr, self.axis, self.r), hr,
+                        preds / "label_round_trip_shape" / f"{identifier}.nii.gz")
 
     def _baseline_to_hr(self, identifier: str) -> None:
         """Arm 1 on the HR grid: softmax linearly interpolated in world coordinates (and labels by nearest)."""
@@ -166,13 +169,15 @@ class Pipeline:
                                 True)
         (preds / "lr_nnunet_nearest").mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(nearest, str(preds / "lr_nnunet_nearest" / f"{identifier}.nii.gz"))
+        write_image(shape_based_to_hr(sitk.GetArrayFromImage(lr_seg), lr, self.axis, self.r), hr,
+                    preds / "lr_nnunet_shape" / f"{identifier}.nii.gz")
 
     def evaluate(self) -> Dict[str, dict]:
         results = {}
         for arm in ARMS:
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / f"metrics_{arm}.json"))
-            results[arm] = result["summary"]
+            results[arm] = with_spread(result)
         for arm, folder in (("rehrseg", "rehrseg/lr"), ("lr_nnunet_linear", "lr_nnunet_lr")):
             lr_result = evaluate_folders(str(self.out / "truth" / "lr_labels"), str(self.out / "predictions" / folder))
             results[arm]["lr_dice"] = lr_result["summary"]["mean"]["Dice"]
@@ -194,6 +199,13 @@ class Pipeline:
         return results
 
 
+def with_spread(result: dict) -> dict:
+    """The summary of an evaluate_folders result with the standard deviation over the cases of the per-case means."""
+    cases = result["per_case"].values()
+    spread = {m: float(np.nanstd([c["mean"][m] for c in cases])) for m in ("Dice", "HD95", "ASSD")}
+    return {**result["summary"], "std": spread}
+
+
 def resample_to(volume: np.ndarray, source: Grid, target: Grid, interpolator=sitk.sitkLinear) -> np.ndarray:
     """A (z, y, x) volume moved from one grid to another in world coordinates (float32)."""
     reference = target.apply_to(sitk.Image(list(target.size), sitk.sitkUInt8))
@@ -207,7 +219,16 @@ def argmax_resampled(probabilities: np.ndarray, source: Grid, target: Grid) -> n
     return np.argmax(np.stack([resample_to(p, source, target) for p in probabilities]), 0).astype(np.uint8)
 
 
-def _upsample_nearest(lr_labels: np.ndarray, sitk_axis: int, r: int) -> np.ndarray:
+def shape_based_to_hr(lr_labels: np.ndarray, lr: Grid, sitk_axis: int, r: int) -> np.ndarray:
+    """A (z, y, x) LR label map on the HR grid by shape-based interpolation (3d distances on the anisotropic LR grid:
+    the better mode, measured in benchmarks/selfsr.py and tests/test_interpolation.py)."""
+    from nnunetv2_rehrseg.geometry import numpy_axis_of
+    from nnunetv2_rehrseg.interpolation import shape_based_upsample
+
+    return shape_based_upsample(lr_labels, numpy_axis_of(sitk_axis), r, spacing=lr.spacing[::-1]).astype(np.uint8)
+
+
+def upsample_nearest(lr_labels: np.ndarray, sitk_axis: int, r: int) -> np.ndarray:
     from nnunetv2_rehrseg.geometry import numpy_axis_of
 
     return np.repeat(lr_labels, r, axis=numpy_axis_of(sitk_axis)).astype(np.uint8)

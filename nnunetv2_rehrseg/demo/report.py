@@ -19,9 +19,10 @@ def _rows(pipeline, results):
         summary = results[arm]
         per_label = summary["mean_per_label"]
         yield {"arm": description, "mean Dice": summary["mean"]["Dice"],
+               "mean Dice std": summary.get("std", {}).get("Dice", float("nan")),
                **{f"Dice {NAMES[k]}": v["Dice"] for k, v in per_label.items()},
-               "HD95 mm": summary["mean"]["HD95"], "ASSD mm": summary["mean"]["ASSD"],
-               "LR Dice": summary.get("lr_dice", float("nan"))}
+               "HD95 mm": summary["mean"]["HD95"], "HD95 mm std": summary.get("std", {}).get("HD95", float("nan")),
+               "ASSD mm": summary["mean"]["ASSD"], "LR Dice": summary.get("lr_dice", float("nan"))}
 
 
 def _plane(volume: np.ndarray, sitk_axis: int) -> np.ndarray:
@@ -48,19 +49,40 @@ def write_montage(pipeline, identifier: str) -> None:
 
 
 def plot_results(rows, path: Path) -> None:
+    """Every arm by its full name: mean HR Dice and HD95 with their values and error bars (std over the test subjects,
+    when the rows carry it), and Dice per label."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    names = [r["arm"].split(",")[0].split(" (")[0] + ("" if "," not in r["arm"] else " " + r["arm"].split(", ")[1][:12])
-             for r in rows]
-    axes[0].barh(names, [r["mean Dice"] for r in rows], color="tab:green")
-    axes[0].set_xlabel("HR Dice (mean of CSF, GM, WM)")
-    axes[0].set_xlim(0, 1)
-    axes[1].barh(names, [r["HD95 mm"] for r in rows], color="tab:red")
-    axes[1].set_xlabel("HR HD95 (mm, lower is better)")
+    names = [r["arm"] for r in rows][::-1]
+    rows = rows[::-1]
+    labels = [k for k in rows[0] if k.startswith("Dice ")]
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 1.2 + 0.42 * len(rows)), sharey=True,
+                             gridspec_kw={"width_ratios": [1, 1.4, 1]})
+    for ax, key, colour, label in ((axes[0], "mean Dice", "tab:green", "HR Dice, mean over labels (higher is better)"),
+                                   (axes[2], "HD95 mm", "tab:red", "HR HD95 in mm (lower is better)")):
+        values = [r[key] for r in rows]
+        errors = [r.get(f"{key} std", 0.0) for r in rows]
+        ax.barh(y, values, xerr=errors, color=colour, alpha=0.8, capsize=3)
+        for yi, v, e in zip(y, values, errors):
+            if np.isfinite(v):   # the value right of its error bar
+                ax.text(v + (e if np.isfinite(e) else 0), yi, f"  {v:.3f}" if key == "mean Dice" else f"  {v:.1f}",
+                        va="center", fontsize=8)
+        ax.set_xlabel(label)
+    axes[0].set_xlim(0, 1.1)
+    height = 0.8 / max(1, len(labels))
+    for i, key in enumerate(labels):
+        values = [r[key] for r in rows]
+        axes[1].barh(y + (i - (len(labels) - 1) / 2) * height, values, height=height, label=key[5:])
+        for yi, v in zip(y, values):
+            axes[1].text(v, yi + (i - (len(labels) - 1) / 2) * height, f" {v:.2f}", va="center", fontsize=6)
+    axes[1].set_xlim(0, 1.1)
+    axes[1].set_xlabel("HR Dice per label")
+    axes[1].legend(loc="lower right", fontsize=8)
+    axes[0].set_yticks(y, names, fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".partial.png")
     fig.savefig(tmp, dpi=90)

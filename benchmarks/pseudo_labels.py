@@ -1,0 +1,68 @@
+"""Stage 1's pseudo-HR labels on the demo's training subjects (MNI152, 2 mm, r = 4), scored against their HR truth
+beside nearest and shape-based interpolation of the same annotation, with the class volumes relative to the
+annotation and the network's raw agreement with it (stage-1 QC):
+
+    python benchmarks/pseudo_labels.py -o DIR [-iterations 300] [-n_train 6] [-device cpu]
+
+Resumable: the data and stage 1 are kept in DIR; DIR/pseudo_labels.json holds the numbers.
+"""
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunetv2_rehrseg.demo.arms import DATASET_ID
+from nnunetv2_rehrseg.demo.report import NAMES
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", required=True)
+    parser.add_argument("-iterations", type=int, default=300, help="self-SR iterations (the demo's: 300)")
+    parser.add_argument("-n_train", type=int, default=6)
+    parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.o).resolve()
+    env = dict(os.environ)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        env[name] = os.environ[name] = str(out / name)
+    from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
+    from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
+
+    r, axis = 4, 2
+    data = build_demo_dataset(out / "nnUNet_raw", out / "truth", DATASET_ID, args.n_train, 0, r, axis,
+                              keep_training_truth=True)
+    stage1 = out / "nnUNet_preprocessed" / data.raw_folder.name / "rehrseg"
+    if not (stage1 / "summary.json").is_file():
+        subprocess.run([str(Path(sys.executable).parent / "rehrseg_selfsr"), "-d", str(DATASET_ID), "-device",
+                        args.device, "-iterations", str(args.iterations), "-np", "2"], env=env, check=True)
+    scores = score_pseudo_hr_labels(data.raw_folder, stage1 / "pseudo_hr" / "labelsTr", out / "truth" / "train" /
+                                    "labels", data.train_ids, axis, r, out / "scores")
+    qc = json.loads((stage1 / "qc" / "lr_dice.json").read_text())
+    volumes = np.nanmean([v["calibrated"] for v in qc["volume_ratio_pseudo_hr_to_annotation"].values()], 0)
+    result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_annotation": volumes.tolist(),
+              "network_lr_dice_before_consistency": qc["mean_per_label"]}
+    (out / "pseudo_labels.json").write_text(json.dumps(result, indent=1))
+    print(f"\n| labels of the {len(data.train_ids)} training subjects vs HR truth | mean Dice (std) | "
+          + " | ".join(f"Dice {n}" for n in NAMES.values()) + " |")
+    print("|---|---|" + "---|" * len(NAMES))
+    for method, s in scores.items():
+        print(f"| {method} | {s['mean']['Dice']:.4f} ({s['std']['Dice']:.4f}) | "
+              + " | ".join(f"{s['mean_per_label'][k]['Dice']:.3f}" for k in NAMES) + " |")
+    print("\nclass volume, pseudo-HR / annotation (r x LR voxels): "
+          + ", ".join(f"{n} {v:.2f}" for n, v in zip(NAMES.values(), volumes[1:])))
+    print("network's raw LR Dice vs the annotation (before the consistency step): "
+          + ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in qc["mean_per_label"].items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
