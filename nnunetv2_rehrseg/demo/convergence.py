@@ -63,7 +63,9 @@ def plot_learning_curves(curves: Dict[str, dict], path: Path, names: Dict[str, s
         line, = ax.plot(curve["steps"], curve["ema"], label=f"{label}: {status}")
         ax.plot(curve["steps"], curve["dice"], ".", color=line.get_color(), alpha=0.4)
     ax.set_xlabel("training steps")
-    ax.set_ylabel("validation Dice (fold 0's validation subject; dots: per epoch, line: nnU-Net's EMA)")
+    ax.set_ylabel("validation Dice")
+    ax.set_title("fold 0's validation subject; dots: each epoch, lines: nnU-Net's EMA; converged: EMA moves < 0.01 "
+                 "over the last quarter", fontsize=9)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
