@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     infer_seconds = (time.time() - t_infer) / 4
     x = hr.shape[2] // 2
     save_montage([{k: v[:, :, x][::-1] for k, v in montage.items()}], ["MNI152"], out / "selfsr_montage.png",
-                 title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}", label_max=3)
+                 title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}", label_max=3,
+                 label_names={v: k for k, v in LABELS.items()})
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     summary = {"results": results, "train_seconds": train_seconds, "inference_seconds_per_volume": infer_seconds,
                "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict()}

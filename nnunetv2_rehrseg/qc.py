@@ -16,9 +16,10 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> 
 
 
 def save_montage(rows: List[Dict[str, np.ndarray]], row_names: List[str], path, title: Optional[str] = None,
-                 label_max: Optional[int] = None) -> None:
-    """One row per case, one column per named 2D panel; panels whose name contains 'label' use a label colormap,
-    'uncertainty' a heat map. Written atomically as PNG."""
+                 label_max: Optional[int] = None, label_names: Optional[Dict[int, str]] = None) -> None:
+    """One row per case, one column per named 2D panel; panels whose name contains 'label' use a label colormap
+    (with a legend naming the classes when `label_names` is given), 'uncertainty' a heat map. Written atomically as
+    PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,6 +47,14 @@ def save_montage(rows: List[Dict[str, np.ndarray]], row_names: List[str], path, 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if label_names:
+        from matplotlib.patches import Patch
+
+        top = max(label_max or max(label_names), 1)
+        cmap = plt.get_cmap("tab10")
+        fig.legend(handles=[Patch(color=cmap(v / top), label=n) for v, n in sorted(label_names.items())],
+                   loc="lower right", ncol=len(label_names), fontsize=8, frameon=False)
+        fig.subplots_adjust(bottom=0.12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.png")
