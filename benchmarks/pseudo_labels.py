@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     volumes = np.nanmean([v["calibrated"] for v in qc["volume_ratio_pseudo_hr_to_annotation"].values()], 0)
     result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_annotation": volumes.tolist(),
               "network_lr_dice_before_consistency": qc["mean_per_label"]}
-    (out / "pseudo_labels.json").write_text(json.dumps(result, indent=1))
+    (out / "pseudo_labels.json").write_text(json.dumps(result, indent=1, default=lambda o: o.item()))  # numpy scalars
     print(f"\n| labels of the {len(data.train_ids)} training subjects vs HR truth | mean Dice (std) | "
           + " | ".join(f"Dice {n}" for n in NAMES.values()) + " |")
     print("|---|---|" + "---|" * len(NAMES))
