@@ -50,4 +50,5 @@ def test_presets_follow_the_device_and_overrides():
     assert cpu.planner == "REHRSegPlannerCPU" and cpu.n_train == 3 and cpu.trainer == "REHRSegTrainer_fast"
     bench = resolve_benchmark_preset("fast", "cpu")
     assert bench.demo.trainer == "REHRSegTrainer_quick" and bench.demo.baseline_trainer.endswith("QuickBudget")
+    assert bench.demo.n_test == 4 and resolve_benchmark_preset("default", "cuda").demo.n_test == 4
     assert all(t.endswith("_quick") for t in bench.ablations.values())

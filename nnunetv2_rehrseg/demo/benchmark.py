@@ -44,12 +44,14 @@ class BenchmarkPreset:
 
 BENCHMARK_PRESETS = {
     "fast": BenchmarkPreset(
-        replace(PRESETS["fast"], trainer="REHRSegTrainer_quick", baseline_trainer="nnUNetTrainer_rehrsegQuickBudget"),
+        # four test subjects (inference is cheap; the protocol asks for >= 4 with mean and std)
+        replace(PRESETS["fast"], n_test=4, trainer="REHRSegTrainer_quick",
+                baseline_trainer="nnUNetTrainer_rehrsegQuickBudget"),
         {"rehrseg_noKD": "REHRSegTrainer_noKD_quick", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_quick",
          "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_quick"},
         "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     "default": BenchmarkPreset(
-        PRESETS["default"],
+        replace(PRESETS["default"], n_test=4),
         {"rehrseg_noKD": "REHRSegTrainer_noKD_50epochs",
          "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_50epochs",
          "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs"},
