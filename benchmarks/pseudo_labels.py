@@ -9,7 +9,6 @@ Resumable: the data and stage 1 are kept in DIR; DIR/pseudo_labels.json holds th
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_rehrseg.commands import nnunet_tree
 from nnunetv2_rehrseg.demo.arms import DATASET_ID
 from nnunetv2_rehrseg.demo.report import NAMES
 
@@ -30,10 +30,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.o).resolve()
-    env = dict(os.environ)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (out / name).mkdir(parents=True, exist_ok=True)
-        env[name] = os.environ[name] = str(out / name)
+    env = nnunet_tree(out)
     from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
     from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 

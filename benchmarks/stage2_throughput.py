@@ -50,11 +50,10 @@ def dataset_name() -> str:
 def trainer_instance(name: str, plans_name: str, device: torch.device):
     import nnunetv2_rehrseg.trainers as trainers
     from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans
+    from nnunetv2_rehrseg.step_timing import initialized_trainer
 
     plans, dataset_json = load_dataset_plans(DATASET_ID, plans_name)
-    trainer = getattr(trainers, name)({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, device)
-    trainer.initialize()
-    return trainer
+    return initialized_trainer(getattr(trainers, name), plans, dataset_json, device)
 
 
 def augmentation_samples_per_second(name: str, plans_name: str, batches: int) -> float:
@@ -77,14 +76,14 @@ def augmentation_samples_per_second(name: str, plans_name: str, batches: int) ->
 
 def seconds_per_step_with_loading(pipeline, name: str, plans_name: str, workers: int) -> float:
     from nnunetv2_rehrseg.selftest import seconds_per_step
-    import nnunetv2_rehrseg.trainers as trainers
+    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch
 
     fold = pipeline.out / "nnUNet_results" / dataset_name() / f"{name}__{plans_name}__3d_fullres" / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():
         pipeline.env["nnUNet_n_proc_DA"] = str(workers)
         pipeline.train(name, plans_name)
     logged = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-    return seconds_per_step(logged, getattr(trainers, name).budget[1])
+    return seconds_per_step(logged, iterations_per_epoch(name))
 
 
 def main(argv=None) -> dict:

@@ -28,6 +28,15 @@ def run_command(command: Sequence[str], env: Dict[str, str]) -> Tuple[float, flo
     return time.time() - t, usage.ru_maxrss / 1024 ** 2
 
 
+def nnunet_tree(out: Path) -> Dict[str, str]:
+    """nnUNet_raw/_preprocessed/_results folders under `out`, set in this process's environment; returns a copy of
+    the environment for the commands of the run."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(out / name)
+    return dict(os.environ)
+
+
 def clean_output(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -1,4 +1,5 @@
-"""Image IO with SimpleITK: arrays in (z, y, x) order with their grid; atomic writes."""
+"""Image IO with SimpleITK: arrays in (z, y, x) order with their grid; atomic writes (images and JSON)."""
+import json
 import os
 from pathlib import Path
 from typing import Tuple
@@ -48,3 +49,10 @@ def write_image(array: np.ndarray, grid: Grid, path) -> None:
     tmp = path.with_name(path.name[: -len(suffix)] + ".partial" + suffix)
     sitk.WriteImage(image, str(tmp), useCompression=True)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """JSON written to a temporary name, then moved into place."""
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)

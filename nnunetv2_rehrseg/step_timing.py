@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 
-def _trainer(cls, plans, dataset_json, device):
+def initialized_trainer(cls, plans: dict, dataset_json: dict, device: torch.device):
+    """A trainer of fold 0, 3d_fullres, initialised (network, optimizer, loss), not resuming."""
     trainer = cls({**deepcopy(plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
     trainer.initialize()
     return trainer
@@ -51,11 +52,11 @@ def compare_step_times(dataset_id, trainer_name: str, device: torch.device, step
 
     plans, dataset_json = load_dataset_plans(dataset_id)
     config = plans["configurations"]["3d_fullres"]
-    ours = _trainer(getattr(trainers, trainer_name), plans, dataset_json, device)
+    ours = initialized_trainer(getattr(trainers, trainer_name), plans, dataset_json, device)
     if ours.kd_enabled:
         ours.teacher, _ = load_network(ours.selfsr_checkpoint(), device)
         ours.teacher.requires_grad_(False)
-    stock = _trainer(nnUNetTrainer, stock_lr_plans(plans), dataset_json, device)
+    stock = initialized_trainer(nnUNetTrainer, stock_lr_plans(plans), dataset_json, device)
 
     b, channels = config["batch_size"], len(dataset_json["channel_names"])
     generator = torch.Generator().manual_seed(0)

@@ -33,6 +33,12 @@ class _TrainingBudget:
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
 
 
+def iterations_per_epoch(trainer_name: str) -> int:
+    """Training iterations per epoch of a trainer by name: a budget variant's, else nnU-Net's default 250."""
+    budget = getattr(globals().get(trainer_name), "budget", None)
+    return budget[1] if budget else 250
+
+
 class REHRSegTrainer_5epochs(_TrainingBudget, REHRSegTrainer):
     budget = (5, 250, 50)
 

@@ -33,14 +33,13 @@ def learning_curves(results_root: Path) -> Dict[str, dict]:
     fold 0's checkpoint."""
     import torch
 
-    from nnunetv2_rehrseg import trainers
+    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch
 
     curves = {}
     for checkpoint in sorted(Path(results_root).glob("*/*/fold_0/checkpoint_final.pth")):
         trainer_folder = checkpoint.parent.parent
         name = trainer_folder.name.split("__")[0]
-        budget = getattr(getattr(trainers, name, None), "budget", None)
-        iterations = budget[1] if budget else 250          # nnU-Net's default
+        iterations = iterations_per_epoch(name)
         logged = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
         ema = [float(v) for v in logged["ema_fg_dice"]]
         epochs = np.subtract(logged["epoch_end_timestamps"], logged["epoch_start_timestamps"])

@@ -9,7 +9,6 @@ DIR/
 """
 import json
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.commands import run_command
+from nnunetv2_rehrseg.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID
 from nnunetv2_rehrseg.demo.report import write_report
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
@@ -64,10 +63,7 @@ class Pipeline:
         self.out, self.device, self.r, self.axis, self.preset, self.seed = out, device, r, axis, preset, seed
         self.spacing_mm, self.n_train, self.n_test = preset.spacing_mm, preset.n_train, preset.n_test
         self.trainer, self.baseline_trainer = preset.trainer, preset.baseline_trainer
-        self.env = dict(os.environ)
-        for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            (out / name).mkdir(parents=True, exist_ok=True)
-            self.env[name] = os.environ[name] = str(out / name)
+        self.env = nnunet_tree(out)
         self.timings: Dict[str, float] = {}
         self.peak_rss_gb: Dict[str, float] = {}
         self.command_seconds: Dict[str, float] = {}

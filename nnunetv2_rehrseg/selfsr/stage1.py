@@ -25,7 +25,7 @@ from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majori
                                           profile_fwhm_in_voxels, resolve_scale)
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.io import write_image
+from nnunetv2_rehrseg.io import write_image, write_json_atomic
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
 from nnunetv2_rehrseg.selfsr.config import configure
@@ -216,7 +216,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
 
     mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
     (folder / "qc").mkdir(exist_ok=True)
-    _write_json(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
+    write_json_atomic(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
                                                  "mean": float(np.mean(list(mean_dice.values()))),
                                                  "hr_fraction_relabelled_to_agree": relabelled,
                                                  "volume_ratio_pseudo_hr_to_annotation": volumes})
@@ -226,7 +226,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], folder / "qc" / "montage.png",
                  title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
     _write_pseudo_dataset_json(folder, dataset, settings, len(cases))
-    _write_json(folder / "summary.json", {"settings": asdict(settings), "selfsr": config.to_dict(),
+    write_json_atomic(folder / "summary.json", {"settings": asdict(settings), "selfsr": config.to_dict(),
                                           "cases": len(cases), "qc_mean_lr_dice": mean_dice,
                                           "seconds": {"train": train_seconds, "pseudo_data": infer_seconds,
                                                       "total": time.time() - t0}})
@@ -245,19 +245,13 @@ def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: s
     return row, name
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
 def _write_pseudo_dataset_json(folder: Path, dataset: RawDataset, settings: Stage1Settings, num_cases: int) -> None:
     dataset_json = {k: v for k, v in dataset.dataset_json.items() if k not in ("dataset", "rehrseg")}
     dataset_json.update({"numTraining": num_cases, "file_ending": ".nii.gz",
                          "name": f"{dataset.name} pseudo-HR (REHRSeg stage 1)",
                          "rehrseg": {**asdict(settings), "source_dataset": dataset.name}})
     (folder / "pseudo_hr").mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "pseudo_hr" / "dataset.json", dataset_json)
+    write_json_atomic(folder / "pseudo_hr" / "dataset.json", dataset_json)
 
 
 def load_stage1(dataset_name_or_id, device: torch.device):
