@@ -25,8 +25,9 @@ def test_selftest_on_cpu_passes_and_writes_json(tmp_path, isolated_env, capsys):
     result = json.loads((out / "selftest.json").read_text())
     assert result["passed"] and result["device"] == "cpu" and not result["not_run"]
     names = {c["name"] for c in result["checks"]}
-    for term in ("train_loss_lr", "train_loss_hr", "train_kd_spatial", "train_kd_correlation"):
+    for term in ("train_loss_lr", "train_loss_hr", "train_kd_spatial"):
         assert f"REHRSeg: {term} falling" in names
+    assert "REHRSeg: train_kd_correlation finite" in names and "REHRSeg: train_kd_correlation" in result["trends"]
     assert "resume (--c) restores the saved state" in names and "stock nnU-Net: train_losses falling" in names
     timings = result["timings"]
     for key in ("self-SR iterations/s", "REHRSeg s/step, with data loading", "stock nnU-Net s/step, no data loading",
