@@ -6,7 +6,13 @@ the LR labels as input and image-only), HR Dice of the SR labels (raw argmax, an
 with the annotation, class volumes calibrated to it) vs nearest upsampling and shape-based interpolation of the LR
 labels, class volumes relative to the annotation, wall time and peak memory. Writes a JSON and a PNG montage next to it with -o.
 
-    python benchmarks/selfsr.py [-preset fast] [-iterations N] [-device cpu] [-o DIR]
+    python benchmarks/selfsr.py [-preset fast] [-iterations N] [-device cpu] [-o DIR] [-subject mni|noisy]
+                                [-training self|oracle] [-set NAME=VALUE ...]
+
+-subject noisy: a harder subject than the smooth template average (see `noisy_subject`).
+-training oracle: the same network trained on the HR truth's own thick axis (pairs of truth and its degradation, on
+the very volume it is scored on): not a method, the ceiling of this network and input at this budget.
+-set: self-SR settings for ablations (e.g. -set label_dropout=0.2 image_loss_weight=10).
 """
 import argparse
 import json
@@ -26,7 +32,8 @@ from nnunetv2_rehrseg.interpolation import shape_based_upsample
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
-from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.demo.subjects import make_subject
+from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
@@ -43,6 +50,25 @@ def label_scores(pred: np.ndarray, hr_labels: np.ndarray) -> dict:
     return {"dice": {k: round(v, 4) for k, v in dice.items()}, "mean_dice": float(np.mean(list(dice.values())))}
 
 
+def noisy_subject(hr: np.ndarray, hr_labels: np.ndarray, seed: int = 1):
+    """A subject sharper, noisier and of another contrast than the template: deformed (up to 10 mm) with a bias field
+    (`make_subject`), intensities remapped to a T2-like contrast (CSF bright, WM dark) half from the T1's own texture
+    and half from piecewise-constant tissue values (edges as sharp as the labels). Returns (HR image, labels, noise
+    sigma): Rician noise of that sigma (brain mean / 20) is added to the thick-slice acquisition only."""
+    image, labels = make_subject(hr, hr_labels, 2.0, seed, max_shift_mm=10.0)
+    values = np.array([0.0, 1.0, 0.55, 0.3], np.float32)                  # background, CSF, GM, WM
+    medians = np.array([np.median(image[labels == k]) for k in range(4)])
+    order = np.argsort(medians)
+    texture = np.interp(image, medians[order], values[order])               # each tissue's T1 median -> its value
+    image = (0.5 * texture + 0.5 * values[labels]).astype(np.float32)
+    return image, labels, float(image[labels > 0].mean() / 20.0)
+
+
+def add_rician_noise(image: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.hypot(image + rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape)).astype(np.float32)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-preset", default="fast")
@@ -51,7 +77,11 @@ def main(argv=None) -> int:
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("-o", default=None, help="folder for the checkpoints, JSON and PNG (default: a temp dir)")
     parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("-subject", choices=("mni", "noisy"), default="mni")
+    parser.add_argument("-training", choices=("self", "oracle"), default="self")
+    parser.add_argument("-set", nargs="*", default=[], metavar="NAME=VALUE", help="self-SR setting overrides")
     args = parser.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     import tempfile
 
     out = Path(args.o or tempfile.mkdtemp(prefix="rehrseg_bench_selfsr_"))
@@ -61,8 +91,13 @@ def main(argv=None) -> int:
     hr, hr_labels, _ = mni152(2.0)
     z = hr.shape[0] // r * r
     hr, hr_labels = hr[:z], hr_labels[:z]
+    noise_sigma = 0.0
+    if args.subject == "noisy":
+        hr, hr_labels, noise_sigma = noisy_subject(hr, hr_labels)
     fwhm = profile_fwhm_in_voxels(slice_thickness=2.0 * r, target_spacing=2.0)  # FWHM = r HR voxels
     lr = blur_subsample(hr, 0, r, fwhm)
+    if noise_sigma:
+        lr = add_rician_noise(lr, noise_sigma, seed=args.seed)
     lr_labels = majority_labels(hr_labels, 0, r, num_classes=len(LABELS))
     print(f"HR {hr.shape} at 2 mm, LR {lr.shape} (r={r}, Gaussian FWHM {fwhm:.2f} HR voxels), device {device}")
 
@@ -80,11 +115,14 @@ def main(argv=None) -> int:
     ranges = intensity_range(lr[None])
     case = SRCase(to_unit(lr[None], ranges), lr_labels)
     config = configure(args.preset, device.type, 1, len(LABELS), r, fwhm, "gaussian", [(z, min(hr.shape[1:]))],
-                       iterations=args.iterations, seed=args.seed)
+                       iterations=args.iterations, seed=args.seed, **overrides)
     print(f"self-SR preset '{args.preset}': {config.iterations} iterations, features {config.features}, "
           f"patch {config.patch}, batch {config.batch_size}")
     t_train = time.time()
-    train_selfsr([case], config, out / "selfsr", device)
+    training_data = case
+    if args.training == "oracle":
+        training_data = DegradedViews(to_unit(hr[None], ranges), hr_labels, (1,), r, fwhm, "gaussian", len(LABELS))
+    train_selfsr([training_data], config, out / "selfsr", device)
     train_seconds = time.time() - t_train
     t_infer = time.time()
     montage = {}
@@ -118,7 +156,8 @@ def main(argv=None) -> int:
                  label_names={v: k for k, v in LABELS.items()})
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     summary = {"results": results, "train_seconds": train_seconds, "inference_seconds_per_volume": infer_seconds,
-               "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict()}
+               "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict(),
+               "subject": args.subject, "training": args.training, "noise_sigma": noise_sigma}
     (out / "selfsr_benchmark.json").write_text(json.dumps(summary, indent=1))
 
     print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM  volume/annotation")

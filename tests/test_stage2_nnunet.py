@@ -221,7 +221,8 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
         if k.startswith("nnUNet_"):
             monkeypatch.setenv(k, v)
     from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
-                                           REHRSegTrainer_noUncertainty, REHRSegTrainer_tiny)
+                                           REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
+                                           REHRSegTrainer_paperR5, REHRSegTrainer_tiny)
     plans = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())
     dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
 
@@ -238,6 +239,17 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     no_unc.initialize()
     assert "DC_and_CE_loss" in repr(no_unc.loss)
     assert make(REHRSegTrainer_noPseudoData).random_phase is False
+    # the new ablations are thin subclasses that nnU-Net's own lookup finds (through nnUNet_extTrainer)
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    for name in ("REHRSegTrainer_paperR5_fast", "REHRSegTrainer_noResidualHead_quick"):
+        assert recursive_find_trainer_class_by_name(name).__name__ == name
+    paper = make(REHRSegTrainer_paperR5)
+    paper.initialize()
+    assert paper.loss.loss.dice is None and fast.lr_dice_weight == 1.0
+    no_residual = make(REHRSegTrainer_noResidualHead_fast)
+    no_residual.initialize()
+    assert not no_residual.network.hr_head.residual and no_residual.num_iterations_per_epoch == 50
 
     tiny = make(REHRSegTrainer_tiny)
     tiny.initialize()

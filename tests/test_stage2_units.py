@@ -14,7 +14,8 @@ from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
                                            spatial_kd_loss, teacher_stage_for)
 from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.segmenter.network import STOCK_INFERENCE_MESSAGE, build_rehrseg_network
+from nnunetv2_rehrseg.inference.predictor import with_head_form
+from nnunetv2_rehrseg.segmenter.network import HR_GATE_KEY, STOCK_INFERENCE_MESSAGE, build_rehrseg_network
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, downsample_for_deep_supervision, lr_targets, margin_slices
 
@@ -58,11 +59,57 @@ def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice():
     reach = 4 * r
     np.testing.assert_allclose(hr_full[:, :, r + reach:-reach].numpy(), hr_shifted[:, :, reach:-reach].numpy(),
                                atol=1e-5)
-    # the head alone, exactly (only the last 3x3x3 conv sees a border)
-    feats = torch.randn(1, 8, 7, 5, 5)
+    # the head alone, exactly (only the last 3x3x3 conv and the linear upsampling's end slices see a border), with
+    # a trained (non-zero) correction
+    feats, lr_logits = torch.randn(1, 8, 7, 5, 5), torch.randn(1, 3, 7, 5, 5)
     head = net.hr_head
-    np.testing.assert_allclose(head(feats)[:, :, r + 1:-1].numpy(), head(feats[:, :, 1:])[:, :, 1:-1].numpy(),
-                               atol=1e-5)
+    head.seg_layers[-1].weight.normal_()
+    shifted = head(feats[:, :, 1:], lr_logits[:, :, 1:])
+    np.testing.assert_allclose(head(feats, lr_logits)[:, :, r + r:-r].numpy(), shifted[:, :, r:-r].numpy(), atol=1e-5)
+
+
+@torch.no_grad()
+def test_residual_hr_head_starts_at_the_upsampled_lr_logits():
+    torch.manual_seed(0)
+    net = _network(deep_supervision=True)
+    r = net.r
+    x = torch.randn(1, 1, 6, 16, 16)
+    lr, hr, _ = net(x)
+    # same field of view: HR slice r*k + j at LR position k + (j + 0.5)/r - 0.5, linear, ends replicated
+    positions = np.clip((np.arange(6 * r) + 0.5) / r - 0.5, 0, 5)
+    low = np.floor(positions).astype(int)
+    high, frac = np.minimum(low + 1, 5), positions - np.floor(positions)
+    lr0 = lr[0].numpy()
+    expected = lr0[:, :, low] * (1 - frac)[None, None, :, None, None] + lr0[:, :, high] * frac[None, None, :, None, None]
+    np.testing.assert_allclose(hr.numpy(), expected, atol=1e-5)
+    assert net.hr_head.residual
+    # the ablation: the gate off (saved with the weights), the last layer He-initialised: HR logits from features
+    net.hr_head.reset_parameters(residual=False)
+    assert not net.hr_head.residual and net.state_dict()[HR_GATE_KEY] == 0
+    assert net.hr_head.seg_layers[-1].weight.abs().sum() > 0
+    _, hr_features_only, skips = net(x)
+    assert not torch.allclose(hr_features_only, hr, atol=1e-3)
+    # the gate travels in the state dict: a fresh (residual) network loading it becomes the ablation's form
+    other = _network(deep_supervision=True)
+    other.load_state_dict(net.state_dict())
+    assert not other.hr_head.residual
+    np.testing.assert_allclose(other(x)[1].numpy(), hr_features_only.numpy(), atol=1e-6)
+    # weights saved before the gate existed: read as the features-only head
+    old = {k: v for k, v in net.state_dict().items() if k != HR_GATE_KEY}
+    assert with_head_form(old)[HR_GATE_KEY] == 0
+
+
+def test_residual_hr_head_learns_a_correction():
+    torch.manual_seed(0)
+    net = _network(deep_supervision=False).train()
+    x = torch.randn(1, 1, 6, 16, 16)
+    _, hr, _ = net(x)
+    hr.square().mean().backward()
+    last = net.hr_head.seg_layers[-1]
+    # zero last layer: its own gradient is non-zero (so the correction starts to grow), and the LR logits get the
+    # HR loss's gradient through the upsampling
+    assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
+    assert net.decoder.seg_layers[-1].weight.grad.abs().sum() > 0
 
 
 def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():
@@ -248,6 +295,29 @@ def test_uncertainty_weights_scale_the_lr_loss_as_r5_says():
     assert torch.isclose(loss(logits, target, torch.ones(2, 1, 4, 5, 5)), 0.01 * ce.mean())
     u = torch.rand(2, 1, 4, 5, 5)
     assert torch.isclose(loss(logits, target, u), ((1 - 0.99 * u[:, 0]) * ce).mean())
+    # with the Dice term (the default's R5): finite, every class gets a gradient, weight 0 is the paper's form
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+    dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=False, do_bg=False, smooth=1e-5)
+    assert torch.isclose(UncertaintyWeightedCE(0.99, dice, 0.0)(logits, target, u), loss(logits, target, u))
+    with_dice = UncertaintyWeightedCE(0.99, dice, 1.0)
+    x = logits.clone().requires_grad_(True)
+    value = with_dice(x, target, u)
+    assert torch.isfinite(value)
+    assert torch.isclose(value, loss(logits, target, u) + dice(logits, target))
+    value.backward()
+    assert all(x.grad[:, c].abs().sum() > 0 for c in range(3))
+    # on a class the CE barely sees (1 voxel in 200), the Dice term at least doubles the pull toward it
+    rare = torch.zeros(2, 1, 4, 5, 5, dtype=torch.long)
+    rare[0, 0, 0, 0, 0] = 1
+    z = torch.zeros(2, 2, 4, 5, 5, requires_grad=True)
+    UncertaintyWeightedCE(0.99)(z, rare, torch.zeros_like(u)).backward()
+    ce_grad = z.grad[0, 1, 0, 0, 0].abs().item()
+    z.grad = None
+    (UncertaintyWeightedCE(0.99, dice, 1.0)(z, rare, torch.zeros_like(u))
+     - UncertaintyWeightedCE(0.99)(z, rare, torch.zeros_like(u))).backward()
+    assert z.grad[0, 1, 0, 0, 0].abs().item() > ce_grad
     w = deep_supervision_weights(4, ddp_without_compile=False)
     np.testing.assert_allclose(w, np.array([1, 0.5, 0.25, 0]) / 1.75)
     assert deep_supervision_weights(3, True)[-1] > 0

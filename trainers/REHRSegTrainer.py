@@ -3,8 +3,8 @@
 In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -> pseudo-LR input by slice-profile
 blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid. Per training step, on the device: pseudo-LR
 labels (thick-slice majority of the HR labels) -> network on the LR grid -> losses:
-uncertainty-weighted CE on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head vs the
-pseudo-HR labels, spatial and correlation distillation from the frozen self-SR encoder (which sees the pseudo-LR
+uncertainty-weighted CE + soft Dice on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head
+(upsampled LR logits + a learned correction) vs the pseudo-HR labels, spatial and correlation distillation from the frozen self-SR encoder (which sees the pseudo-LR
 image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in on_train_start; the
 KD adapter joins the optimizer and is saved under an extra checkpoint key.
 """
@@ -28,7 +28,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 
 from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
 from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save_atomic
@@ -53,6 +53,8 @@ class REHRSegTrainer(nnUNetTrainer):
     ### REHRSeg settings (class attributes; nnU-Net's own hyperparameters are set on the instance in __init__)
     uncertainty_weighting = True       # R5 on the LR head; False: nnU-Net's Dice+CE
     uncertainty_scale = 0.99           # w = 1 - 0.99 U
+    lr_dice_weight = 1.0               # soft Dice beside R5's weighted CE (0: the paper's CE-only R5)
+    hr_head_residual = True            # HR logits = upsampled LR logits + a correction starting at zero
     random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
     lr_loss_weight = 1.0
     hr_loss_weight = 1.0
@@ -120,7 +122,9 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
-        unwrap(self.network).enable_rehrseg_forward()
+        network = unwrap(self.network).enable_rehrseg_forward()
+        if not self.hr_head_residual:
+            network.hr_head.reset_parameters(residual=False)
 
     def _build_distillation(self) -> StructuralDistillation:
         arch = self.configuration_manager.network_arch_init_kwargs
@@ -139,16 +143,19 @@ class REHRSegTrainer(nnUNetTrainer):
                                     nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
+    def _dice_kwargs(self) -> dict:
+        return {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": self.is_ddp}
+
     def _dice_ce(self) -> DC_and_CE_loss:
-        return DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False,
-                               "ddp": self.is_ddp}, {}, weight_ce=1, weight_dice=1,
+        return DC_and_CE_loss(self._dice_kwargs(), {}, weight_ce=1, weight_dice=1,
                               ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
 
     def _build_loss(self):
         """LR-head loss (self.loss, deep supervised, called as loss(logits, targets, uncertainties)); the HR-head
         Dice+CE goes to self.hr_loss."""
         self.hr_loss = self._dice_ce()
-        lr_loss = (UncertaintyWeightedCE(self.uncertainty_scale) if self.uncertainty_weighting
+        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **self._dice_kwargs())
+        lr_loss = (UncertaintyWeightedCE(self.uncertainty_scale, dice, self.lr_dice_weight) if self.uncertainty_weighting
                    else IgnoringUncertainty(self._dice_ce()))
         if self.enable_deep_supervision:
             weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),

@@ -22,6 +22,16 @@ class REHRSegTrainer_noPseudoData(REHRSegTrainer):
     random_phase = False
 
 
+class REHRSegTrainer_paperR5(REHRSegTrainer):
+    """The LR-head loss as in the paper: uncertainty-weighted CE without the Dice term."""
+    lr_dice_weight = 0.0
+
+
+class REHRSegTrainer_noResidualHead(REHRSegTrainer):
+    """HR logits from the decoder features alone, not as a correction to the upsampled LR logits."""
+    hr_head_residual = False
+
+
 class _TrainingBudget:
     """Put before a trainer class: sets nnU-Net's budget on the instance after its __init__ (nnU-Net assigns these
     there, so class attributes of the same names would be overwritten)."""
@@ -113,6 +123,22 @@ class REHRSegTrainer_noPseudoData_quick(_TrainingBudget, REHRSegTrainer_noPseudo
     budget = REHRSegTrainer_quick.budget
 
 
+class REHRSegTrainer_paperR5_quick(_TrainingBudget, REHRSegTrainer_paperR5):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_noResidualHead_quick(_TrainingBudget, REHRSegTrainer_noResidualHead):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_paperR5_fast(_TrainingBudget, REHRSegTrainer_paperR5):
+    budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_noResidualHead_fast(_TrainingBudget, REHRSegTrainer_noResidualHead):
+    budget = REHRSegTrainer_fast.budget
+
+
 class REHRSegTrainer_noKD_fast(_TrainingBudget, REHRSegTrainer_noKD):
     budget = REHRSegTrainer_fast.budget
 
@@ -123,6 +149,14 @@ class REHRSegTrainer_noUncertainty_fast(_TrainingBudget, REHRSegTrainer_noUncert
 
 class REHRSegTrainer_noPseudoData_fast(_TrainingBudget, REHRSegTrainer_noPseudoData):
     budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_paperR5_50epochs(_TrainingBudget, REHRSegTrainer_paperR5):
+    budget = REHRSegTrainer_50epochs.budget
+
+
+class REHRSegTrainer_noResidualHead_50epochs(_TrainingBudget, REHRSegTrainer_noResidualHead):
+    budget = REHRSegTrainer_50epochs.budget
 
 
 class REHRSegTrainer_noKD_50epochs(_TrainingBudget, REHRSegTrainer_noKD):

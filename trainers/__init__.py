@@ -1,21 +1,12 @@
 """nnU-Net trainers of REHRSeg (found by nnU-Net through nnUNet_extTrainer; see `rehrseg_env`)."""
-from nnunetv2_rehrseg.trainers.REHRSegTrainer import REHRSegTrainer
-from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import (
-    REHRSegTrainer_5epochs, REHRSegTrainer_50epochs, REHRSegTrainer_fast, REHRSegTrainer_noKD,
-    REHRSegTrainer_noKD_50epochs, REHRSegTrainer_noKD_fast, REHRSegTrainer_noKD_tiny, REHRSegTrainer_noPseudoData,
-    REHRSegTrainer_noPseudoData_50epochs, REHRSegTrainer_noPseudoData_fast, REHRSegTrainer_noUncertainty,
-    REHRSegTrainer_noUncertainty_50epochs, REHRSegTrainer_noUncertainty_fast, REHRSegTrainer_tiny,
-    nnUNetTrainer_rehrsegFastBudget, nnUNetTrainer_rehrsegTinyBudget, REHRSegTrainer_quick, REHRSegTrainer_noKD_quick,
-    REHRSegTrainer_noUncertainty_quick, REHRSegTrainer_noPseudoData_quick, nnUNetTrainer_rehrsegQuickBudget,
-    REHRSegTrainer_selftest, REHRSegTrainer_selftestCPU, nnUNetTrainer_rehrsegSelftestBudget,
-    nnUNetTrainer_rehrsegSelftestCPUBudget)
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-__all__ = ["REHRSegTrainer", "REHRSegTrainer_noKD", "REHRSegTrainer_noUncertainty", "REHRSegTrainer_noPseudoData",
-           "REHRSegTrainer_5epochs", "REHRSegTrainer_50epochs", "REHRSegTrainer_fast", "REHRSegTrainer_tiny",
-           "REHRSegTrainer_noKD_tiny", "REHRSegTrainer_noKD_fast", "REHRSegTrainer_noUncertainty_fast",
-           "REHRSegTrainer_noPseudoData_fast", "REHRSegTrainer_noKD_50epochs", "REHRSegTrainer_noUncertainty_50epochs",
-           "REHRSegTrainer_noPseudoData_50epochs", "nnUNetTrainer_rehrsegFastBudget",
-           "nnUNetTrainer_rehrsegTinyBudget", "REHRSegTrainer_quick", "REHRSegTrainer_noKD_quick",
-           "REHRSegTrainer_noUncertainty_quick", "REHRSegTrainer_noPseudoData_quick", "nnUNetTrainer_rehrsegQuickBudget",
-           "REHRSegTrainer_selftest", "REHRSegTrainer_selftestCPU", "nnUNetTrainer_rehrsegSelftestBudget",
-           "nnUNetTrainer_rehrsegSelftestCPUBudget"]
+from nnunetv2_rehrseg.trainers import REHRSegTrainer_variants as _variants
+from nnunetv2_rehrseg.trainers.REHRSegTrainer import REHRSegTrainer
+
+# every public trainer class of the variants module, so that a new variant cannot be left out of the export
+_VARIANTS = {name: obj for name, obj in vars(_variants).items()
+             if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and not name.startswith("_")
+             and obj not in (nnUNetTrainer, REHRSegTrainer)}
+globals().update(_VARIANTS)
+__all__ = ["REHRSegTrainer", *sorted(_VARIANTS)]

@@ -1,4 +1,6 @@
 """Stage-2 segmentation losses (method.md R5-R6). KD terms live in distillation.py."""
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -6,16 +8,24 @@ from torch import nn
 
 
 class UncertaintyWeightedCE(nn.Module):
-    """R5: mean over voxels of w * CE with w = 1 - scale * U; U used as produced, in (0, 1), no per-volume rescaling.
-    As in R5 there is no Dice term: the weighting is a per-voxel statement that soft Dice cannot express."""
+    """R5: mean over voxels of w * CE with w = 1 - scale * U; U used as produced, in (0, 1), no per-volume rescaling;
+    plus `dice_weight` x a soft Dice loss (unweighted: a ratio over the whole patch cannot carry per-voxel weights).
 
-    def __init__(self, scale: float = 0.99):
+    The paper's R5 is CE only (dice_weight 0). With U about 0.03 its weights are about 0.97 everywhere and it acts as
+    plain CE, which neglects thin classes; the Dice term weighs every class equally."""
+
+    def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0):
         super().__init__()
         self.scale = scale
+        self.dice = dice if dice_weight else None
+        self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits.float(), target[:, 0].long(), reduction="none")
-        return ((1 - self.scale * uncertainty[:, 0].float()) * ce).mean()
+        loss = ((1 - self.scale * uncertainty[:, 0].float()) * ce).mean()
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(logits, target)
+        return loss
 
 
 class IgnoringUncertainty(nn.Module):

@@ -1,10 +1,10 @@
 """The stage-2 segmenter: nnU-Net's planned network on the LR grid plus an HR head (r-fold along the LR axis).
 
 The encoder and decoder are nnU-Net's own modules (PlainConvUNet or ResidualEncoderUNet from the plans) and keep
-their parameter names, so a checkpoint of an LR nnU-Net loads through `-pretrained_weights`. The HR head reads the
-full-resolution decoder features and upsamples along the LR axis with a transposed convolution whose kernel equals
-its stride: HR slice r*k + j depends on LR slice k alone, so shifting the input by one LR slice shifts the HR output
-by exactly r slices (no align_corners stretch).
+their parameter names, so a checkpoint of an LR nnU-Net loads through `-pretrained_weights`. The HR head adds to the
+LR logits, linearly upsampled along the LR axis on the same field of view, a correction read from the full-resolution
+decoder features and upsampled with a transposed convolution whose kernel equals its stride: shifting the input by
+one LR slice shifts the HR output by exactly r slices (no align_corners stretch).
 
 forward(x) on an LR patch (B, C, D, H, W) returns (LR logits: a list, highest resolution first, under deep
 supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, for distillation).
@@ -12,6 +12,7 @@ supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, fo
 from typing import List, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
@@ -21,12 +22,26 @@ from nnunetv2_rehrseg.segmenter.plans import HR_SCALE_KWARG
 STOCK_INFERENCE_MESSAGE = (
     "this is a REHRSeg model: it takes LR volumes and returns HR segmentations, which stock nnUNetv2_predict cannot "
     "export. Use rehrseg_predict -i LR_DIR -o OUT_DIR -d DATASET -c 3d_fullres -f FOLD instead")
+# the HR head's form in a state dict (see HRHead)
+HR_GATE_KEY = "hr_head.seg_layers.lr_logits_gate"
+
+
+def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
+    """Linear upsampling of (B, C, D, H, W) by r along D on the same field of view: HR slice r*k + j sits at LR
+    position k + (j + 0.5) / r - 0.5 (ends replicated), so a one-slice shift of the input moves it by r slices."""
+    return F.interpolate(logits, scale_factor=(r, 1, 1), mode="trilinear", align_corners=False)
 
 
 class HRHead(nn.Module):
+    """HR logits = gate * (the LR logits upsampled along the thick axis) + a learned correction from the decoder's
+    full-resolution features. The correction's last layer starts at zero, so with the gate at 1 (the default) the HR
+    head starts at the LR head's answer and learns only what the thin slices add; gate 0 is the original head that
+    predicts HR logits from the features alone (an ablation; it starts with He-initialised weights)."""
+
     def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int):
         super().__init__()
         conv = encoder.conv_op
+        self.r = r
         # half the decoder's width at r x its voxels (as the paper's 32 -> 16 head): the HR-grid convolution then
         # costs about as much as one LR-grid convolution of the last decoder stage
         hidden = max(1, in_features // 2)
@@ -39,9 +54,32 @@ class HRHead(nn.Module):
             encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity(),
             conv(hidden, num_classes, 1),
         )
+        # a buffer (saved with the weights, so inference knows the head's form) under '.seg_layers.' (see above);
+        # a float factor rather than a Python flag keeps the forward free of branches for torch.compile
+        self.seg_layers.register_buffer("lr_logits_gate", torch.ones(()))
+        self.reset_parameters(residual=True)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.seg_layers(features)
+    @property
+    def residual(self) -> bool:
+        return bool(self.seg_layers.lr_logits_gate)
+
+    @torch.no_grad()
+    def reset_parameters(self, residual: bool) -> None:
+        self.seg_layers.apply(InitWeights_He(1e-2))
+        transposed = self.seg_layers[0]
+        # with kernel = stride every HR voxel receives one tap per input channel: fan-in = in_channels (He's rule as
+        # applied to a conv would count out_channels * r)
+        transposed.weight.normal_(0, (2 / (1 + 1e-2 ** 2)) ** 0.5 / transposed.in_channels ** 0.5)
+        last = self.seg_layers[-1]
+        if residual:
+            last.weight.zero_()
+            last.bias.zero_()
+        self.seg_layers.lr_logits_gate.fill_(1.0 if residual else 0.0)
+
+    def forward(self, features: torch.Tensor, lr_logits: torch.Tensor) -> torch.Tensor:
+        correction = self.seg_layers(features)
+        gate = self.seg_layers.lr_logits_gate.to(correction.dtype)
+        return gate * upsample_thick_axis(lr_logits.to(correction.dtype), self.r) + correction
 
 
 def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.Tensor, List[torch.Tensor]],
@@ -65,7 +103,6 @@ class REHRSegNetwork(nn.Module):
         self.decoder = backbone.decoder
         self.r = r
         self.hr_head = HRHead(self.encoder, self.encoder.output_channels[0], num_classes, r)
-        self.hr_head.apply(InitWeights_He(1e-2))
         # stock nnU-Net inference builds this network through the trainer and would silently export LR-grid
         # output; only REHRSeg's own code switches the LR -> HR forward on
         self.rehrseg_forward_enabled = False
@@ -79,7 +116,8 @@ class REHRSegNetwork(nn.Module):
             raise RuntimeError(STOCK_INFERENCE_MESSAGE)
         skips = self.encoder(x)
         lr_logits, features = decode(self.decoder, skips)
-        return lr_logits, self.hr_head(features), skips
+        highest = lr_logits[0] if isinstance(lr_logits, (list, tuple)) else lr_logits
+        return lr_logits, self.hr_head(features, highest), skips
 
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,

@@ -5,7 +5,7 @@ of view). Its in-plane axes then carry true HR information: degrading one of the
 subsampling gives a thick-slice window whose thin sub-slices are known. Both in-plane axes and all r phases are used.
 """
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,18 +26,26 @@ def upsample_thick_axis(image: np.ndarray, r: int) -> np.ndarray:
     return np.stack([zoom(c, (r, 1, 1), order=3, mode="reflect", grid_mode=True) for c in image]).astype(np.float32)
 
 
-class _DegradedViews:
-    """Per case: the pseudo-isotropic volume and its degraded versions along each in-plane axis and phase."""
+class DegradedViews:
+    """A volume whose thin slices are known (image (C, Z, Y, X), labels (Z, Y, X)) and its thick-slice versions,
+    degraded along each of `axes` (axes of the image) at every phase."""
 
-    def __init__(self, case: SRCase, r: int, fwhm: float, profile: str, num_classes: int):
-        self.hr_image = upsample_thick_axis(case.image, r)
-        self.hr_labels = np.repeat(case.labels, r, axis=0)  # nearest: every sub-slice keeps its thick slice's label
+    def __init__(self, hr_image: np.ndarray, hr_labels: np.ndarray, axes: Tuple[int, ...], r: int, fwhm: float,
+                 profile: str, num_classes: int):
+        self.hr_image, self.hr_labels, self.axes = hr_image, hr_labels, tuple(axes)
         self.lr_image: Dict = {}
         self.lr_labels: Dict = {}
-        for axis in (2, 3):  # in-plane axes of (C, Z, Y, X)
+        for axis in self.axes:
             for phase in range(r):
-                self.lr_image[axis, phase] = blur_subsample(self.hr_image, axis, r, fwhm, profile, phase)
-                self.lr_labels[axis, phase] = majority_labels(self.hr_labels, axis - 1, r, phase, num_classes)
+                self.lr_image[axis, phase] = blur_subsample(hr_image, axis, r, fwhm, profile, phase)
+                self.lr_labels[axis, phase] = majority_labels(hr_labels, axis - 1, r, phase, num_classes)
+
+    @classmethod
+    def self_supervised(cls, case: SRCase, r: int, fwhm: float, profile: str, num_classes: int) -> "DegradedViews":
+        """The LR case made pseudo-isotropic along its thick axis, degraded along its in-plane axes."""
+        # labels by nearest: every sub-slice keeps its thick slice's label
+        return cls(upsample_thick_axis(case.image, r), np.repeat(case.labels, r, axis=0), (2, 3), r, fwhm, profile,
+                   num_classes)
 
 
 class PairSampler:
@@ -47,14 +55,17 @@ class PairSampler:
     exactly the batches an uninterrupted run would.
     """
 
-    def __init__(self, cases: List[SRCase], r: int, fwhm: float, profile: str, num_classes: int, window: int,
-                 patch: int, label_dropout: float = 0.5, edge_replicate: float = 0.1, seed: int = 0):
+    def __init__(self, cases: List[Union[SRCase, DegradedViews]], r: int, fwhm: float, profile: str, num_classes: int,
+                 window: int, patch: int, label_dropout: float = 0.5, edge_replicate: float = 0.1, seed: int = 0):
         if not cases:
             raise ValueError("no training cases for the self-SR")
         self.r, self.window, self.patch, self.num_classes = r, window, patch, num_classes
         self.centre = (window - 1) // 2
         self.label_dropout, self.edge_replicate = label_dropout, edge_replicate
-        self.views = [_DegradedViews(c, r, fwhm, profile, num_classes) for c in cases]
+        # LR cases are self-supervised; prepared views (known thin slices along any axis) are used as given
+        self.views = [c if isinstance(c, DegradedViews) else DegradedViews.self_supervised(c, r, fwhm, profile,
+                                                                                           num_classes)
+                      for c in cases]
         for v in self.views:
             for (axis, phase), lr in v.lr_image.items():
                 if lr.shape[axis] < window:
@@ -75,7 +86,7 @@ class PairSampler:
     def sample_one(self):
         rng = self.rng
         view = self.views[rng.integers(len(self.views))]
-        axis = int(rng.choice((2, 3)))
+        axis = int(rng.choice(view.axes))
         phase = int(rng.integers(self.r))
         lr = view.lr_image[axis, phase]
         n_lr = lr.shape[axis]
