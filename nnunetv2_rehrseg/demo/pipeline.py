@@ -3,7 +3,9 @@
 
 DIR/
   nnUNet_raw, nnUNet_preprocessed, nnUNet_results   a self-contained nnU-Net tree (dataset 700)
-  truth/                                            HR images and labels of the test subjects (scoring only)
+  truth/                                            HR images and labels of the test subjects (scoring only);
+                                                    truth/train: the training subjects' (validation fold scores:
+                                                    benchmarks/validation_fold.py)
   predictions/<arm>/                                HR segmentations of the test subjects per arm
   report.md, results.csv, results.png, montage_<subject>.png, metrics_<arm>.json, timings.json
 """
@@ -89,7 +91,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def build_data(self):
         return build_demo_dataset(self.out / "nnUNet_raw", self.out / "truth", DATASET_ID, self.n_train, self.n_test,
-                                  self.r, self.axis, self.spacing_mm, seed=self.seed)
+                                  self.r, self.axis, self.spacing_mm, seed=self.seed, keep_training_truth=True)
 
     def plan_rehrseg(self, dataset_id: int) -> None:
         """rehrseg_plan_and_preprocess with the preset's planner and self-SR budget, then fold 0's split."""
