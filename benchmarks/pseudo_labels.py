@@ -1,6 +1,7 @@
 """Stage 1's pseudo-HR labels on the demo's training subjects (MNI152, 2 mm, r = 4), scored against their HR truth
-beside nearest and shape-based interpolation of the same annotation, with the class volumes relative to the
-annotation and the network's raw agreement with it (stage-1 QC):
+beside nearest and shape-based interpolation of the same annotation, with the class volumes relative to the volume
+the annotation implies, to r x its voxel count and to the truth, and the network's raw agreement with the annotation
+(stage-1 QC):
 
     python benchmarks/pseudo_labels.py -o DIR [-iterations 300] [-n_train 6] [-device cpu]
 
@@ -19,6 +20,8 @@ import torch
 from nnunetv2_rehrseg.commands import nnunet_tree
 from nnunetv2_rehrseg.demo.arms import DATASET_ID
 from nnunetv2_rehrseg.demo.report import NAMES
+from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes
 
 
 def main(argv=None) -> dict:
@@ -44,8 +47,14 @@ def main(argv=None) -> dict:
     scores = score_pseudo_hr_labels(data.raw_folder, stage1 / "pseudo_hr" / "labelsTr", out / "truth" / "train" /
                                     "labels", data.train_ids, axis, r, out / "scores")
     qc = json.loads((stage1 / "qc" / "lr_dice.json").read_text())
-    volumes = np.nanmean([v["calibrated"] for v in qc["volume_ratio_pseudo_hr_to_annotation"].values()], 0)
-    result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_annotation": volumes.tolist(),
+    records = qc["pseudo_hr_volumes"].values()
+    implied = np.nanmean([v["implied_to_lr_count"] for v in records], 0)
+    to_implied = np.nanmean([v["calibrated"] for v in records], 0)
+    to_truth = np.mean([class_volumes(read_image(stage1 / "pseudo_hr" / "labelsTr" / f"{i}.nii.gz")[0], len(NAMES) + 1)
+                        / class_volumes(read_image(out / "truth" / "train" / "labels" / f"{i}.nii.gz")[0],
+                                        len(NAMES) + 1) for i in data.train_ids], 0)
+    result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_implied": to_implied.tolist(),
+              "implied_to_lr_count": implied.tolist(), "volume_ratio_to_truth": to_truth.tolist(),
               "network_lr_dice_before_consistency": qc["mean_per_label"]}
     (out / "pseudo_labels.json").write_text(json.dumps(result, indent=1, default=lambda o: o.item()))  # numpy scalars
     print(f"\n| labels of the {len(data.train_ids)} training subjects vs HR truth | mean Dice (std) | "
@@ -54,8 +63,9 @@ def main(argv=None) -> dict:
     for method, s in scores.items():
         print(f"| {method} | {s['mean']['Dice']:.4f} ({s['std']['Dice']:.4f}) | "
               + " | ".join(f"{s['mean_per_label'][k]['Dice']:.3f}" for k in NAMES) + " |")
-    print("\nclass volume, pseudo-HR / annotation (r x LR voxels): "
-          + ", ".join(f"{n} {v:.2f}" for n, v in zip(NAMES.values(), volumes[1:])))
+    for name, ratios in (("pseudo-HR / implied by the annotation", to_implied),
+                         ("implied / r x LR voxels", implied), ("pseudo-HR / HR truth", to_truth)):
+        print(f"class volume, {name}: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(NAMES.values(), ratios[1:])))
     print("network's raw LR Dice vs the annotation (before the consistency step): "
           + ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in qc["mean_per_label"].items()))
     return result

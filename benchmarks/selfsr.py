@@ -34,7 +34,7 @@ from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
-from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, volume_calibrated_labels
+from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 
@@ -111,6 +111,14 @@ def main(argv=None) -> int:
         results[f"shape-based interpolation of the LR labels ({mode})"] = label_scores(
             shape_based_upsample(lr_labels, 0, r, spacing=(2.0 * r, 2.0, 2.0), mode=mode), hr_labels)
     annotated = r * class_volumes(lr_labels, len(LABELS))
+    implied, true_volumes = implied_hr_volumes(lr_labels, r, len(LABELS)), class_volumes(hr_labels, len(LABELS))
+    results["class volumes relative to r x LR voxels"] = {
+        "implied by the annotation": list((implied / annotated)[1:]), "HR truth": list((true_volumes / annotated)[1:])}
+
+    def volume_ratios(labels: np.ndarray) -> dict:
+        volumes = class_volumes(labels, len(LABELS))
+        return {"volume_ratio_to_annotation": list((volumes / annotated)[1:]),
+                "volume_ratio_to_truth": list((volumes / true_volumes)[1:])}
 
     ranges = intensity_range(lr[None])
     case = SRCase(to_unit(lr[None], ranges), lr_labels)
@@ -137,9 +145,8 @@ def main(argv=None) -> int:
                 # what stage 1 writes: consistent with the annotation, class volumes calibrated to it
                 written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
                 results[f"{key}, as written (consistent, volume-calibrated)"] = {
-                    **label_scores(written, hr_labels), "volume_ratio_to_annotation": record["calibrated"][1:]}
-                results[key]["volume_ratio_to_annotation"] = list(
-                    (class_volumes(res["labels"], len(LABELS)) / annotated)[1:])
+                    **label_scores(written, hr_labels), **volume_ratios(written)}
+                results[key].update(volume_ratios(res["labels"]))
             if head == "UASR":
                 # U is meant to track the image error: its level and correlation, in [0, 1] units
                 error = np.abs(res["image"][0] - to_unit(hr[None], ranges)[0])
@@ -160,14 +167,20 @@ def main(argv=None) -> int:
                "subject": args.subject, "training": args.training, "noise_sigma": noise_sigma}
     (out / "selfsr_benchmark.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM  volume/annotation")
+    print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM  "
+          "volume / r x LR voxels, / truth")
     for name, s in results.items():
+        if name.startswith("class volumes"):
+            continue
         psnr = f"{s['psnr']:8.2f}" if "psnr" in s else " " * 8
         ssim = f"{s['ssim']:7.4f}" if "ssim" in s else " " * 7
         dice = f"{s['mean_dice']:10.4f}  " + "/".join(f"{v:.3f}" for v in s["dice"].values()) if "dice" in s else ""
-        volume = "  " + "/".join(f"{v:.2f}" for v in s["volume_ratio_to_annotation"]) \
-            if "volume_ratio_to_annotation" in s else ""
+        volume = "  " + "/".join(f"{v:.2f}" for v in s["volume_ratio_to_annotation"]) + ", " + "/".join(
+            f"{v:.2f}" for v in s["volume_ratio_to_truth"]) if "volume_ratio_to_annotation" in s else ""
         print(f"{name:75s} {psnr} {ssim} {dice}{volume}")
+    print("class volumes / r x LR voxels (CSF/GM/WM): " + "; ".join(
+        f"{k} " + "/".join(f"{v:.2f}" for v in ratios)
+        for k, ratios in results["class volumes relative to r x LR voxels"].items()))
     for name, s in results.items():
         if "uncertainty" in s:
             u = s["uncertainty"]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_rehrseg.selfsr.pseudo_labels import labels_consistent_with_lr, volume_calibrated_labels
+from nnunetv2_rehrseg.selfsr.pseudo_labels import (class_volumes, implied_hr_volumes, labels_consistent_with_lr,
+                                                    volume_calibrated_labels)
 from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
                                           resolve_scale, slice_kernel)
 
@@ -135,8 +136,7 @@ def test_consistent_labels_refuse_a_wrong_shape():
 
 def test_volume_calibration_restores_an_under_predicted_class_and_stays_consistent():
     """A network that under-predicts a thin class: the consistency step alone keeps it near the minimum the majority
-    allows; calibrated, its HR volume matches r x the annotated volume and the majority still reproduces the
-    annotation."""
+    allows; calibrated, its HR volume matches the implied volume and the majority still reproduces the annotation."""
     r, rng = 4, np.random.default_rng(3)
     hr_truth = np.zeros((32, 20, 20), np.uint8)
     hr_truth[:, 5:7] = 1                                    # a thin sheet, 2 voxels thick in-plane
@@ -147,8 +147,35 @@ def test_volume_calibration_restores_an_under_predicted_class_and_stays_consiste
     logits[1] -= 2.5                                        # class 1 under-predicted
     probabilities = np.exp(logits) / np.exp(logits).sum(0)
     labels, record = volume_calibrated_labels(probabilities.astype(np.float32), lr, r)
-    target = r * np.bincount(lr.ravel(), minlength=3)
+    target = implied_hr_volumes(lr, r, 3)
     assert record["consistent_only"][1] < 0.9               # the old rule leaves the deficit
     np.testing.assert_allclose(np.bincount(labels.ravel(), minlength=3) / target, 1, atol=0.03)
     np.testing.assert_array_equal(majority_labels(labels, 0, r, num_classes=3), lr)
     assert record["offsets"][1] > record["offsets"][0]
+
+
+def test_implied_volumes_restore_what_the_thick_slice_majority_takes_from_thin_structures():
+    """Sheets 3 voxels thick in every orientation plus a compact block: the thick-slice majority under-counts the
+    sheets (truth 1.19x r x the LR count); the in-plane estimate recovers most of it, keeps the total, and leaves a
+    class that is the same in every direction near 1."""
+    r, n = 4, 48
+    truth = np.zeros((n, n, n), np.uint8)
+    for axis in range(3):
+        for start in (5, 18, 31, 42):
+            index = [slice(None)] * 3
+            index[axis] = slice(start, start + 3)
+            truth[tuple(index)] = 1
+    truth[20:30, 20:30, 20:30] = 2
+    lr = majority_labels(truth, 0, r, num_classes=3)
+    annotated = r * class_volumes(lr, 3)
+    implied = implied_hr_volumes(lr, r, 3)
+    true_ratio = class_volumes(truth, 3) / annotated
+    assert true_ratio[1] > 1.15
+    assert 1.08 < implied[1] / annotated[1] <= true_ratio[1]
+    assert abs(implied[2] / annotated[2] - 1) < 0.02
+    assert np.isclose(implied.sum(), annotated.sum())
+    # a class that vanishes in-plane gets a bounded volume
+    speck = np.zeros((16, 16, 16), np.uint8)
+    speck[4:8, 4, 4] = 1
+    speck_lr = majority_labels(speck, 0, r, num_classes=2)
+    assert implied_hr_volumes(speck_lr, r, 2)[1] <= 2.01 * r * class_volumes(speck_lr, 2)[1]   # total rescaled

@@ -32,6 +32,11 @@ class REHRSegTrainer_noResidualHead(REHRSegTrainer):
     hr_head_residual = False
 
 
+class REHRSegTrainer_fromLR(REHRSegTrainer):
+    """REHRSeg started from an LR nnU-Net checkpoint (`-pretrained_weights`, the paper's protocol): the same trainer
+    under its own name, so that its model folder sits beside the one trained from scratch."""
+
+
 class _TrainingBudget:
     """Put before a trainer class: sets nnU-Net's budget on the instance after its __init__ (nnU-Net assigns these
     there, so class attributes of the same names would be overwritten)."""
@@ -131,6 +136,14 @@ class REHRSegTrainer_noResidualHead_quick(_TrainingBudget, REHRSegTrainer_noResi
     budget = REHRSegTrainer_quick.budget
 
 
+class REHRSegTrainer_fromLR_quick(_TrainingBudget, REHRSegTrainer_fromLR):
+    budget = REHRSegTrainer_quick.budget
+
+
+class REHRSegTrainer_fromLR_fast(_TrainingBudget, REHRSegTrainer_fromLR):
+    budget = REHRSegTrainer_fast.budget
+
+
 class REHRSegTrainer_paperR5_fast(_TrainingBudget, REHRSegTrainer_paperR5):
     budget = REHRSegTrainer_fast.budget
 
@@ -149,6 +162,10 @@ class REHRSegTrainer_noUncertainty_fast(_TrainingBudget, REHRSegTrainer_noUncert
 
 class REHRSegTrainer_noPseudoData_fast(_TrainingBudget, REHRSegTrainer_noPseudoData):
     budget = REHRSegTrainer_fast.budget
+
+
+class REHRSegTrainer_fromLR_50epochs(_TrainingBudget, REHRSegTrainer_fromLR):
+    budget = REHRSegTrainer_50epochs.budget
 
 
 class REHRSegTrainer_paperR5_50epochs(_TrainingBudget, REHRSegTrainer_paperR5):

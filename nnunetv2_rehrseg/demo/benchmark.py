@@ -27,7 +27,7 @@ from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_
                                             argmax_resampled, resample_to)
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
-from nnunetv2_rehrseg.geometry import hr_grid
+from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import read_image, write_image
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ INTERP_ID, PSEUDO_HR_ID, HR_ID, WRONG_PROFILE_ID = 701, 702, 703, 704
 class BenchmarkPreset:
     demo: DemoPreset
     ablations: Dict[str, str]        # arm -> REHRSeg trainer with the same budget
+    from_lr_trainer: str             # arm 5b: REHRSeg started from arm 1's final checkpoint, the same budget again
     stock_planner: str               # nnU-Net planner of the HR-grid arms (same width and memory budget)
     stock_plans: str
 
@@ -48,14 +49,17 @@ BENCHMARK_PRESETS = {
         replace(PRESETS["fast"], n_test=4, trainer="REHRSegTrainer_quick",
                 baseline_trainer="nnUNetTrainer_rehrsegQuickBudget"),
         {"rehrseg_noKD": "REHRSegTrainer_noKD_quick", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_quick",
-         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_quick"},
-        "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
+         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_quick", "rehrseg_paperR5": "REHRSegTrainer_paperR5_quick",
+         "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_quick"},
+        "REHRSegTrainer_fromLR_quick", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     "default": BenchmarkPreset(
         replace(PRESETS["default"], n_test=4),
         {"rehrseg_noKD": "REHRSegTrainer_noKD_50epochs",
          "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_50epochs",
-         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs"},
-        "ExperimentPlanner", "nnUNetPlans"),
+         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs",
+         "rehrseg_paperR5": "REHRSegTrainer_paperR5_50epochs",
+         "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_50epochs"},
+        "REHRSegTrainer_fromLR_50epochs", "ExperimentPlanner", "nnUNetPlans"),
 }
 
 LR_OUTPUT_ARMS = {"lr_nnunet_linear": "lr_nnunet_lr", **{a: f"{a}/lr" for a in BENCHMARK_ARMS if
@@ -185,9 +189,32 @@ class Benchmark(Pipeline):
                            self.benchmark.stock_plans)
 
     # ------------------------------------------------------------------ REHRSeg arms
-    def rehrseg_arm(self, arm: str, trainer: str, dataset_id: int = DATASET_ID) -> None:
-        self.train(trainer, "REHRSegPlans", dataset_id)
+    def rehrseg_arm(self, arm: str, trainer: str, dataset_id: int = DATASET_ID, *train_flags: str) -> None:
+        self.train(trainer, "REHRSegPlans", dataset_id, *train_flags)
         self.predict_rehrseg(trainer, arm, dataset_id)
+
+    def contour_interpolation_arm(self) -> None:
+        """Arm 1c: arm 1's LR segmentation taken to HR by ITK's morphological contour interpolation (skipped, with
+        the install command, where the `[benchmark]` extra is missing)."""
+        from nnunetv2_rehrseg.interpolation import contour_interpolated_upsample
+
+        preds = self.out / "predictions"
+        for identifier in self.data.test_ids:
+            labels, lr = read_image(preds / "lr_nnunet_lr" / f"{identifier}.nii.gz")
+            try:
+                hr_labels = contour_interpolated_upsample(labels, numpy_axis_of(self.axis), self.r)
+            except ImportError as e:
+                logger.warning("arm 1c skipped: %s", e)
+                return
+            write_image(hr_labels, hr_grid(lr, self.axis, self.r), preds / "lr_nnunet_mci" / f"{identifier}.nii.gz")
+
+    def rehrseg_from_lr_arm(self) -> None:
+        """Arm 5b: nnU-Net's -pretrained_weights with arm 1's final checkpoint (same LR topology; the segmentation
+        layers and the HR head start fresh, as nnU-Net's loader skips them)."""
+        checkpoint = (self.out / "nnUNet_results" / self.data.raw_folder.name /
+                      f"{self.baseline_trainer}__{BASELINE_PLANS}__3d_fullres" / "fold_0" / "checkpoint_final.pth")
+        self.rehrseg_arm("rehrseg_from_lr", self.benchmark.from_lr_trainer, DATASET_ID, "-pretrained_weights",
+                         str(checkpoint))
 
     def plan_wrong_profile(self) -> None:
         self.build_wrong_profile_dataset()
@@ -251,6 +278,8 @@ class Benchmark(Pipeline):
         self.stage("stage 1 + planning + preprocessing", self.plan)
         self.stage("train + predict REHRSeg", self.rehrseg_arm, "rehrseg", self.trainer)
         self.stage("train LR nnU-Net (arm 1) + predict all demo arms", self._demo_rest)
+        self.stage("contour interpolation of arm 1 (arm 1c)", self.contour_interpolation_arm)
+        self.stage("train + predict rehrseg_from_lr", self.rehrseg_from_lr_arm)
         for arm, trainer in self.benchmark.ablations.items():
             self.stage(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)
         for arm, dataset_id, build in (("interp_then_segment", INTERP_ID, self.build_interp_dataset),

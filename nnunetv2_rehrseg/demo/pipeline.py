@@ -115,9 +115,9 @@ class Pipeline:
         self.run("nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", BASELINE_PLANS, "-c", "3d_fullres",
                  "-np", "2")
 
-    def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID) -> None:
+    def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
         self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
-                 "-device", self.device)
+                 "-device", self.device, *flags)
 
     def predict_rehrseg(self, trainer: str, arm: str, dataset_id: int = DATASET_ID) -> None:
         self.command_seconds[arm] = self.run(

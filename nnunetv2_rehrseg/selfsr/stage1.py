@@ -219,7 +219,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     write_json_atomic(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
                                                  "mean": float(np.mean(list(mean_dice.values()))),
                                                  "hr_fraction_relabelled_to_agree": relabelled,
-                                                 "volume_ratio_pseudo_hr_to_annotation": volumes})
+                                                 "pseudo_hr_volumes": volumes})
     for identifier, scores in qc.items():
         logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
