@@ -105,6 +105,15 @@ class nnUNetTrainer_rehrsegSelftestCPUBudget(_TrainingBudget, nnUNetTrainer):
     budget = REHRSegTrainer_selftestCPU.budget
 
 
+class REHRSegTrainer_1500steps(_TrainingBudget, REHRSegTrainer):
+    """30 x 50 steps on the CPU plans: learning curves long enough to see where the CPU arms converge."""
+    budget = (30, 50, 5)
+
+
+class nnUNetTrainer_rehrseg1500StepsBudget(_TrainingBudget, nnUNetTrainer):
+    budget = REHRSegTrainer_1500steps.budget
+
+
 class REHRSegTrainer_quick(_TrainingBudget, REHRSegTrainer):
     """Half the demo's budget: every learned arm of `benchmarks/run_all.py -preset fast` (about 80 min on 2
     cores)."""
