@@ -38,6 +38,9 @@ from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volu
 from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 
+FOREGROUND = [v for v in LABELS.values() if v > 0]
+CLASS_NAMES = "/".join(k for k, v in LABELS.items() if v > 0)
+
 
 def image_scores(pred: np.ndarray, hr: np.ndarray) -> dict:
     data_range = float(hr.max() - hr.min())
@@ -46,7 +49,7 @@ def image_scores(pred: np.ndarray, hr: np.ndarray) -> dict:
 
 
 def label_scores(pred: np.ndarray, hr_labels: np.ndarray) -> dict:
-    dice = dice_per_label(pred, hr_labels, [1, 2, 3])
+    dice = dice_per_label(pred, hr_labels, FOREGROUND)
     return {"dice": {k: round(v, 4) for k, v in dice.items()}, "mean_dice": float(np.mean(list(dice.values())))}
 
 
@@ -56,8 +59,8 @@ def noisy_subject(hr: np.ndarray, hr_labels: np.ndarray, seed: int = 1):
     and half from piecewise-constant tissue values (edges as sharp as the labels). Returns (HR image, labels, noise
     sigma): Rician noise of that sigma (brain mean / 20) is added to the thick-slice acquisition only."""
     image, labels = make_subject(hr, hr_labels, 2.0, seed, max_shift_mm=10.0)
-    values = np.array([0.0, 1.0, 0.55, 0.3], np.float32)                  # background, CSF, GM, WM
-    medians = np.array([np.median(image[labels == k]) for k in range(4)])
+    values = np.array([0.0, 1.0, 0.55, 0.3, 1.0], np.float32)        # background, CSF, GM, WM, ventricles (CSF)
+    medians = np.array([np.median(image[labels == k]) for k in range(len(LABELS))])
     order = np.argsort(medians)
     texture = np.interp(image, medians[order], values[order])               # each tissue's T1 median -> its value
     image = (0.5 * texture + 0.5 * values[labels]).astype(np.float32)
@@ -159,7 +162,8 @@ def main(argv=None) -> int:
     infer_seconds = (time.time() - t_infer) / 4
     x = hr.shape[2] // 2
     save_montage([{k: v[:, :, x][::-1] for k, v in montage.items()}], ["MNI152"], out / "selfsr_montage.png",
-                 title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}", label_max=3,
+                 title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}",
+                 label_max=len(LABELS) - 1,
                  label_names={v: k for k, v in LABELS.items()})
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     summary = {"results": results, "train_seconds": train_seconds, "inference_seconds_per_volume": infer_seconds,
@@ -167,7 +171,7 @@ def main(argv=None) -> int:
                "subject": args.subject, "training": args.training, "noise_sigma": noise_sigma}
     (out / "selfsr_benchmark.json").write_text(json.dumps(summary, indent=1))
 
-    print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice CSF/GM/WM  "
+    print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice {CLASS_NAMES}  "
           "volume / r x LR voxels, / truth")
     for name, s in results.items():
         if name.startswith("class volumes"):
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
         volume = "  " + "/".join(f"{v:.2f}" for v in s["volume_ratio_to_annotation"]) + ", " + "/".join(
             f"{v:.2f}" for v in s["volume_ratio_to_truth"]) if "volume_ratio_to_annotation" in s else ""
         print(f"{name:75s} {psnr} {ssim} {dice}{volume}")
-    print("class volumes / r x LR voxels (CSF/GM/WM): " + "; ".join(
+    print(f"class volumes / r x LR voxels ({CLASS_NAMES}): " + "; ".join(
         f"{k} " + "/".join(f"{v:.2f}" for v in ratios)
         for k, ratios in results["class volumes relative to r x LR voxels"].items()))
     for name, s in results.items():

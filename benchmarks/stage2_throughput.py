@@ -2,8 +2,8 @@
 subjects, 2 mm, r = 4, REHRSegPlannerCPU), with the same number of augmentation workers:
 
 - augmentation throughput per worker: samples/s of each trainer's training loader run in one process with one thread;
-- seconds per step with data loading: each trainer trained by nnU-Net's own loop (`rehrseg_train`, the quick budget,
-  4 x 50 steps), median epoch time (first epoch left out, validation steps included) per training step;
+- seconds per step with data loading: each trainer trained by nnU-Net's own loop (`rehrseg_train`, the demo's budget,
+  8 x 50 steps), median epoch time (first epoch left out, validation steps included) per training step;
 - seconds per step without data loading: synthetic batches (nnunetv2_rehrseg.step_timing), nnU-Net's
   `_noDataLoading` split;
 - the workers a GPU doing one step in 100-150 ms would need to keep fed, from the per-worker throughput.
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TRAINER, STOCK_TRAINER = "REHRSegTrainer_quick", "nnUNetTrainer_rehrsegQuickBudget"
+TRAINER, STOCK_TRAINER = "REHRSegTrainer_fast", "nnUNetTrainer_rehrsegFastBudget"
 DATASET_ID = 700   # the demo's
 GPU_STEP_SECONDS = (0.10, 0.15)
 

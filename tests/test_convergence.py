@@ -17,7 +17,7 @@ def test_plateau_converges_and_rising_curve_does_not():
 
 
 def test_learning_curve_picture_is_written(tmp_path):
-    curves = {"Dataset700_X/REHRSegTrainer_quick": {"steps": [50, 100, 150, 200], "dice": [0.2, 0.5, 0.6, 0.62],
+    curves = {"Dataset700_X/REHRSegTrainer_1000steps": {"steps": [50, 100, 150, 200], "dice": [0.2, 0.5, 0.6, 0.62],
                                                    "ema": [0.2, 0.4, 0.55, 0.6], "change": 0.05, "converged": False}}
-    plot_learning_curves(curves, tmp_path / "curves.png", {"Dataset700_X/REHRSegTrainer_quick": "(5) REHRSeg"})
+    plot_learning_curves(curves, tmp_path / "curves.png", {"Dataset700_X/REHRSegTrainer_1000steps": "(5) REHRSeg"})
     assert (tmp_path / "curves.png").stat().st_size > 10_000

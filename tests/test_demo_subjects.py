@@ -3,6 +3,8 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import binary_erosion
+from scipy.ndimage import label as connected_components
 
 from nnunetv2_rehrseg.demo.anatomy import mni152
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset, make_subject
@@ -18,7 +20,7 @@ def test_subjects_are_deterministic_and_keep_the_label_set():
     np.testing.assert_array_equal(a_img, b_img)
     np.testing.assert_array_equal(a_lab, b_lab)
     assert not np.array_equal(a_lab, c_lab)
-    assert set(np.unique(a_lab)) == {0, 1, 2, 3}
+    assert set(np.unique(a_lab)) == {0, 1, 2, 3, 4}
     # a smooth deformation: most voxels keep their template label, but not all
     assert 0.6 < (a_lab == labels).mean() < 0.999
     # the image still follows the labels: WM brighter than GM brighter than CSF (T1)
@@ -41,5 +43,19 @@ def test_build_demo_dataset_geometry_and_layout(tmp_path):
     np.testing.assert_allclose(expected.origin, hr.origin, atol=1e-5)
     np.testing.assert_allclose(expected.spacing, hr.spacing)
     lr_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(demo.hr_truth / "lr_labels" / "sub02.nii.gz")))
-    assert lr_labels.shape == lr_image.shape and set(np.unique(lr_labels)) <= {0, 1, 2, 3}
+    assert lr_labels.shape == lr_image.shape and set(np.unique(lr_labels)) <= {0, 1, 2, 3, 4}
     assert Grid.of(sitk.ReadImage(str(demo.raw_folder / "labelsTr" / "sub00.nii.gz"))) == lr
+
+
+def test_lateral_ventricles_are_one_compact_object_split_off_the_csf():
+    _, labels, grid = mni152(2.0)
+    ventricles = labels == 4
+    components, _ = connected_components(ventricles)
+    assert np.bincount(components.ravel())[1:].max() > 0.95 * ventricles.sum()   # one object (joined, as at 1 mm)
+    volume_ml = ventricles.sum() * np.prod(grid.spacing) / 1000
+    assert 10 < volume_ml < 30                          # lateral ventricles of an adult brain
+    extent = np.ptp(np.argwhere(ventricles), axis=0) + 1
+    assert 12 <= extent[0] <= 24                        # 24-48 mm tall: a few thick slices at r = 4
+    # a compact object next to the thin CSF: most of it lies deeper than one voxel, unlike the sulcal CSF
+    interior = lambda mask: binary_erosion(mask).sum() / mask.sum()
+    assert interior(ventricles) > 0.25 > interior(labels == 1)

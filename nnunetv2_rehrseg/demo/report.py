@@ -45,7 +45,7 @@ def write_montage(pipeline, identifier: str) -> None:
            "LR nnU-Net labels (linear)": _plane(read_image(out / "predictions" / "lr_nnunet_linear" /
                                                            f"{identifier}.nii.gz")[0], axis)}
     save_montage([row], [identifier], out / f"montage_{identifier}.png",
-                 title=f"{identifier}: plane through the thick-slice axis (vertical)", label_max=3,
+                 title=f"{identifier}: plane through the thick-slice axis (vertical)", label_max=len(LABELS) - 1,
                  label_names={v: k for k, v in LABELS.items()})
 
 
