@@ -25,21 +25,27 @@ from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders
 from nnunetv2_rehrseg.geometry import hr_grid
 from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
 
-SITK_AXIS, R = 2, 4            # the demo's and benchmark's thick axis and factor
 
 
 def dataset_folder(root: Path, name: str) -> Path:
     return next((root / name).glob(f"Dataset{DATASET_ID:03d}_*"))
 
 
-def rebuild_truth(run: Path, seed: int, spacing_mm: float) -> None:
+def plan_block(preprocessed: Path) -> REHRSegPlanBlock:
+    """The run's thick axis and factor, from its REHRSeg plans."""
+    plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text())
+    return REHRSegPlanBlock.from_configuration(plans["configurations"][CONFIGURATION])
+
+
+def rebuild_truth(run: Path, seed: int, spacing_mm: float, block: REHRSegPlanBlock) -> None:
     raw = dataset_folder(run, "nnUNet_raw")
     n_train = len(list((raw / "labelsTr").glob("*.nii.gz")))
     n_test = len(list((raw / "imagesTs").glob("*.nii.gz")))
     with tempfile.TemporaryDirectory() as tmp:
-        data = build_demo_dataset(Path(tmp) / "raw", Path(tmp) / "truth", DATASET_ID, n_train, n_test, R, SITK_AXIS,
-                                  spacing_mm, seed=seed, keep_training_truth=True)
+        data = build_demo_dataset(Path(tmp) / "raw", Path(tmp) / "truth", DATASET_ID, n_train, n_test, block.r,
+                                  block.lr_axis_sitk, spacing_mm, seed=seed, keep_training_truth=True)
         for identifier in data.train_ids:
             name = f"{identifier}_0000.nii.gz"
             if not np.array_equal(read_image(data.raw_folder / "imagesTr" / name)[0],
@@ -67,9 +73,10 @@ def main(argv=None) -> int:
     run = Path(args.run).resolve()
     env = nnunet_tree(run)
     env["nnUNet_extTrainer"] = str(Path(__import__("nnunetv2_rehrseg").__file__).parent / "nnunet_ext")
-    if args.rebuild_truth:
-        rebuild_truth(run, args.seed, args.spacing)
     pre, raw = dataset_folder(run, "nnUNet_preprocessed"), dataset_folder(run, "nnUNet_raw")
+    block = plan_block(pre)
+    if args.rebuild_truth:
+        rebuild_truth(run, args.seed, args.spacing, block)
     val_ids = json.loads((pre / "splits_final.json").read_text())[0]["val"]
     truth = run / "truth" / "train" / "labels"
     missing = [i for i in val_ids if not (truth / f"{i}.nii.gz").is_file()]
@@ -99,18 +106,19 @@ def main(argv=None) -> int:
                          "-npp", "1", "-nps", "1"], env)
         for i in val_ids:
             labels, lr = read_image(lr_pred / f"{i}.nii.gz")
-            hr = hr_grid(lr, SITK_AXIS, R)
-            write_image(shape_based_to_hr(labels, lr, SITK_AXIS, R), hr, out / trainer / "shape" / f"{i}.nii.gz")
-            write_image(upsample_nearest(labels, SITK_AXIS, R), hr, out / trainer / "nearest" / f"{i}.nii.gz")
+            axis, r = block.lr_axis_sitk, block.r
+            hr = hr_grid(lr, axis, r)
+            write_image(shape_based_to_hr(labels, lr, axis, r), hr, out / trainer / "shape" / f"{i}.nii.gz")
+            write_image(upsample_nearest(labels, axis, r), hr, out / trainer / "nearest" / f"{i}.nii.gz")
         lr_dice = score(lr_truth, lr_pred)["dice"]
         for mode in ("nearest", "shape"):
             rows[f"{trainer} ({mode})"] = {**score(truth, out / trainer / mode), "lr_dice": lr_dice}
 
     print(f"validation subjects {', '.join(val_ids)} of {run}")
-    print(f"{'model':60s} {'HR Dice':>8s} {'per label':>22s} {'HD95 mm':>8s} {'LR Dice':>8s}")
+    print(f"{'model':60s} {'HR Dice':>8s} {'per label':>28s} {'HD95 mm':>8s} {'LR Dice':>8s}")
     for name, row in rows.items():
         per_label = "/".join(f"{v:.3f}" for v in row["per_label"].values())
-        print(f"{name:60s} {row['dice']:8.4f} {per_label:>22s} {row['hd95']:8.2f} {row['lr_dice']:8.4f}")
+        print(f"{name:60s} {row['dice']:8.4f} {per_label:>28s} {row['hd95']:8.2f} {row['lr_dice']:8.4f}")
     (out / "validation_scores.json").write_text(json.dumps(rows, indent=1))
     return 0
 

@@ -91,3 +91,35 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     bench.contour_interpolation_arm()
     hr_labels, grid = read_image(tmp_path / "predictions" / "lr_nnunet_mci" / "t.nii.gz")
     assert grid == hr_grid(lr, 2, 4) and hr_labels.shape == (20, 18, 20) and set(np.unique(hr_labels)) == {0, 1}
+
+
+def test_pseudo_hr_labels_are_scored_beside_interpolation_of_the_annotation(tmp_path):
+    """Stage 1's labels of the training subjects against their HR truth, next to nearest and shape-based
+    interpolation of the same annotation; nothing before stage 1 has run."""
+    import numpy as np
+
+    from nnunetv2_rehrseg.degradation import majority_labels
+    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from nnunetv2_rehrseg.demo.benchmark_report import pseudo_label_rows
+    from nnunetv2_rehrseg.demo.subjects import DemoDataset
+    from nnunetv2_rehrseg.geometry import Grid, hr_grid
+    from nnunetv2_rehrseg.io import write_image
+
+    bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
+    raw = tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices"
+    bench.data = DemoDataset(raw, tmp_path / "truth", ["a"], ["t"])
+    assert bench.pseudo_label_scores() == {}
+    lr = Grid((20, 18, 5), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    truth = np.zeros((20, 18, 20), np.uint8)
+    truth[3:14, 4:12, 5:15] = 1                      # a block whose ends fall inside thick slices
+    truth[5:9, 6:10, 7:11] = 2
+    write_image(truth, hr_grid(lr, 2, 4), tmp_path / "truth" / "train" / "labels" / "a.nii.gz")
+    write_image(majority_labels(truth, 0, 4), lr, raw / "labelsTr" / "a.nii.gz")
+    stage1 = tmp_path / "nnUNet_preprocessed" / raw.name / "rehrseg" / "pseudo_hr" / "labelsTr"
+    write_image(truth, hr_grid(lr, 2, 4), stage1 / "a.nii.gz")        # perfect pseudo-HR labels
+    scores = bench.pseudo_label_scores()
+    assert list(scores) == ["stage-1 pseudo-HR labels", "nearest", "shape-based (3d)"]
+    assert scores["stage-1 pseudo-HR labels"]["mean"]["Dice"] == 1.0
+    assert scores["nearest"]["mean"]["Dice"] < 1.0
+    rows = pseudo_label_rows(scores).splitlines()
+    assert rows[0].startswith("| stage-1 pseudo-HR labels | 1.000 (0.000) | 1.000 | 1.000 |")

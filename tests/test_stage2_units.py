@@ -14,7 +14,6 @@ from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
                                            spatial_kd_loss, teacher_stage_for)
 from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.inference.predictor import with_head_form
 from nnunetv2_rehrseg.segmenter.network import HR_GATE_KEY, STOCK_INFERENCE_MESSAGE, build_rehrseg_network
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, downsample_for_deep_supervision, lr_targets, margin_slices
@@ -94,9 +93,12 @@ def test_residual_hr_head_starts_at_the_upsampled_lr_logits():
     other.load_state_dict(net.state_dict())
     assert not other.hr_head.residual
     np.testing.assert_allclose(other(x)[1].numpy(), hr_features_only.numpy(), atol=1e-6)
-    # weights saved before the gate existed: read as the features-only head
+    # weights saved before the gate existed load strictly, as the features-only head, into a residual network
     old = {k: v for k, v in net.state_dict().items() if k != HR_GATE_KEY}
-    assert with_head_form(old)[HR_GATE_KEY] == 0
+    fresh = _network(deep_supervision=True)
+    fresh.load_state_dict(old)
+    assert not fresh.hr_head.residual and HR_GATE_KEY not in old
+    np.testing.assert_allclose(fresh(x)[1].numpy(), hr_features_only.numpy(), atol=1e-6)
 
 
 def test_residual_hr_head_learns_a_correction():

@@ -260,6 +260,17 @@ class Benchmark(Pipeline):
         return {name: {"PSNR dB": float(np.mean([s[0] for s in v])), "SSIM": float(np.mean([s[1] for s in v]))}
                 for name, v in scores.items() if v}
 
+    def pseudo_label_scores(self) -> Dict[str, dict]:
+        """Stage 1's pseudo-HR labels of the training subjects against their HR truth, beside nearest and shape-based
+        interpolation of the same annotation (empty before stage 1 has run)."""
+        from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
+
+        pseudo = (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr" / "labelsTr")
+        if not all((pseudo / f"{i}.nii.gz").is_file() for i in self.data.train_ids):
+            return {}
+        return score_pseudo_hr_labels(self.data.raw_folder, pseudo, self.out / "truth" / "train" / "labels",
+                                      self.data.train_ids, self.axis, self.r, self.out / "pseudo_label_scores")
+
     # ------------------------------------------------------------------ everything
     def __call__(self, report_only: bool = False) -> Dict[str, dict]:
         """All stages (finished ones skipped), then the report; report_only: the report of the finished stages."""
@@ -272,8 +283,9 @@ class Benchmark(Pipeline):
         results = self.timed("evaluate", self.evaluate)
         quality = self.image_quality()
         curves = learning_curves(self.out / "nnUNet_results")
+        pseudo_labels = self.pseudo_label_scores()
         self.timings["total (this invocation)"] = time.time() - t0
-        write_benchmark_report(self, results, quality, curves)
+        write_benchmark_report(self, results, quality, curves, pseudo_labels)
         return results
 
     def run_stages(self) -> None:

@@ -5,7 +5,7 @@ from typing import Dict, List
 
 from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS, DATASET_ID, LR_ONLY_ARMS
 from nnunetv2_rehrseg.demo.convergence import convergence_rows, plot_learning_curves
-from nnunetv2_rehrseg.demo.report import NAMES, plot_results, timing_rows, write_montage
+from nnunetv2_rehrseg.demo.report import NAMES, markdown_table, plot_results, timing_rows, write_montage
 
 
 def _rows(results: dict) -> List[dict]:
@@ -97,13 +97,15 @@ def goals(results: dict, commands: Dict[str, float], steps: Dict[str, float], tr
     return rows
 
 
-def _table(rows: List[dict]) -> str:
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    return header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
-                            for r in rows)
+def pseudo_label_rows(scores: Dict[str, dict]) -> str:
+    """Markdown rows: method, mean Dice (std over the subjects), Dice per label."""
+    return "\n".join(f"| {method} | {s['mean']['Dice']:.3f} ({s['std']['Dice']:.3f}) | "
+                     + " | ".join(f"{v['Dice']:.3f}" for v in s["mean_per_label"].values()) + " |"
+                     for method, s in scores.items())
 
 
-def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str, dict]) -> None:
+def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str, dict],
+                           pseudo_labels: Dict[str, dict]) -> None:
     out = bench.out
     steps = {k: v["s_per_step"] for k, v in curves.items()}
     plot_learning_curves(curves, out / "benchmark_learning_curves.png")
@@ -119,7 +121,8 @@ def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str
     goal_rows = goals(results, bench.command_seconds, steps, bench.trainer, bench.baseline_trainer)
     (out / "benchmark_timings.json").write_text(json.dumps({
         "stages_s": bench.timings, "peak_rss_gb_per_stage": bench.peak_rss_gb, "commands_s": bench.command_seconds,
-        "s_per_training_step": steps, "image_quality": quality, "learning_curves": curves}, indent=1))
+        "s_per_training_step": steps, "image_quality": quality, "learning_curves": curves,
+        "pseudo_hr_labels": pseudo_labels}, indent=1))
     quality_rows = "\n".join(f"| {k} | {v['PSNR dB']:.2f} | {v['SSIM']:.4f} |" for k, v in quality.items())
     step_rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in steps.items())
     command_rows = "\n".join(f"| {k} | {v:.0f} s |" for k, v in bench.command_seconds.items())
@@ -135,9 +138,10 @@ subjects scored on their HR truth. Every learned arm: the same network width and
 (`{demo.planner}` / `{bench.benchmark.stock_planner}`), the same iteration budget (`{demo.trainer}`,
 `{demo.baseline_trainer}`). Device: {bench.device}.
 
-{_table(table_rows)}
-HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and CSF/GM/WM; LR Dice: the LR-grid output
-against the test subjects' LR labels.
+{markdown_table(table_rows)}
+HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and the labels ({", ".join(NAMES.values())});
+LR Dice: the LR-grid output against the test subjects' LR labels. A label missing from a prediction gets Dice 0 and
+no surface distance (left out of the HD95/ASSD means).
 
 ![results](benchmark_results.png)
 
@@ -160,6 +164,14 @@ steps. A result from an arm that has not converged is not a result.
 | goal | measured | |
 |---|---|---|
 {goal_table}
+
+## Pseudo-HR labels of the training subjects (stage 1, {demo.selfsr_iterations or "the preset's"} self-SR iterations)
+
+What the HR head is trained toward, against the training subjects' HR truth, beside interpolating the same annotation:
+
+| labels vs HR truth | mean Dice (std) | {" | ".join(f"Dice {n}" for n in NAMES.values())} |
+|---|---|{"---|" * len(NAMES)}
+{pseudo_label_rows(pseudo_labels) if pseudo_labels else "| stage 1 has not run | | |"}
 
 ## Pseudo-HR image quality (test subjects, whole volume, data range of the HR truth)
 

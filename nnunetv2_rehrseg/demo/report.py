@@ -2,6 +2,7 @@
 import csv
 import json
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
@@ -97,6 +98,12 @@ def timing_rows(pipeline) -> str:
     return "\n".join(f"| {k} | {v:.0f} s | {peak(k)} |" for k, v in pipeline.timings.items())
 
 
+def markdown_table(rows: List[dict]) -> str:
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    return header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
+                            for r in rows)
+
+
 def write_report(pipeline, results: dict, peak_gb: float) -> None:
     out = pipeline.out
     rows = list(_rows(pipeline, results))
@@ -109,9 +116,7 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
         write_montage(pipeline, identifier)
     (out / "timings.json").write_text(json.dumps({**pipeline.timings, "peak_rss_gb": peak_gb,
                                                   "peak_rss_gb_per_stage": pipeline.peak_rss_gb}, indent=1))
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    table = header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
-                             for r in rows)
+    table = markdown_table(rows)
     timings = timing_rows(pipeline)
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
     (out / "report.md").write_text(f"""# REHRSeg demo report
@@ -123,7 +128,8 @@ subjects scored on their HR truth. Trainers: `{pipeline.trainer}` (REHRSeg) and 
 
 {table}
 LR Dice: the LR-grid output against the LR labels of the test subjects (majority rule). HD95/ASSD in mm on the HR
-grid; means over the test subjects and the three tissue labels.
+grid; means over the test subjects and the labels ({", ".join(NAMES.values())}); a label missing from a
+prediction gets Dice 0 and no surface distance (left out of the HD95/ASSD means).
 
 ![results](results.png)
 

@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.segmenter.network import HR_GATE_KEY, build_rehrseg_network
+from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ def hr_properties(properties: dict, block: REHRSegPlanBlock, transpose_backward:
                         tuple(stuff["direction"])), block.lr_axis_sitk, r)
     hr["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}
     return hr
-
-
-def with_head_form(weights: dict) -> dict:
-    """Weights saved before the HR head became residual carry no gate: their head predicts from the features alone."""
-    return weights if HR_GATE_KEY in weights else {**weights, HR_GATE_KEY: torch.zeros(())}
 
 
 class REHRSegPredictor:
@@ -127,7 +122,6 @@ class REHRSegPredictor:
         network = build_rehrseg_network(arch.network_arch_class_name, arch.network_arch_init_kwargs,
                                         arch.network_arch_init_kwargs_req_import, num_inputs, num_outputs,
                                         deep_supervision=False).enable_rehrseg_forward().to(device).eval()
-        weights = [with_head_form(w) for w in weights]
         network.load_state_dict(weights[0])
         return cls(network, plans_manager, configuration_manager, dataset_json, device, tile_step_size,
                    mirror_axes if use_mirroring else None, weights if len(weights) > 1 else None)

@@ -57,6 +57,7 @@ class HRHead(nn.Module):
         # a buffer (saved with the weights, so inference knows the head's form) under '.seg_layers.' (see above);
         # a float factor rather than a Python flag keeps the forward free of branches for torch.compile
         self.seg_layers.register_buffer("lr_logits_gate", torch.ones(()))
+        self.register_load_state_dict_pre_hook(_gate_of_weights_saved_without_one)
         self.reset_parameters(residual=True)
 
     @property
@@ -80,6 +81,14 @@ class HRHead(nn.Module):
         correction = self.seg_layers(features)
         gate = self.seg_layers.lr_logits_gate.to(correction.dtype)
         return gate * upsample_thick_axis(lr_logits.to(correction.dtype), self.r) + correction
+
+
+def _gate_of_weights_saved_without_one(module, state_dict, prefix, *_) -> None:
+    """Weights saved before the HR head became residual carry no gate: their head predicts from the features alone.
+    Supplying gate 0 here lets every loader (inference, nnU-Net's --c, user code) read them strictly."""
+    gate = prefix + "seg_layers.lr_logits_gate"
+    if gate not in state_dict and prefix + "seg_layers.0.weight" in state_dict:
+        state_dict[gate] = torch.zeros(())
 
 
 def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.Tensor, List[torch.Tensor]],
