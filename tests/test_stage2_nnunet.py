@@ -230,7 +230,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
         return cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
     fast = make(REHRSegTrainer_fast)
-    assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (8, 50, 5)
+    assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (16, 50, 5)
     no_kd = make(REHRSegTrainer_noKD)
     no_kd.initialize()
     assert not no_kd.kd_enabled and no_kd.distillation is None

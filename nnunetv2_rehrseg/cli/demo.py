@@ -13,7 +13,7 @@ def demo_entry(argv=None) -> None:
                                                  "nnU-Net baseline and the label round trip; writes DIR/report.md")
     parser.add_argument("-o", required=True, help="output folder (holds its own nnU-Net tree)")
     parser.add_argument("-preset", choices=("fast", "default"), default=None,
-                        help="fast: 2 CPU cores, <= 30 min (16..128 features, 400 steps per learned arm); default: a "
+                        help="fast: 2 CPU cores, <= 30 min (16..128 features, 800 steps per learned arm); default: a "
                              "GPU (nnU-Net's width, 1 mm template, 50 x 250 steps). Default: 'default' on cuda, "
                              "else 'fast'")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),

@@ -45,7 +45,7 @@ class DemoPreset:
 
 
 PRESETS = {
-    # 2 CPU cores, <= 30 minutes: 16..128 features, 8 x 50 steps per learned arm, 300 self-SR iterations
+    # 2 CPU cores, <= 30 minutes: 16..128 features, 16 x 50 steps per learned arm, 300 self-SR iterations
     "fast": DemoPreset(2.0, 6, 2, "REHRSegPlannerCPU", "fast", 300, "REHRSegTrainer_fast",
                        "nnUNetTrainer_rehrsegFastBudget"),
     # a GPU: nnU-Net's default width, 1 mm template, full self-SR preset, 50 epochs x 250 steps per learned arm
