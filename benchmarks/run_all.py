@@ -4,8 +4,8 @@ DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resume
 
     python benchmarks/run_all.py -o DIR [-preset fast|default] [-device cpu|cuda] [-r 4] [-axis 2] [--report_only]
 
-fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 20 x 50 steps per learned arm (where the learning
-curves level off), about 3.5 hours: rerun the same command to finish an interrupted run.
+fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm (enough for the learning
+curves to level off), about 5 hours: rerun the same command to finish an interrupted run.
 default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
 """
 import argparse

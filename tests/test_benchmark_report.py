@@ -16,9 +16,9 @@ RESULTS = {"lr_nnunet_linear": summary(0.60, 10.0, 0.75), "lr_nnunet_shape": sum
            "interp_then_segment": summary(0.66), "sr_then_segment": summary(0.69),
            "hr_upper_bound": summary(0.80), "rehrseg": summary(0.75, 7.0, 0.77)}
 COMMANDS = {"rehrseg": 20.0, "super_resolve": 30.0, "sr_then_segment": 25.0}
-STEPS = {"Dataset700_X/REHRSegTrainer_1000steps": 1.4, "Dataset700_X/REHRSegTrainer_noKD_1000steps": 1.0,
-         "Dataset700_X/nnUNetTrainer_rehrseg1000StepsBudget": 1.0, "Dataset703_HR/nnUNetTrainer_rehrseg1000StepsBudget": 3.0}
-TRAINERS = ("REHRSegTrainer_1000steps", "nnUNetTrainer_rehrseg1000StepsBudget")
+STEPS = {"Dataset700_X/REHRSegTrainer_1500steps": 1.4, "Dataset700_X/REHRSegTrainer_noKD_1500steps": 1.0,
+         "Dataset700_X/nnUNetTrainer_rehrseg1500StepsBudget": 1.0, "Dataset703_HR/nnUNetTrainer_rehrseg1500StepsBudget": 3.0}
+TRAINERS = ("REHRSegTrainer_1500steps", "nnUNetTrainer_rehrseg1500StepsBudget")
 
 
 def test_goals_are_computed_from_the_right_arms():
@@ -55,9 +55,9 @@ def test_presets_follow_the_device_and_overrides():
     cpu = resolve_preset(None, "cpu", n_train=3, trainer=None)
     assert cpu.planner == "REHRSegPlannerCPU" and cpu.n_train == 3 and cpu.trainer == "REHRSegTrainer_fast"
     bench = resolve_benchmark_preset("fast", "cpu")
-    assert bench.demo.trainer == "REHRSegTrainer_1000steps" and bench.demo.baseline_trainer.endswith("1000StepsBudget")
+    assert bench.demo.trainer == "REHRSegTrainer_1500steps" and bench.demo.baseline_trainer.endswith("1500StepsBudget")
     assert bench.demo.n_test == 4 and resolve_benchmark_preset("default", "cuda").demo.n_test == 4
-    assert all(t.endswith("_1000steps") for t in bench.ablations.values()) and bench.from_lr_trainer.endswith("_1000steps")
+    assert all(t.endswith("_1500steps") for t in bench.ablations.values()) and bench.from_lr_trainer.endswith("_1500steps")
 
 
 def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
@@ -77,9 +77,9 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     bench.run = lambda *command: commands.append(command) or 1.0
     bench.rehrseg_from_lr_arm()
     train = commands[0]
-    assert train[:6] == ("rehrseg_train", "700", "3d_fullres", "0", "-tr", "REHRSegTrainer_fromLR_1000steps")
+    assert train[:6] == ("rehrseg_train", "700", "3d_fullres", "0", "-tr", "REHRSegTrainer_fromLR_1500steps")
     weights = train[train.index("-pretrained_weights") + 1]
-    assert weights.endswith("Dataset700_MNIThickSlices/nnUNetTrainer_rehrseg1000StepsBudget__nnUNetPlans_rehrsegLR__"
+    assert weights.endswith("Dataset700_MNIThickSlices/nnUNetTrainer_rehrseg1500StepsBudget__nnUNetPlans_rehrsegLR__"
                             "3d_fullres/fold_0/checkpoint_final.pth")
     assert commands[1][0] == "rehrseg_predict" and "predictions/rehrseg_from_lr" in " ".join(commands[1])
 

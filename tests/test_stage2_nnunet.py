@@ -242,7 +242,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     # the new ablations are thin subclasses that nnU-Net's own lookup finds (through nnUNet_extTrainer)
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    for name in ("REHRSegTrainer_paperR5_fast", "REHRSegTrainer_noResidualHead_1000steps"):
+    for name in ("REHRSegTrainer_paperR5_fast", "REHRSegTrainer_noResidualHead_1500steps"):
         assert recursive_find_trainer_class_by_name(name).__name__ == name
     paper = make(REHRSegTrainer_paperR5)
     paper.initialize()

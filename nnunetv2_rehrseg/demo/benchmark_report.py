@@ -150,10 +150,11 @@ no surface distance (left out of the HD95/ASSD means).
 ## Convergence
 
 Validation Dice of every learned arm (fold 0's validation subject, never a test subject; nnU-Net's online patch
-Dice and its EMA): an arm counts as converged when the EMA changes by less than 0.01 over the last quarter of its
-steps. A result from an arm that has not converged is not a result.
+Dice per epoch): an arm counts as converged when a least-squares line through the last quarter of its epochs moves
+by less than 0.01 over that quarter (`demo/convergence.py`; nnU-Net's EMA, dotted in the picture, lags the curve by
+about ten epochs). A result from an arm that has not converged is not a result.
 
-| dataset / trainer | steps | final EMA validation Dice | change over the last quarter | converged |
+| dataset / trainer | steps | final validation Dice | change over the last quarter (fitted) | converged |
 |---|---|---|---|---|
 {chr(10).join(convergence_rows(curves))}
 
