@@ -84,7 +84,7 @@ def plot_results(rows, path: Path) -> None:
             axes[1].text(v, yi + (i - (len(labels) - 1) / 2) * height, f" {v:.2f}", va="center", fontsize=6)
     axes[1].set_xlim(0, 1.1)
     axes[1].set_xlabel("HR Dice per label")
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=8, frameon=False)
     axes[0].set_yticks(y, names, fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".partial.png")
