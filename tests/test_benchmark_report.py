@@ -82,6 +82,15 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     assert weights.endswith("Dataset700_MNIThickSlices/nnUNetTrainer_rehrseg1500StepsBudget__nnUNetPlans_rehrsegLR__"
                             "3d_fullres/fold_0/checkpoint_final.pth")
     assert commands[1][0] == "rehrseg_predict" and "predictions/rehrseg_from_lr" in " ".join(commands[1])
+    # interrupted after a checkpoint: the rerun continues from it (--c) instead of loading arm 1's weights again
+    fold = (tmp_path / "nnUNet_results" / "Dataset700_MNIThickSlices" /
+            "REHRSegTrainer_fromLR_1500steps__REHRSegPlans__3d_fullres" / "fold_0")
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_latest.pth").write_bytes(b"")
+    commands.clear()
+    bench.rehrseg_from_lr_arm()
+    assert "--c" in commands[0] and "-pretrained_weights" not in commands[0]
+    assert commands[0][:6] == train[:6]
 
     pytest.importorskip("itk")
     lr = Grid((20, 18, 5), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))

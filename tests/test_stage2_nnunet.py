@@ -231,6 +231,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     fast = make(REHRSegTrainer_fast)
     assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (16, 50, 5)
+    assert fast.save_every == 2        # a checkpoint every 2 of 16 epochs: an interrupted run continues with --c
     no_kd = make(REHRSegTrainer_noKD)
     no_kd.initialize()
     assert not no_kd.kd_enabled and no_kd.distillation is None

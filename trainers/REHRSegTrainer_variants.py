@@ -46,6 +46,8 @@ class _TrainingBudget:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
+        # a checkpoint every few epochs (nnU-Net: every 50), so that an interrupted short run continues with --c
+        self.save_every = max(1, min(self.save_every, self.num_epochs // 6))
 
 
 def iterations_per_epoch(trainer_name: str) -> int:

@@ -116,6 +116,11 @@ class Pipeline:
                  "-np", "2")
 
     def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
+        """rehrseg_train on fold 0; a run interrupted after one of its checkpoints continues from it (nnU-Net's --c,
+        which replaces -pretrained_weights: the weights are in the checkpoint)."""
+        fold = self.out / "nnUNet_results" / f"Dataset{dataset_id:03d}_*" / f"{trainer}__{plans}__3d_fullres" / "fold_0"
+        if any(self.out.glob(str(fold.relative_to(self.out) / "checkpoint_*.pth"))):
+            flags = ("--c", *_without_option(flags, "-pretrained_weights"))
         self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
                  "-device", self.device, *flags)
 
@@ -195,6 +200,14 @@ class Pipeline:
                       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024 ** 2
         write_report(self, results, peak_gb)
         return results
+
+
+def _without_option(flags: tuple, option: str) -> tuple:
+    """`flags` without `option` and the value after it."""
+    if option not in flags:
+        return tuple(flags)
+    i = flags.index(option)
+    return tuple(flags[:i]) + tuple(flags[i + 2:])
 
 
 def with_spread(result: dict) -> dict:
