@@ -78,8 +78,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: Opti
     summary = {"labels": labels, "cases": len(per_case),
                "mean_per_label": {str(label): {m: _nanmean([c[str(label)][m] for c in per_case.values()])
                                                for m in METRICS} for label in labels},
-               "undefined_surface_distances": sum(np.isnan(c[str(label)]["HD95"]) for c in per_case.values()
-                                                  for label in labels)}
+               "undefined_surface_distances": int(sum(np.isnan(c[str(label)]["HD95"]) for c in per_case.values()
+                                                      for label in labels))}
     summary["mean"] = {m: _nanmean([v[m] for v in summary["mean_per_label"].values()]) for m in METRICS}
     return {"summary": summary, "per_case": per_case}
 

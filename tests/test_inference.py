@@ -155,6 +155,8 @@ def test_evaluate_folders_agrees_with_nnunet_and_resamples_other_grids(tmp_path)
             assert result["per_case"][case][str(label)]["Dice"] == pytest.approx(theirs[label]["Dice"])
     write_metrics(result, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text())["summary"]["labels"] == [1, 2]
+    # the summary is plain JSON as it is (reports embed it without write_metrics' cleaning)
+    assert type(result["summary"]["undefined_surface_distances"]) is int
     assert (tmp_path / "m.csv").read_text().startswith("case,label,Dice,HD95,ASSD")
     # a prediction on a finer grid is resampled (nearest) onto the reference
     fine = sitk.Resample(sitk.ReadImage(str(tmp_path / "pred" / "a.nii.gz")), [24, 24, 20], sitk.Transform(),
