@@ -186,7 +186,7 @@ What the HR head is trained toward, against the training subjects' HR truth, bes
 |---|---|---|
 {timing_rows(bench)}
 
-Prediction commands (both test subjects, process start included):
+Prediction commands (all test subjects, process start included):
 
 | command | wall time |
 |---|---|
