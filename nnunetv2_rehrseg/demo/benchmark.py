@@ -50,8 +50,10 @@ BENCHMARK_PRESETS = {
         # learned arm (at 1000 the ventricles were learned too late for the curves to level off)
         replace(PRESETS["fast"], n_test=4, selfsr_iterations=1200, trainer="REHRSegTrainer_1500steps",
                 baseline_trainer="nnUNetTrainer_rehrseg1500StepsBudget"),
-        {"rehrseg_noKD": "REHRSegTrainer_noKD_1500steps", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_1500steps",
-         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_1500steps", "rehrseg_paperR5": "REHRSegTrainer_paperR5_1500steps",
+        {"rehrseg_noKD": "REHRSegTrainer_noKD_1500steps",
+         "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_1500steps",
+         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_1500steps",
+         "rehrseg_paperR5": "REHRSegTrainer_paperR5_1500steps",
          "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_1500steps"},
         "REHRSegTrainer_fromLR_1500steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     "default": BenchmarkPreset(
@@ -139,10 +141,14 @@ class Benchmark(Pipeline):
             tests[identifier] = (resample_to(image, lr, hr, sitk.sitkBSpline), hr)
         self._write_stock_dataset(INTERP_ID, "MNIInterp", cases, tests)
 
+    def pseudo_hr_folder(self) -> Path:
+        """Stage 1's pseudo-HR images and labels of the training subjects."""
+        return self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr"
+
     def build_pseudo_hr_dataset(self) -> None:
         """Arm 4: stage 1's pseudo-HR images and labels for training, the self-SR of the test LR images for testing
         (pseudo_hr_test/, written by the demo's prediction stage)."""
-        pseudo = (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr")
+        pseudo = self.pseudo_hr_folder()
         cases = {}
         for identifier in self.data.train_ids:
             image, grid = read_image(pseudo / "imagesTr" / f"{identifier}_0000.nii.gz")
@@ -265,7 +271,7 @@ class Benchmark(Pipeline):
         interpolation of the same annotation (empty before stage 1 has run)."""
         from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
 
-        pseudo = (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr" / "labelsTr")
+        pseudo = self.pseudo_hr_folder() / "labelsTr"
         if not all((pseudo / f"{i}.nii.gz").is_file() for i in self.data.train_ids):
             return {}
         return score_pseudo_hr_labels(self.data.raw_folder, pseudo, self.out / "truth" / "train" / "labels",

@@ -118,8 +118,8 @@ class Pipeline:
     def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
         """rehrseg_train on fold 0; a run interrupted after one of its checkpoints continues from it (nnU-Net's --c,
         which replaces -pretrained_weights: the weights are in the checkpoint)."""
-        fold = self.out / "nnUNet_results" / f"Dataset{dataset_id:03d}_*" / f"{trainer}__{plans}__3d_fullres" / "fold_0"
-        if any(self.out.glob(str(fold.relative_to(self.out) / "checkpoint_*.pth"))):
+        fold = f"nnUNet_results/Dataset{dataset_id:03d}_*/{trainer}__{plans}__3d_fullres/fold_0"
+        if any(self.out.glob(f"{fold}/checkpoint_*.pth")):
             flags = ("--c", *_without_option(flags, "-pretrained_weights"))
         self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
                  "-device", self.device, *flags)
