@@ -222,7 +222,8 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
             monkeypatch.setenv(k, v)
     from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                            REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
-                                           REHRSegTrainer_paperR5, REHRSegTrainer_tiny)
+                                           REHRSegTrainer_paperR5, REHRSegTrainer_tiny,
+                                           REHRSegTrainer_annotatedLR)
     plans = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())
     dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
 
@@ -251,6 +252,23 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     no_residual = make(REHRSegTrainer_noResidualHead_fast)
     no_residual.initialize()
     assert not no_residual.network.hr_head.residual and no_residual.num_iterations_per_epoch == 50
+
+    # annotatedLR: the LR-head loss over the batch's phase-0 samples alone, a graph-keeping zero without any
+    annotated = make(REHRSegTrainer_annotatedLR)
+    annotated.initialize()
+    assert annotated.annotated_phase_probability == 0.5 and annotated.configuration_manager.batch_size == 2
+    pseudo = annotated.make_pseudo_lr_batch(annotated.synthetic_batch(torch.Generator().manual_seed(0)))
+    targets, uncertainties = annotated.deep_supervision_targets(pseudo)
+    lr_logits, _, _ = annotated.network(pseudo.image)
+    first = [[x[:1] for x in xs] for xs in (lr_logits, targets, uncertainties)]
+    assert torch.isclose(annotated.lr_head_loss(lr_logits, targets, uncertainties, torch.tensor([0, 2])),
+                         annotated.loss(*first))
+    assert torch.isclose(annotated.lr_head_loss(lr_logits, targets, uncertainties, None),
+                         annotated.loss(lr_logits, targets, uncertainties))
+    nothing = annotated.lr_head_loss(lr_logits, targets, uncertainties, torch.tensor([1, 3]))
+    assert nothing.item() == 0 and nothing.requires_grad
+    nothing.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() == 0 for p in annotated.network.parameters())
 
     tiny = make(REHRSegTrainer_tiny)
     tiny.initialize()

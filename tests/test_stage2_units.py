@@ -269,8 +269,9 @@ def test_loader_sample_is_the_degraded_crop():
 
 
 class _PhaseOnly(REHRSegDataLoader):
-    def __init__(self, r, random_phase):  # only the phase logic, no data
+    def __init__(self, r, random_phase, annotated_phase_probability=None):  # only the phase logic, no data
         self.r, self.random_phase = r, random_phase
+        self.annotated_phase_probability = annotated_phase_probability
 
 
 def test_loader_phase_is_random_and_aligned_to_the_volume_grid():
@@ -285,6 +286,18 @@ def test_loader_phase_is_random_and_aligned_to_the_volume_grid():
     assert set(phases) == {0, 1, 2, 3}
     fixed = _PhaseOnly(4, random_phase=False)
     assert {fixed.align_to_phase([lb, 0, 0], [lb + 8, 1, 1], 1) for lb in range(20)} == {0}
+
+
+def test_annotated_phase_probability_sets_how_often_phase_zero_is_drawn():
+    np.random.seed(0)
+    for probability, expected in ((None, 0.25), (0.5, 0.5), (1.0, 1.0)):
+        loader = _PhaseOnly(4, random_phase=True, annotated_phase_probability=probability)
+        phases = np.array([loader.draw_phase() for _ in range(4000)])
+        assert abs(np.mean(phases == 0) - expected) < 0.03
+        if probability is not None and probability < 1:   # the other phases stay alike among themselves
+            counts = np.bincount(phases, minlength=4)[1:]
+            assert counts.min() > 0.8 * counts.max()
+    assert _PhaseOnly(4, random_phase=False, annotated_phase_probability=0.0).draw_phase() == 0
 
 
 def test_uncertainty_weights_scale_the_lr_loss_as_r5_says():

@@ -32,6 +32,13 @@ class REHRSegTrainer_noResidualHead(REHRSegTrainer):
     hr_head_residual = False
 
 
+class REHRSegTrainer_annotatedLR(REHRSegTrainer):
+    """The LR head learns from the annotation alone (phase-0 samples, drawn half of the time), the HR head from every
+    phase's pseudo-HR labels."""
+    annotated_phase_probability = 0.5
+    lr_loss_annotated_phase_only = True
+
+
 class REHRSegTrainer_fromLR(REHRSegTrainer):
     """REHRSeg started from an LR nnU-Net checkpoint (`-pretrained_weights`, the paper's protocol): the same trainer
     under its own name, so that its model folder sits beside the one trained from scratch."""
@@ -137,6 +144,10 @@ class REHRSegTrainer_paperR5_1500steps(_TrainingBudget, REHRSegTrainer_paperR5):
 
 
 class REHRSegTrainer_noResidualHead_1500steps(_TrainingBudget, REHRSegTrainer_noResidualHead):
+    budget = REHRSegTrainer_1500steps.budget
+
+
+class REHRSegTrainer_annotatedLR_1500steps(_TrainingBudget, REHRSegTrainer_annotatedLR):
     budget = REHRSegTrainer_1500steps.budget
 
 

@@ -8,9 +8,10 @@ transforms leave it alone; intensity transforms act on the LR image, as they do 
 
 Phase: along the LR axis each crop starts where a thick slice of the chosen phase starts, counted on the volume's
 own HR grid (crop offset of preprocessing included), so phase 0 reproduces the real LR sampling and phases 1..r-1
-are the r - 1 further LR volumes every case yields.
+are the r - 1 further LR volumes every case yields. Only at phase 0 are the pseudo-LR labels the annotation itself
+(stage 1 makes the pseudo-HR labels consistent with it there); `annotated_phase_probability` draws it more often.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -31,15 +32,23 @@ class REHRSegDataset(nnUNetDatasetBlosc2):
 
 class REHRSegDataLoader(nnUNetDataLoader):
     def __init__(self, *args, r: int, fwhm: float, slice_profile: str, margin: int, random_phase: bool,
-                 intensity_ranges: Dict[str, list], **kwargs):
+                 intensity_ranges: Dict[str, list], annotated_phase_probability: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
+        self.annotated_phase_probability = annotated_phase_probability   # None: every phase alike
         self.intensity_ranges = intensity_ranges
+
+    def draw_phase(self) -> int:
+        if not self.random_phase:
+            return 0
+        if self.annotated_phase_probability is None or self.r == 1:
+            return int(np.random.randint(self.r))
+        return 0 if np.random.rand() < self.annotated_phase_probability else int(np.random.randint(1, self.r))
 
     def align_to_phase(self, lbs: list, ubs: list, crop_offset: int) -> int:
         """Shift the crop along the LR axis (axis 0) down to the next start of a thick slice of a drawn phase."""
-        phase = int(np.random.randint(self.r)) if self.random_phase else 0
+        phase = self.draw_phase()
         shift = (lbs[0] + crop_offset - phase) % self.r
         lbs[0] -= shift
         ubs[0] -= shift
