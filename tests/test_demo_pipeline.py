@@ -3,6 +3,8 @@ report is written and the numbers are sane; the label round trip beats chance.""
 import csv
 import json
 
+import pytest
+
 from nnunetv2_rehrseg.cli.demo import demo_entry
 
 
@@ -24,3 +26,6 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     oracle = {r["arm"][:4]: float(r["mean Dice"]) for r in rows}
     assert oracle["(2) "] > 0.4 and oracle["(2b)"] > 0.4     # HR truth -> LR -> nearest / shape-based
     assert json.loads((out / "timings.json").read_text())["total"] > 0
+    lr_scores = json.loads((out / "metrics_rehrseg_lr.json").read_text())["summary"]   # per label, on the LR grid
+    assert set(lr_scores["mean_per_label"]) >= {"1", "2", "3"}
+    assert float(rows[-1]["LR Dice"]) == pytest.approx(lr_scores["mean"]["Dice"])

@@ -239,11 +239,7 @@ class Benchmark(Pipeline):
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / "metrics" / f"{arm}.json"))
             results[arm] = with_spread(result)
-        for arm, folder in LR_OUTPUT_ARMS.items():
-            if arm not in results:
-                continue
-            lr_result = evaluate_folders(str(self.out / "truth" / "lr_labels"), str(self.out / "predictions" / folder))
-            results[arm]["lr_dice"] = lr_result["summary"]["mean"]["Dice"]
+        self.score_lr_outputs(results, LR_OUTPUT_ARMS, "metrics/{arm}_lr.json")
         return results
 
     def image_quality(self) -> Dict[str, Dict[str, float]]:

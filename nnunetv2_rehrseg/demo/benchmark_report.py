@@ -1,26 +1,16 @@
 """The benchmark's report: every arm's HR/LR scores, image quality, time and memory, and the goals checked."""
-import csv
 import json
 from typing import Dict, List
 
 from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS, DATASET_ID, LR_ONLY_ARMS
 from nnunetv2_rehrseg.demo.convergence import convergence_rows, plot_learning_curves
-from nnunetv2_rehrseg.demo.report import NAMES, markdown_table, plot_results, timing_rows, write_montage
+from nnunetv2_rehrseg.demo.report import (NAMES, markdown_table, plot_results, score_row, timing_rows, write_csv,
+                                          write_montage)
 
 
 def _rows(results: dict) -> List[dict]:
-    rows = []
-    for arm, description in BENCHMARK_ARMS.items():
-        if arm not in results:
-            continue
-        summary = results[arm]
-        rows.append({"arm": description, "key": arm, "mean Dice": summary["mean"]["Dice"],
-                     "mean Dice std": summary.get("std", {}).get("Dice", float("nan")),
-                     **{f"Dice {NAMES[k]}": v["Dice"] for k, v in summary["mean_per_label"].items()},
-                     "HD95 mm": summary["mean"]["HD95"],
-                     "HD95 mm std": summary.get("std", {}).get("HD95", float("nan")),
-                     "ASSD mm": summary["mean"]["ASSD"], "LR Dice": summary.get("lr_dice", float("nan"))})
-    return rows
+    return [{"arm": description, "key": arm, **score_row(description, results[arm])}
+            for arm, description in BENCHMARK_ARMS.items() if arm in results]
 
 
 def best_lr_only_arm(results: dict) -> str:
@@ -110,10 +100,7 @@ def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str
     steps = {k: v["s_per_step"] for k, v in curves.items()}
     plot_learning_curves(curves, out / "benchmark_learning_curves.png")
     rows = _rows(results)
-    with open(out / "benchmark_results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, out / "benchmark_results.csv")
     table_rows = [{k: v for k, v in r.items() if k != "key"} for r in rows]
     plot_results(table_rows, out / "benchmark_results.png")
     for identifier in bench.data.test_ids:

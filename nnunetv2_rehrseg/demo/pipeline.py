@@ -181,10 +181,19 @@ class Pipeline:
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / f"metrics_{arm}.json"))
             results[arm] = with_spread(result)
-        for arm, folder in (("rehrseg", "rehrseg/lr"), ("lr_nnunet_linear", "lr_nnunet_lr")):
-            lr_result = evaluate_folders(str(self.out / "truth" / "lr_labels"), str(self.out / "predictions" / folder))
-            results[arm]["lr_dice"] = lr_result["summary"]["mean"]["Dice"]
+        self.score_lr_outputs(results, {"rehrseg": "rehrseg/lr", "lr_nnunet_linear": "lr_nnunet_lr"},
+                              "metrics_{arm}_lr.json")
         return results
+
+    def score_lr_outputs(self, results: Dict[str, dict], lr_folders: Dict[str, str], metrics_name: str) -> None:
+        """LR Dice of the arms that ran and have an LR-grid output (prediction folder), against the LR truth; the
+        per-label scores go to out/metrics_name.format(arm=...)."""
+        for arm, folder in lr_folders.items():
+            if arm in results:
+                lr_result = evaluate_folders(str(self.out / "truth" / "lr_labels"),
+                                             str(self.out / "predictions" / folder))
+                write_metrics(lr_result, str(self.out / metrics_name.format(arm=arm)))
+                results[arm]["lr_dice"] = lr_result["summary"]["mean"]["Dice"]
 
     # ------------------------------------------------------------------ everything
     def __call__(self) -> Dict[str, dict]:

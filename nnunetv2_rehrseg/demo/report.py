@@ -15,15 +15,18 @@ from nnunetv2_rehrseg.qc import save_montage
 NAMES = {str(v): k for k, v in LABELS.items() if v}
 
 
+def score_row(description: str, summary: dict) -> dict:
+    """One arm's row of the results table and CSV, from its evaluation summary (`with_spread`, `lr_dice`)."""
+    spread = summary.get("std", {})
+    return {"arm": description, "mean Dice": summary["mean"]["Dice"], "mean Dice std": spread.get("Dice", float("nan")),
+            **{f"Dice {NAMES[k]}": v["Dice"] for k, v in summary["mean_per_label"].items()},
+            "HD95 mm": summary["mean"]["HD95"], "HD95 mm std": spread.get("HD95", float("nan")),
+            "ASSD mm": summary["mean"]["ASSD"], "LR Dice": summary.get("lr_dice", float("nan"))}
+
+
 def _rows(pipeline, results):
     for arm, description in ARMS.items():
-        summary = results[arm]
-        per_label = summary["mean_per_label"]
-        yield {"arm": description, "mean Dice": summary["mean"]["Dice"],
-               "mean Dice std": summary.get("std", {}).get("Dice", float("nan")),
-               **{f"Dice {NAMES[k]}": v["Dice"] for k, v in per_label.items()},
-               "HD95 mm": summary["mean"]["HD95"], "HD95 mm std": summary.get("std", {}).get("HD95", float("nan")),
-               "ASSD mm": summary["mean"]["ASSD"], "LR Dice": summary.get("lr_dice", float("nan"))}
+        yield score_row(description, results[arm])
 
 
 def _plane(volume: np.ndarray, sitk_axis: int) -> np.ndarray:
@@ -105,13 +108,17 @@ def markdown_table(rows: List[dict]) -> str:
                             for r in rows)
 
 
-def write_report(pipeline, results: dict, peak_gb: float) -> None:
-    out = pipeline.out
-    rows = list(_rows(pipeline, results))
-    with open(out / "results.csv", "w", newline="") as f:
+def write_csv(rows: List[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_report(pipeline, results: dict, peak_gb: float) -> None:
+    out = pipeline.out
+    rows = list(_rows(pipeline, results))
+    write_csv(rows, out / "results.csv")
     plot_results(rows, out / "results.png")
     for identifier in pipeline.data.test_ids:
         write_montage(pipeline, identifier)
