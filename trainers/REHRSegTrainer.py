@@ -269,7 +269,7 @@ class REHRSegTrainer(nnUNetTrainer):
             return self.loss(lr_logits, targets, uncertainties)
         keep = (phase == 0).to(self.device)
         if not keep.any():   # a zero that keeps every LR output in the graph (DDP needs a gradient for each)
-            return 0.0 * sum(o.float().sum() for o in _as_list(lr_logits))
+            return 0.0 * self.loss(lr_logits, targets, uncertainties)
 
         def pick(x):
             return [t[keep] for t in x] if isinstance(x, (list, tuple)) else x[keep]
@@ -372,7 +372,3 @@ class REHRSegTrainer(nnUNetTrainer):
         from nnunetv2_rehrseg.inference.validation import validate_fold
 
         validate_fold(self, save_probabilities)
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
