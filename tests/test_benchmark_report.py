@@ -54,6 +54,7 @@ def test_presets_follow_the_device_and_overrides():
     assert resolve_preset(None, "cuda").trainer == "REHRSegTrainer_50epochs"
     cpu = resolve_preset(None, "cpu", n_train=3, trainer=None)
     assert cpu.planner == "REHRSegPlannerCPU" and cpu.n_train == 3 and cpu.trainer == "REHRSegTrainer_fast"
+    assert cpu.rehrseg_from_baseline and not resolve_preset("fast", "cpu", rehrseg_from_baseline=False).rehrseg_from_baseline
     bench = resolve_benchmark_preset("fast", "cpu")
     assert bench.demo.trainer == "REHRSegTrainer_1500steps" and bench.demo.baseline_trainer.endswith("1500StepsBudget")
     assert bench.demo.n_test == 4 and resolve_benchmark_preset("default", "cuda").demo.n_test == 4

@@ -29,3 +29,5 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     lr_scores = json.loads((out / "metrics_rehrseg_lr.json").read_text())["summary"]   # per label, on the LR grid
     assert set(lr_scores["mean_per_label"]) >= {"1", "2", "3"}
     assert float(rows[-1]["LR Dice"]) == pytest.approx(lr_scores["mean"]["Dice"])
+    # the preset's REHRSeg starts from arm 1's final checkpoint, and the report says so
+    assert rows[-1]["arm"].startswith("(5b)") and "starts from arm 1's final checkpoint" in (out / "report.md").read_text()

@@ -27,6 +27,10 @@ def demo_entry(argv=None) -> None:
     parser.add_argument("-iterations", type=int, help="self-SR iterations")
     parser.add_argument("-tr", help="REHRSeg trainer")
     parser.add_argument("-tr_baseline", help="arm 1 trainer (give it the same iteration budget as -tr)")
+    parser.add_argument("-rehrseg_init", choices=("baseline", "scratch"), default=None,
+                        help="baseline: REHRSeg starts from arm 1's final checkpoint (-pretrained_weights) and trains "
+                             "its own budget on top, as recommended when an LR nnU-Net exists (the presets' "
+                             "default); scratch: from random weights")
     parser.add_argument("-seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
@@ -38,7 +42,8 @@ def demo_entry(argv=None) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = resolve_preset(args.preset, device, spacing_mm=args.spacing, n_train=args.n_train, n_test=args.n_test,
-                            selfsr_iterations=args.iterations, trainer=args.tr, baseline_trainer=args.tr_baseline)
+                            selfsr_iterations=args.iterations, trainer=args.tr, baseline_trainer=args.tr_baseline,
+                            rehrseg_from_baseline=None if args.rehrseg_init is None else args.rehrseg_init == "baseline")
     out = Path(args.o).resolve()
     clean_output(out, args.overwrite)
     Pipeline(out, device, args.r, args.axis, preset, args.seed)()

@@ -10,13 +10,15 @@ ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
         "label_round_trip_shape": "(2b) label round-trip oracle (HR truth -> LR -> shape-based)",
         "rehrseg": "(5) REHRSeg (this plugin)"}
 
+REHRSEG_FROM_BASELINE = "(5b) REHRSeg started from arm 1's checkpoint (steps: arm 1's + as many again)"
+
 BENCHMARK_ARMS = {
     **{k: v for k, v in ARMS.items() if k != "rehrseg"},
     "lr_nnunet_mci": "(1c) LR nnU-Net, labels by ITK's morphological contour interpolation to HR",
     "interp_then_segment": "(3) interpolate-then-segment (B-spline image, linear labels -> nnU-Net at HR)",
     "sr_then_segment": "(4) SR-then-segment (self-SR pseudo-HR data -> nnU-Net at HR)",
     "rehrseg": "(5) REHRSeg (this plugin)",
-    "rehrseg_from_lr": "(5b) REHRSeg started from arm 1's checkpoint (steps: arm 1's + as many again)",
+    "rehrseg_from_lr": REHRSEG_FROM_BASELINE,
     "rehrseg_noKD": "(5) REHRSeg without KD",
     "rehrseg_noUncertainty": "(5) REHRSeg without uncertainty weighting",
     "rehrseg_noPseudoData": "(5) REHRSeg without pseudo-data (real LR phase only)",

@@ -219,10 +219,8 @@ class Benchmark(Pipeline):
     def rehrseg_from_lr_arm(self) -> None:
         """Arm 5b: nnU-Net's -pretrained_weights with arm 1's final checkpoint (same LR topology; the segmentation
         layers and the HR head start fresh, as nnU-Net's loader skips them)."""
-        checkpoint = (self.out / "nnUNet_results" / self.data.raw_folder.name /
-                      f"{self.baseline_trainer}__{BASELINE_PLANS}__3d_fullres" / "fold_0" / "checkpoint_final.pth")
         self.rehrseg_arm("rehrseg_from_lr", self.benchmark.from_lr_trainer, DATASET_ID, "-pretrained_weights",
-                         str(checkpoint))
+                         str(self.baseline_checkpoint()))
 
     def plan_wrong_profile(self) -> None:
         self.build_wrong_profile_dataset()

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_rehrseg.commands import nnunet_tree, run_command
-from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID
+from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID, REHRSEG_FROM_BASELINE
 from nnunetv2_rehrseg.demo.report import write_report
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
@@ -42,12 +42,15 @@ class DemoPreset:
     selfsr_iterations: Optional[int]   # None: the self-SR preset's own budget
     trainer: str                # REHRSeg
     baseline_trainer: str       # arm 1: the same iteration budget
+    # REHRSeg starts from arm 1's final checkpoint (-pretrained_weights, the paper's protocol and the README's
+    # recommendation for users who have an LR nnU-Net) and trains its own budget on top; False: from scratch
+    rehrseg_from_baseline: bool = False
 
 
 PRESETS = {
     # 2 CPU cores, <= 30 minutes: 16..128 features, 16 x 50 steps per learned arm, 300 self-SR iterations
     "fast": DemoPreset(2.0, 6, 2, "REHRSegPlannerCPU", "fast", 300, "REHRSegTrainer_fast",
-                       "nnUNetTrainer_rehrsegFastBudget"),
+                       "nnUNetTrainer_rehrsegFastBudget", rehrseg_from_baseline=True),
     # a GPU: nnU-Net's default width, 1 mm template, full self-SR preset, 50 epochs x 250 steps per learned arm
     "default": DemoPreset(1.0, 8, 2, "ExperimentPlanner", "default", None, "REHRSegTrainer_50epochs",
                           "nnUNetTrainer_50epochs"),
@@ -124,6 +127,21 @@ class Pipeline:
         self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
                  "-device", self.device, *flags)
 
+    def baseline_checkpoint(self) -> Path:
+        """Arm 1's final checkpoint (fold 0)."""
+        return (self.out / "nnUNet_results" / self.data.raw_folder.name /
+                f"{self.baseline_trainer}__{BASELINE_PLANS}__3d_fullres" / "fold_0" / "checkpoint_final.pth")
+
+    def train_rehrseg(self) -> None:
+        flags = ("-pretrained_weights", str(self.baseline_checkpoint())) if self.preset.rehrseg_from_baseline else ()
+        self.train(self.trainer, "REHRSegPlans", DATASET_ID, *flags)
+
+    def arm_names(self) -> Dict[str, str]:
+        """The demo's arms and their descriptions (REHRSeg's says where it started)."""
+        if not self.preset.rehrseg_from_baseline:
+            return dict(ARMS)
+        return {**ARMS, "rehrseg": REHRSEG_FROM_BASELINE}
+
     def predict_rehrseg(self, trainer: str, arm: str, dataset_id: int = DATASET_ID) -> None:
         self.command_seconds[arm] = self.run(
             "rehrseg_predict", "-i", str(self.data.raw_folder / "imagesTs"), "-o", str(self.out / "predictions" / arm),
@@ -177,7 +195,7 @@ class Pipeline:
 
     def evaluate(self) -> Dict[str, dict]:
         results = {}
-        for arm in ARMS:
+        for arm in self.arm_names():
             result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
             write_metrics(result, str(self.out / f"metrics_{arm}.json"))
             results[arm] = with_spread(result)
@@ -200,8 +218,8 @@ class Pipeline:
         t0 = time.time()
         self.data = self.timed("build subjects", self.build_data)
         self.timed("stage 1 + planning + preprocessing", self.plan)
-        self.timed("train REHRSeg", self.train, self.trainer, "REHRSegPlans")
         self.timed("train LR nnU-Net (arm 1)", self.train, self.baseline_trainer, BASELINE_PLANS)
+        self.timed("train REHRSeg", self.train_rehrseg)
         self.timed("predict test subjects", self.predict)
         results = self.timed("evaluate", self.evaluate)
         self.timings["total"] = time.time() - t0

@@ -7,7 +7,6 @@ from typing import List
 import numpy as np
 
 from nnunetv2_rehrseg.demo.anatomy import LABELS
-from nnunetv2_rehrseg.demo.arms import ARMS
 from nnunetv2_rehrseg.geometry import numpy_axis_of
 from nnunetv2_rehrseg.io import read_image
 from nnunetv2_rehrseg.qc import save_montage
@@ -25,7 +24,7 @@ def score_row(description: str, summary: dict) -> dict:
 
 
 def _rows(pipeline, results):
-    for arm, description in ARMS.items():
+    for arm, description in pipeline.arm_names().items():
         yield score_row(description, results[arm])
 
 
@@ -126,13 +125,16 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
                                                   "peak_rss_gb_per_stage": pipeline.peak_rss_gb}, indent=1))
     table = markdown_table(rows)
     timings = timing_rows(pipeline)
+    started = ("; REHRSeg starts from arm 1's final checkpoint (nnU-Net's -pretrained_weights: encoder and decoder, "
+               "not the segmentation layers) and trains its budget on top" if pipeline.preset.rehrseg_from_baseline
+               else "; REHRSeg from scratch")
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
     (out / "report.md").write_text(f"""# REHRSeg demo report
 
 MNI152 T1 ({pipeline.spacing_mm} mm) subjects, thick slices simulated at r={pipeline.r} along axis {pipeline.axis}
 (SimpleITK order); {pipeline.n_train} training subjects (fold 0: last one validates), {pipeline.n_test} test
 subjects scored on their HR truth. Trainers: `{pipeline.trainer}` (REHRSeg) and `{pipeline.baseline_trainer}`
-(arm 1), same LR network (`REHRSegPlannerCPU`) and iteration budget. Device: {pipeline.device}.
+(arm 1), same LR network (`{pipeline.preset.planner}`) and iteration budget{started}. Device: {pipeline.device}.
 
 {table}
 LR Dice: the LR-grid output against the LR labels of the test subjects (majority rule). HD95/ASSD in mm on the HR
