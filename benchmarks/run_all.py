@@ -2,10 +2,12 @@
 REHRSeg ablations and a wrong-slice-profile run, same width and iteration budget for every learned arm. Writes
 DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resumes after the last finished stage.
 
-    python benchmarks/run_all.py -o DIR [-preset fast|default] [-device cpu|cuda] [-r 4] [-axis 2] [--report_only]
+    python benchmarks/run_all.py -o DIR [-preset fast|converged|default] [-device cpu|cuda] [-r 4] [-axis 2]
+                                 [--report_only]
 
-fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm (enough for the learning
-curves to level off), about 5 hours: rerun the same command to finish an interrupted run.
+fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm, about 5 hours; at 1500
+steps five of the seven learned arms have not levelled off (README). converged: the same at 60 x 50 steps, about 8
+hours with nothing else running. Rerun the same command to finish an interrupted run.
 default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
 """
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", required=True, help="output folder (created; an existing one is resumed)")
-    parser.add_argument("-preset", choices=("fast", "default"), default=None,
+    parser.add_argument("-preset", choices=("fast", "converged", "default"), default=None,
                         help="default: 'default' on cuda, else 'fast'")
     parser.add_argument("-device", choices=("cpu", "cuda", "mps"), default=None)
     parser.add_argument("-r", type=int, default=4)

@@ -59,6 +59,15 @@ def test_presets_follow_the_device_and_overrides():
     assert bench.demo.trainer == "REHRSegTrainer_1500steps" and bench.demo.baseline_trainer.endswith("1500StepsBudget")
     assert bench.demo.n_test == 4 and resolve_benchmark_preset("default", "cuda").demo.n_test == 4
     assert all(t.endswith("_1500steps") for t in bench.ablations.values()) and bench.from_lr_trainer.endswith("_1500steps")
+    converged = resolve_benchmark_preset("converged", "cpu")
+    assert converged.demo.trainer == "REHRSegTrainer_3000steps" and converged.ablations.keys() == bench.ablations.keys()
+    assert all(t.endswith("_3000steps") for t in (*converged.ablations.values(), converged.from_lr_trainer))
+    import nnunetv2_rehrseg.trainers as trainers
+    from nnunetv2_rehrseg.demo.benchmark import BENCHMARK_PRESETS
+
+    named = {t for p in BENCHMARK_PRESETS.values()
+             for t in (p.demo.trainer, p.demo.baseline_trainer, p.from_lr_trainer, *p.ablations.values())}
+    assert {t for t in named if not t.startswith("nnUNetTrainer_") or "rehrseg" in t} <= set(trainers.__all__)
 
 
 def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):

@@ -126,7 +126,7 @@ class nnUNetTrainer_rehrseg1500StepsBudget(_TrainingBudget, nnUNetTrainer):
     budget = REHRSegTrainer_1500steps.budget
 
 
-# the ablations at the benchmark's budgets (CPU: _1500steps, demo budget: _fast; GPU: _50epochs)
+# the ablations at the benchmark's budgets (CPU: _1500steps and _3000steps, demo budget: _fast; GPU: _50epochs)
 class REHRSegTrainer_noKD_1500steps(_TrainingBudget, REHRSegTrainer_noKD):
     budget = REHRSegTrainer_1500steps.budget
 
@@ -153,6 +153,41 @@ class REHRSegTrainer_annotatedLR_1500steps(_TrainingBudget, REHRSegTrainer_annot
 
 class REHRSegTrainer_fromLR_1500steps(_TrainingBudget, REHRSegTrainer_fromLR):
     budget = REHRSegTrainer_1500steps.budget
+
+
+class REHRSegTrainer_3000steps(_TrainingBudget, REHRSegTrainer):
+    """60 x 50 steps: `benchmarks/run_all.py -preset converged`. At 1500 steps only the arms that had seen 3000 (5b:
+    arm 1's 1500 + 1500) or learn fastest (the HR upper bound) levelled off; the others still rose 1.3-3.1 points
+    over their last quarter (README)."""
+    budget = (60, 50, 5)
+
+
+class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_noKD_3000steps(_TrainingBudget, REHRSegTrainer_noKD):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_noUncertainty_3000steps(_TrainingBudget, REHRSegTrainer_noUncertainty):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_noPseudoData_3000steps(_TrainingBudget, REHRSegTrainer_noPseudoData):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_paperR5_3000steps(_TrainingBudget, REHRSegTrainer_paperR5):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_noResidualHead_3000steps(_TrainingBudget, REHRSegTrainer_noResidualHead):
+    budget = REHRSegTrainer_3000steps.budget
+
+
+class REHRSegTrainer_fromLR_3000steps(_TrainingBudget, REHRSegTrainer_fromLR):
+    budget = REHRSegTrainer_3000steps.budget
 
 
 class REHRSegTrainer_fromLR_fast(_TrainingBudget, REHRSegTrainer_fromLR):

@@ -53,7 +53,7 @@ PRESETS = {
                        "nnUNetTrainer_rehrsegFastBudget", rehrseg_from_baseline=True),
     # a GPU: nnU-Net's default width, 1 mm template, full self-SR preset, 50 epochs x 250 steps per learned arm
     "default": DemoPreset(1.0, 8, 2, "ExperimentPlanner", "default", None, "REHRSegTrainer_50epochs",
-                          "nnUNetTrainer_50epochs"),
+                          "nnUNetTrainer_50epochs", rehrseg_from_baseline=True),
 }
 
 
