@@ -126,35 +126,6 @@ class nnUNetTrainer_rehrseg1500StepsBudget(_TrainingBudget, nnUNetTrainer):
     budget = REHRSegTrainer_1500steps.budget
 
 
-# the ablations at the benchmark's budgets (CPU: _1500steps and _3000steps, demo budget: _fast; GPU: _50epochs)
-class REHRSegTrainer_noKD_1500steps(_TrainingBudget, REHRSegTrainer_noKD):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_noUncertainty_1500steps(_TrainingBudget, REHRSegTrainer_noUncertainty):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_noPseudoData_1500steps(_TrainingBudget, REHRSegTrainer_noPseudoData):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_paperR5_1500steps(_TrainingBudget, REHRSegTrainer_paperR5):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_noResidualHead_1500steps(_TrainingBudget, REHRSegTrainer_noResidualHead):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_annotatedLR_1500steps(_TrainingBudget, REHRSegTrainer_annotatedLR):
-    budget = REHRSegTrainer_1500steps.budget
-
-
-class REHRSegTrainer_fromLR_1500steps(_TrainingBudget, REHRSegTrainer_fromLR):
-    budget = REHRSegTrainer_1500steps.budget
-
-
 class REHRSegTrainer_3000steps(_TrainingBudget, REHRSegTrainer):
     """60 x 50 steps: `benchmarks/run_all.py -preset converged`. At 1500 steps only the arms that had seen 3000 (5b:
     arm 1's 1500 + 1500) or learn fastest (the HR upper bound) levelled off; the others still rose 1.3-3.1 points
@@ -166,73 +137,21 @@ class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
     budget = REHRSegTrainer_3000steps.budget
 
 
-class REHRSegTrainer_noKD_3000steps(_TrainingBudget, REHRSegTrainer_noKD):
-    budget = REHRSegTrainer_3000steps.budget
+# every variant above at every named budget, e.g. REHRSegTrainer_noKD_1500steps: thin classes that nnU-Net finds by
+# name like hand-written ones (the demo's budget: _fast; the benchmark's: _1500steps and _3000steps; a GPU's: _50epochs)
+VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,
+                         REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
+                         REHRSegTrainer_fromLR)
+BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
+           "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 
 
-class REHRSegTrainer_noUncertainty_3000steps(_TrainingBudget, REHRSegTrainer_noUncertainty):
-    budget = REHRSegTrainer_3000steps.budget
+def _with_budget(variant: type, suffix: str) -> type:
+    name = f"{variant.__name__}_{suffix}"
+    return type(name, (_TrainingBudget, variant), {"budget": BUDGETS[suffix], "__module__": __name__,
+                                                   "__qualname__": name, "__doc__": variant.__doc__})
 
 
-class REHRSegTrainer_noPseudoData_3000steps(_TrainingBudget, REHRSegTrainer_noPseudoData):
-    budget = REHRSegTrainer_3000steps.budget
-
-
-class REHRSegTrainer_paperR5_3000steps(_TrainingBudget, REHRSegTrainer_paperR5):
-    budget = REHRSegTrainer_3000steps.budget
-
-
-class REHRSegTrainer_noResidualHead_3000steps(_TrainingBudget, REHRSegTrainer_noResidualHead):
-    budget = REHRSegTrainer_3000steps.budget
-
-
-class REHRSegTrainer_fromLR_3000steps(_TrainingBudget, REHRSegTrainer_fromLR):
-    budget = REHRSegTrainer_3000steps.budget
-
-
-class REHRSegTrainer_fromLR_fast(_TrainingBudget, REHRSegTrainer_fromLR):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_paperR5_fast(_TrainingBudget, REHRSegTrainer_paperR5):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_noResidualHead_fast(_TrainingBudget, REHRSegTrainer_noResidualHead):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_noKD_fast(_TrainingBudget, REHRSegTrainer_noKD):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_noUncertainty_fast(_TrainingBudget, REHRSegTrainer_noUncertainty):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_noPseudoData_fast(_TrainingBudget, REHRSegTrainer_noPseudoData):
-    budget = REHRSegTrainer_fast.budget
-
-
-class REHRSegTrainer_fromLR_50epochs(_TrainingBudget, REHRSegTrainer_fromLR):
-    budget = REHRSegTrainer_50epochs.budget
-
-
-class REHRSegTrainer_paperR5_50epochs(_TrainingBudget, REHRSegTrainer_paperR5):
-    budget = REHRSegTrainer_50epochs.budget
-
-
-class REHRSegTrainer_noResidualHead_50epochs(_TrainingBudget, REHRSegTrainer_noResidualHead):
-    budget = REHRSegTrainer_50epochs.budget
-
-
-class REHRSegTrainer_noKD_50epochs(_TrainingBudget, REHRSegTrainer_noKD):
-    budget = REHRSegTrainer_50epochs.budget
-
-
-class REHRSegTrainer_noUncertainty_50epochs(_TrainingBudget, REHRSegTrainer_noUncertainty):
-    budget = REHRSegTrainer_50epochs.budget
-
-
-class REHRSegTrainer_noPseudoData_50epochs(_TrainingBudget, REHRSegTrainer_noPseudoData):
-    budget = REHRSegTrainer_50epochs.budget
+for _variant in VARIANTS_WITH_BUDGETS:
+    for _suffix in BUDGETS:
+        globals()[f"{_variant.__name__}_{_suffix}"] = _with_budget(_variant, _suffix)
