@@ -14,7 +14,8 @@ from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients, correlation_kd_loss,
                                            spatial_kd_loss, teacher_stage_for)
 from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.segmenter.network import HR_GATE_KEY, STOCK_INFERENCE_MESSAGE, build_rehrseg_network
+from nnunetv2_rehrseg.segmenter.network import (HR_GATE_KEY, HR_HEAD_FORMS, STOCK_INFERENCE_MESSAGE, DepthToSpace,
+                                               build_rehrseg_network)
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, downsample_for_deep_supervision, lr_targets, margin_slices
 
@@ -27,9 +28,12 @@ IMPORTS = ("conv_op", "norm_op", "dropout_op", "nonlin")
 PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
 
-def _network(deep_supervision=True, **changes):
-    net = build_rehrseg_network(PLAIN, {**ARCH, **changes}, IMPORTS, 1, 3, deep_supervision)
+def _network(deep_supervision=True, hr_head_form="transposed", **changes):
+    net = build_rehrseg_network(PLAIN, {**ARCH, **changes}, IMPORTS, 1, 3, deep_supervision, hr_head_form)
     return net.enable_rehrseg_forward().eval()
+
+
+HEAD_FORMS = pytest.mark.parametrize("form", HR_HEAD_FORMS)
 
 
 def test_network_outputs_and_stock_forward_refused():
@@ -46,10 +50,11 @@ def test_network_outputs_and_stock_forward_refused():
     assert all(".seg_layers." in k for k in net.state_dict() if k.startswith("hr_head"))
 
 
+@HEAD_FORMS
 @torch.no_grad()
-def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice():
+def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice(form):
     torch.manual_seed(0)
-    net = _network(deep_supervision=False)
+    net = _network(deep_supervision=False, hr_head_form=form)
     r = net.r
     x = torch.randn(1, 1, 12, 16, 16)
     _, hr_full, _ = net(x)
@@ -67,10 +72,11 @@ def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice():
     np.testing.assert_allclose(head(feats, lr_logits)[:, :, r + r:-r].numpy(), shifted[:, :, r:-r].numpy(), atol=1e-5)
 
 
+@HEAD_FORMS
 @torch.no_grad()
-def test_residual_hr_head_starts_at_the_upsampled_lr_logits():
+def test_residual_hr_head_starts_at_the_upsampled_lr_logits(form):
     torch.manual_seed(0)
-    net = _network(deep_supervision=True)
+    net = _network(deep_supervision=True, hr_head_form=form)
     r = net.r
     x = torch.randn(1, 1, 6, 16, 16)
     lr, hr, _ = net(x)
@@ -89,21 +95,22 @@ def test_residual_hr_head_starts_at_the_upsampled_lr_logits():
     _, hr_features_only, skips = net(x)
     assert not torch.allclose(hr_features_only, hr, atol=1e-3)
     # the gate travels in the state dict: a fresh (residual) network loading it becomes the ablation's form
-    other = _network(deep_supervision=True)
+    other = _network(deep_supervision=True, hr_head_form=form)
     other.load_state_dict(net.state_dict())
     assert not other.hr_head.residual
     np.testing.assert_allclose(other(x)[1].numpy(), hr_features_only.numpy(), atol=1e-6)
     # weights saved before the gate existed load strictly, as the features-only head, into a residual network
     old = {k: v for k, v in net.state_dict().items() if k != HR_GATE_KEY}
-    fresh = _network(deep_supervision=True)
+    fresh = _network(deep_supervision=True, hr_head_form=form)
     fresh.load_state_dict(old)
     assert not fresh.hr_head.residual and HR_GATE_KEY not in old
     np.testing.assert_allclose(fresh(x)[1].numpy(), hr_features_only.numpy(), atol=1e-6)
 
 
-def test_residual_hr_head_learns_a_correction():
+@HEAD_FORMS
+def test_residual_hr_head_learns_a_correction(form):
     torch.manual_seed(0)
-    net = _network(deep_supervision=False).train()
+    net = _network(deep_supervision=False, hr_head_form=form).train()
     x = torch.randn(1, 1, 6, 16, 16)
     _, hr, _ = net(x)
     hr.square().mean().backward()
@@ -112,6 +119,28 @@ def test_residual_hr_head_learns_a_correction():
     # HR loss's gradient through the upsampling
     assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
     assert net.decoder.seg_layers[-1].weight.grad.abs().sum() > 0
+
+
+def test_subpixel_head_puts_channel_group_j_on_sub_slice_j_and_runs_on_the_lr_grid():
+    x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(1, 2 * 3, 2, 1, 4)   # r = 3, 2 channels, 2 slices
+    y = DepthToSpace(3)(x)
+    assert y.shape == (1, 2, 6, 1, 4)
+    for c in range(2):
+        for k in range(2):
+            for j in range(3):
+                assert torch.equal(y[0, c, 3 * k + j], x[0, 3 * c + j, k])
+    head = _network(hr_head_form="subpixel").hr_head
+    assert isinstance(head.seg_layers[0], torch.nn.Conv3d) and head.seg_layers[0].out_channels == 4 * 4  # r x hidden
+    with pytest.raises(ValueError, match="subpixel"):
+        _network(hr_head_form="pixelshuffle")
+
+
+def test_inference_builds_the_head_form_of_the_trainer_that_saved_the_weights():
+    from nnunetv2_rehrseg.inference.predictor import _hr_head_form
+
+    assert _hr_head_form("REHRSegTrainer") == "transposed" and _hr_head_form("REHRSegTrainer_noKD_fast") == "transposed"
+    assert _hr_head_form("REHRSegTrainer_subpixelHead") == "subpixel"
+    assert _hr_head_form("REHRSegTrainer_subpixelHead_1500steps") == "subpixel"
 
 
 def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():

@@ -55,6 +55,7 @@ class REHRSegTrainer(nnUNetTrainer):
     uncertainty_scale = 0.99           # w = 1 - 0.99 U
     lr_dice_weight = 1.0               # soft Dice beside R5's weighted CE (0: the paper's CE-only R5)
     hr_head_residual = True            # HR logits = upsampled LR logits + a correction starting at zero
+    hr_head_form = "transposed"        # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
     random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
     annotated_phase_probability = None # chance of the annotated phase 0 (None: 1/r, every phase alike)
     lr_loss_annotated_phase_only = False  # LR-head loss only where the pseudo-LR labels are the annotation itself
@@ -114,13 +115,15 @@ class REHRSegTrainer(nnUNetTrainer):
             self.selfsr_state = load_safe(self.selfsr_checkpoint())
         return self.selfsr_state
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
+        # a classmethod (nnU-Net calls it on the class or the instance alike) so that variants choose the head form
         return build_rehrseg_network(configuration_manager.network_arch_class_name,
                                      configuration_manager.network_arch_init_kwargs,
                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                     num_input_channels, num_output_channels, enable_deep_supervision)
+                                     num_input_channels, num_output_channels, enable_deep_supervision,
+                                     cls.hr_head_form)
 
     def initialize(self):
         super().initialize()

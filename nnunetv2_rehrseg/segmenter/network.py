@@ -3,8 +3,10 @@
 The encoder and decoder are nnU-Net's own modules (PlainConvUNet or ResidualEncoderUNet from the plans) and keep
 their parameter names, so a checkpoint of an LR nnU-Net loads through `-pretrained_weights`. The HR head adds to the
 LR logits, linearly upsampled along the LR axis on the same field of view, a correction read from the full-resolution
-decoder features and upsampled with a transposed convolution whose kernel equals its stride: shifting the input by
-one LR slice shifts the HR output by exactly r slices (no align_corners stretch).
+decoder features and taken to the HR grid either by a transposed convolution whose kernel equals its stride
+("transposed") or by a convolution on the LR grid to r x the channels rearranged into r sub-slices ("subpixel",
+depth-to-space along the LR axis). Both keep shifts exact: one LR slice of shift in the input moves the HR output by
+exactly r slices (no align_corners stretch).
 
 forward(x) on an LR patch (B, C, D, H, W) returns (LR logits: a list, highest resolution first, under deep
 supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, for distillation).
@@ -32,28 +34,54 @@ def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     return F.interpolate(logits, scale_factor=(r, 1, 1), mode="trilinear", align_corners=False)
 
 
+HR_HEAD_FORMS = ("transposed", "subpixel")
+
+
+class DepthToSpace(nn.Module):
+    """(B, r*C, D, H, W) -> (B, C, r*D, H, W): channel c*r + j becomes sub-slice j of LR slice k (HR slice r*k + j)."""
+
+    def __init__(self, r: int):
+        super().__init__()
+        self.r = r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d, h, w = x.shape
+        return x.view(b, c // self.r, self.r, d, h, w).transpose(2, 3).reshape(b, c // self.r, d * self.r, h, w)
+
+
 class HRHead(nn.Module):
     """HR logits = gate * (the LR logits upsampled along the thick axis) + a learned correction from the decoder's
     full-resolution features. The correction's last layer starts at zero, so with the gate at 1 (the default) the HR
     head starts at the LR head's answer and learns only what the thin slices add; gate 0 is the original head that
-    predicts HR logits from the features alone (an ablation; it starts with He-initialised weights)."""
+    predicts HR logits from the features alone (an ablation; it starts with He-initialised weights).
 
-    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int):
+    form "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR grid;
+    "subpixel": the 3x3x3 conv on the LR grid to r x the channels, then depth-to-space. The same hidden width per HR
+    voxel; the subpixel form runs its 3x3x3 conv r-times wider on r-times fewer voxels, which a CPU does about 2.5x
+    faster (forward + backward on the CPU benchmark's plans: 0.11 vs 0.27 s per batch)."""
+
+    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "transposed"):
         super().__init__()
+        if form not in HR_HEAD_FORMS:
+            raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
         conv = encoder.conv_op
-        self.r = r
+        self.r, self.form = r, form
         # half the decoder's width at r x its voxels (as the paper's 32 -> 16 head): the HR-grid convolution then
         # costs about as much as one LR-grid convolution of the last decoder stage
         hidden = max(1, in_features // 2)
+
+        def norm_and_nonlin(channels: int) -> List[nn.Module]:
+            return [encoder.norm_op(channels, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
+                    encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity()]
+        if form == "transposed":
+            layers = [nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
+                      conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias), *norm_and_nonlin(hidden)]
+        else:
+            layers = [conv(in_features, hidden * r, 3, padding=1, bias=encoder.conv_bias),
+                      *norm_and_nonlin(hidden * r), DepthToSpace(r)]
         # every layer sits under `seg_layers`: nnU-Net's load_pretrained_weights skips '.seg_layers.' keys, so an LR
         # nnU-Net checkpoint (which has no HR head) can initialise the rest of the network
-        self.seg_layers = nn.Sequential(
-            nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
-            conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias),
-            encoder.norm_op(hidden, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
-            encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity(),
-            conv(hidden, num_classes, 1),
-        )
+        self.seg_layers = nn.Sequential(*layers, conv(hidden, num_classes, 1))
         # a buffer (saved with the weights, so inference knows the head's form) under '.seg_layers.' (see above);
         # a float factor rather than a Python flag keeps the forward free of branches for torch.compile
         self.seg_layers.register_buffer("lr_logits_gate", torch.ones(()))
@@ -67,10 +95,11 @@ class HRHead(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, residual: bool) -> None:
         self.seg_layers.apply(InitWeights_He(1e-2))
-        transposed = self.seg_layers[0]
-        # with kernel = stride every HR voxel receives one tap per input channel: fan-in = in_channels (He's rule as
-        # applied to a conv would count out_channels * r)
-        transposed.weight.normal_(0, (2 / (1 + 1e-2 ** 2)) ** 0.5 / transposed.in_channels ** 0.5)
+        first = self.seg_layers[0]
+        if isinstance(first, nn.ConvTranspose3d):
+            # with kernel = stride every HR voxel receives one tap per input channel: fan-in = in_channels (He's rule
+            # as applied to a conv would count out_channels * r)
+            first.weight.normal_(0, (2 / (1 + 1e-2 ** 2)) ** 0.5 / first.in_channels ** 0.5)
         last = self.seg_layers[-1]
         if residual:
             last.weight.zero_()
@@ -106,12 +135,12 @@ def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.T
 
 
 class REHRSegNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, r: int):
+    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "transposed"):
         super().__init__()
         self.encoder = backbone.encoder
         self.decoder = backbone.decoder
         self.r = r
-        self.hr_head = HRHead(self.encoder, self.encoder.output_channels[0], num_classes, r)
+        self.hr_head = HRHead(self.encoder, self.encoder.output_channels[0], num_classes, r, hr_head_form)
         # stock nnU-Net inference builds this network through the trainer and would silently export LR-grid
         # output; only REHRSeg's own code switches the LR -> HR forward on
         self.rehrseg_forward_enabled = False
@@ -130,7 +159,8 @@ class REHRSegNetwork(nn.Module):
 
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
-                          num_output_channels: int, deep_supervision: bool) -> REHRSegNetwork:
+                          num_output_channels: int, deep_supervision: bool,
+                          hr_head_form: str = "transposed") -> REHRSegNetwork:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     kwargs = dict(arch_kwargs)
@@ -140,7 +170,7 @@ def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_r
     r = int(kwargs.pop(HR_SCALE_KWARG))
     backbone = get_network_from_plans(arch_class_name, kwargs, arch_kwargs_req_import, num_input_channels,
                                       num_output_channels, allow_init=True, deep_supervision=deep_supervision)
-    return REHRSegNetwork(backbone, num_output_channels, r)
+    return REHRSegNetwork(backbone, num_output_channels, r, hr_head_form)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
