@@ -277,6 +277,14 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     assert not torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
     tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))
     assert torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
+    # a checkpoint of the other HR head form is refused by name, with the trainer to continue it with
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer_transposedHead
+
+    transposed = make(REHRSegTrainer_transposedHead)
+    transposed.initialize()
+    assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "subpixel"
+    with pytest.raises(RuntimeError, match="'subpixel' form.*continue that run with REHRSegTrainer or"):
+        transposed.load_checkpoint(str(fold / "checkpoint_final.pth"))
 
     # an LR nnU-Net checkpoint initialises everything but the segmentation layers (nnU-Net's own loader)
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights

@@ -135,12 +135,13 @@ def test_subpixel_head_puts_channel_group_j_on_sub_slice_j_and_runs_on_the_lr_gr
         _network(hr_head_form="pixelshuffle")
 
 
-def test_inference_builds_the_head_form_of_the_trainer_that_saved_the_weights():
-    from nnunetv2_rehrseg.inference.predictor import _hr_head_form
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_the_head_form_is_read_from_saved_weights(r):
+    """Inference builds the form the weights were saved with (weights from before the subpixel form: transposed)."""
+    from nnunetv2_rehrseg.segmenter.network import hr_head_form_of
 
-    assert _hr_head_form("REHRSegTrainer") == "transposed" and _hr_head_form("REHRSegTrainer_noKD_fast") == "transposed"
-    assert _hr_head_form("REHRSegTrainer_subpixelHead") == "subpixel"
-    assert _hr_head_form("REHRSegTrainer_subpixelHead_1500steps") == "subpixel"
+    for form in HR_HEAD_FORMS:
+        assert hr_head_form_of(_network(hr_head_form=form, hr_scale=r).state_dict()) == form
 
 
 def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():

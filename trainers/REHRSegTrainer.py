@@ -35,7 +35,7 @@ from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
-from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, unwrap
+from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
@@ -55,7 +55,7 @@ class REHRSegTrainer(nnUNetTrainer):
     uncertainty_scale = 0.99           # w = 1 - 0.99 U
     lr_dice_weight = 1.0               # soft Dice beside R5's weighted CE (0: the paper's CE-only R5)
     hr_head_residual = True            # HR logits = upsampled LR logits + a correction starting at zero
-    hr_head_form = "transposed"        # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
+    hr_head_form = "subpixel"          # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
     random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
     annotated_phase_probability = None # chance of the annotated phase 0 (None: 1/r, every phase alike)
     lr_loss_annotated_phase_only = False  # LR-head loss only where the pseudo-LR labels are the annotation itself
@@ -364,9 +364,17 @@ class REHRSegTrainer(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError("pass a checkpoint file name (nnU-Net 2.8.1's load_checkpoint(dict) is broken)")
+        checkpoint = load_trained_checkpoint(filename_or_checkpoint, self.device)
+        saved_form = hr_head_form_of(checkpoint["network_weights"])
+        if saved_form != self.hr_head_form:
+            same_form = "REHRSegTrainer_transposedHead" if saved_form == "transposed" else "REHRSegTrainer"
+            raise RuntimeError(
+                f"{filename_or_checkpoint} holds an HR head of the '{saved_form}' form, {self.__class__.__name__} "
+                f"builds '{self.hr_head_form}' (the subpixel form became the default): continue that run with "
+                f"{same_form} or one of its budget variants (rename the model folder to match), or start it again")
         super().load_checkpoint(filename_or_checkpoint)
         if self.distillation is not None:
-            state: Optional[dict] = load_trained_checkpoint(filename_or_checkpoint, self.device).get(KD_CHECKPOINT_KEY)
+            state: Optional[dict] = checkpoint.get(KD_CHECKPOINT_KEY)
             if state is not None:
                 self.distillation.load_state_dict(state)
 

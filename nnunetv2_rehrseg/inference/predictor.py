@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network
+from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class REHRSegPredictor:
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         network = build_rehrseg_network(arch.network_arch_class_name, arch.network_arch_init_kwargs,
                                         arch.network_arch_init_kwargs_req_import, num_inputs, num_outputs,
-                                        deep_supervision=False, hr_head_form=_hr_head_form(checkpoint["trainer_name"])
+                                        deep_supervision=False, hr_head_form=hr_head_form_of(weights[0])
                                         ).enable_rehrseg_forward().to(device).eval()
         network.load_state_dict(weights[0])
         return cls(network, plans_manager, configuration_manager, dataset_json, device, tile_step_size,
@@ -193,16 +193,3 @@ class REHRSegPredictor:
         if lr_file_truncated is not None:
             export_prediction_from_logits(lr_logits, properties, self.lr_configuration, self.plans_manager,
                                           self.dataset_json, lr_file_truncated, save_probabilities)
-
-
-def _hr_head_form(trainer_name: str) -> str:
-    """The HR head form of the trainer that wrote a checkpoint (a class attribute): ours by name, a user's own
-    REHRSeg subclass through nnU-Net's lookup (nnUNet_extTrainer)."""
-    import nnunetv2_rehrseg.trainers as trainers
-
-    trainer = getattr(trainers, trainer_name, None)
-    if trainer is None:
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-        trainer = recursive_find_trainer_class_by_name(trainer_name)
-    return trainer.hr_head_form

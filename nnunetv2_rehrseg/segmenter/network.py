@@ -34,7 +34,14 @@ def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     return F.interpolate(logits, scale_factor=(r, 1, 1), mode="trilinear", align_corners=False)
 
 
-HR_HEAD_FORMS = ("transposed", "subpixel")
+HR_HEAD_FORMS = ("subpixel", "transposed")
+HR_HEAD_FIRST_KEY = "hr_head.seg_layers.0.weight"
+
+
+def hr_head_form_of(state_dict: dict) -> str:
+    """The HR head form of saved weights: its first layer is a 3x3x3 convolution in the subpixel form, a transposed
+    convolution with an (r, 1, 1) kernel in the transposed one (weights saved before the subpixel form existed)."""
+    return "subpixel" if tuple(state_dict[HR_HEAD_FIRST_KEY].shape[2:]) == (3, 3, 3) else "transposed"
 
 
 class DepthToSpace(nn.Module):
@@ -56,11 +63,11 @@ class HRHead(nn.Module):
     predicts HR logits from the features alone (an ablation; it starts with He-initialised weights).
 
     form "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR grid;
-    "subpixel": the 3x3x3 conv on the LR grid to r x the channels, then depth-to-space. The same hidden width per HR
-    voxel; the subpixel form runs its 3x3x3 conv r-times wider on r-times fewer voxels, which a CPU does about 2.5x
-    faster (forward + backward on the CPU benchmark's plans: 0.11 vs 0.27 s per batch)."""
+    "subpixel" (the default): the 3x3x3 conv on the LR grid to r x the channels, then depth-to-space. The same hidden
+    width per HR voxel; the subpixel form runs its 3x3x3 conv r-times wider on r-times fewer voxels, which a CPU does
+    about 2.5x faster (forward + backward on the CPU benchmark's plans: 0.11 vs 0.27 s per batch)."""
 
-    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "transposed"):
+    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "subpixel"):
         super().__init__()
         if form not in HR_HEAD_FORMS:
             raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
@@ -135,7 +142,7 @@ def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.T
 
 
 class REHRSegNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "transposed"):
+    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "subpixel"):
         super().__init__()
         self.encoder = backbone.encoder
         self.decoder = backbone.decoder
@@ -160,7 +167,7 @@ class REHRSegNetwork(nn.Module):
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
                           num_output_channels: int, deep_supervision: bool,
-                          hr_head_form: str = "transposed") -> REHRSegNetwork:
+                          hr_head_form: str = "subpixel") -> REHRSegNetwork:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     kwargs = dict(arch_kwargs)
