@@ -47,7 +47,8 @@ FAST_ABLATIONS = {"rehrseg_noKD": "REHRSegTrainer_noKD_1500steps",
                   "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_1500steps",
                   "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_1500steps",
                   "rehrseg_paperR5": "REHRSegTrainer_paperR5_1500steps",
-                  "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_1500steps"}
+                  "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_1500steps",
+                  "rehrseg_transposedHead": "REHRSegTrainer_transposedHead_1500steps"}
 
 BENCHMARK_PRESETS = {
     "fast": BenchmarkPreset(
@@ -71,7 +72,8 @@ BENCHMARK_PRESETS = {
          "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_50epochs",
          "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs",
          "rehrseg_paperR5": "REHRSegTrainer_paperR5_50epochs",
-         "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_50epochs"},
+         "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_50epochs",
+         "rehrseg_transposedHead": "REHRSegTrainer_transposedHead_50epochs"},
         "REHRSegTrainer_fromLR_50epochs", "ExperimentPlanner", "nnUNetPlans"),
 }
 
