@@ -160,4 +160,5 @@ def _with_budget(variant: type, suffix: str) -> type:
 
 for _variant in VARIANTS_WITH_BUDGETS:
     for _suffix in BUDGETS:
-        globals()[f"{_variant.__name__}_{_suffix}"] = _with_budget(_variant, _suffix)
+        _budgeted = _with_budget(_variant, _suffix)
+        globals()[_budgeted.__name__] = _budgeted

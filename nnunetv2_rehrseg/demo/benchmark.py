@@ -43,12 +43,16 @@ class BenchmarkPreset:
     stock_plans: str
 
 
-FAST_ABLATIONS = {"rehrseg_noKD": "REHRSegTrainer_noKD_1500steps",
-                  "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_1500steps",
-                  "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_1500steps",
-                  "rehrseg_paperR5": "REHRSegTrainer_paperR5_1500steps",
-                  "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_1500steps",
-                  "rehrseg_transposedHead": "REHRSegTrainer_transposedHead_1500steps"}
+# arm -> REHRSeg trainer variant; a preset runs each at its budget (the trainer name's suffix)
+ABLATIONS = {"rehrseg_noKD": "REHRSegTrainer_noKD", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty",
+             "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData", "rehrseg_paperR5": "REHRSegTrainer_paperR5",
+             "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead",
+             "rehrseg_transposedHead": "REHRSegTrainer_transposedHead"}
+
+
+def _at_budget(suffix: str) -> Dict[str, str]:
+    return {arm: f"{variant}_{suffix}" for arm, variant in ABLATIONS.items()}
+
 
 BENCHMARK_PRESETS = {
     "fast": BenchmarkPreset(
@@ -57,24 +61,16 @@ BENCHMARK_PRESETS = {
         # learned arm (at 1000 the ventricles were learned too late for the curves to level off)
         replace(PRESETS["fast"], n_test=4, selfsr_iterations=1200, trainer="REHRSegTrainer_1500steps",
                 baseline_trainer="nnUNetTrainer_rehrseg1500StepsBudget"),
-        FAST_ABLATIONS,
-        "REHRSegTrainer_fromLR_1500steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
+        _at_budget("1500steps"), "REHRSegTrainer_fromLR_1500steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     # the fast preset at twice the steps: at 1500 five of its seven learned arms still rose by 1.3-3.1 points over
     # their last quarter, while 5b, which had seen 3000 steps, levelled off (README); about 8 hours on 2 cores
     "converged": BenchmarkPreset(
         replace(PRESETS["fast"], n_test=4, selfsr_iterations=1200, trainer="REHRSegTrainer_3000steps",
                 baseline_trainer="nnUNetTrainer_rehrseg3000StepsBudget"),
-        {arm: trainer.replace("_1500steps", "_3000steps") for arm, trainer in FAST_ABLATIONS.items()},
-        "REHRSegTrainer_fromLR_3000steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
+        _at_budget("3000steps"), "REHRSegTrainer_fromLR_3000steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     "default": BenchmarkPreset(
         replace(PRESETS["default"], n_test=4),
-        {"rehrseg_noKD": "REHRSegTrainer_noKD_50epochs",
-         "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty_50epochs",
-         "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData_50epochs",
-         "rehrseg_paperR5": "REHRSegTrainer_paperR5_50epochs",
-         "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead_50epochs",
-         "rehrseg_transposedHead": "REHRSegTrainer_transposedHead_50epochs"},
-        "REHRSegTrainer_fromLR_50epochs", "ExperimentPlanner", "nnUNetPlans"),
+        _at_budget("50epochs"), "REHRSegTrainer_fromLR_50epochs", "ExperimentPlanner", "nnUNetPlans"),
 }
 
 LR_OUTPUT_ARMS = {"lr_nnunet_linear": "lr_nnunet_lr", **{a: f"{a}/lr" for a in BENCHMARK_ARMS if

@@ -73,8 +73,7 @@ class HRHead(nn.Module):
             raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
         conv = encoder.conv_op
         self.r, self.form = r, form
-        # half the decoder's width at r x its voxels (as the paper's 32 -> 16 head): the HR-grid convolution then
-        # costs about as much as one LR-grid convolution of the last decoder stage
+        # half the decoder's width per HR voxel (as the paper's 32 -> 16 head)
         hidden = max(1, in_features // 2)
 
         def norm_and_nonlin(channels: int) -> List[nn.Module]:
@@ -89,8 +88,9 @@ class HRHead(nn.Module):
         # every layer sits under `seg_layers`: nnU-Net's load_pretrained_weights skips '.seg_layers.' keys, so an LR
         # nnU-Net checkpoint (which has no HR head) can initialise the rest of the network
         self.seg_layers = nn.Sequential(*layers, conv(hidden, num_classes, 1))
-        # a buffer (saved with the weights, so inference knows the head's form) under '.seg_layers.' (see above);
-        # a float factor rather than a Python flag keeps the forward free of branches for torch.compile
+        # the gate as a buffer (saved with the weights, so inference knows whether the head is residual) under
+        # '.seg_layers.' (see above); a float factor rather than a Python flag keeps the forward free of branches for
+        # torch.compile
         self.seg_layers.register_buffer("lr_logits_gate", torch.ones(()))
         self.register_load_state_dict_pre_hook(_gate_of_weights_saved_without_one)
         self.reset_parameters(residual=True)
