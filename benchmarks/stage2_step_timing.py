@@ -1,7 +1,7 @@
 """Training-step time of REHRSegTrainer vs stock nnUNetTrainer on the same LR network plans (same run, same batch
 size), without data loading (see nnunetv2_rehrseg.step_timing). Run after rehrseg_plan_and_preprocess -d D:
 
-    python benchmarks/stage2_step_timing.py -d 990 [-steps 10] [-device cpu] [-tr REHRSegTrainer]
+    python benchmarks/stage2_step_timing.py -d 990 [-steps 12] [-device cpu] [-tr REHRSegTrainer]
 """
 import argparse
 import json
@@ -15,7 +15,7 @@ from nnunetv2_rehrseg.step_timing import compare_step_times
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", required=True)
-    parser.add_argument("-steps", type=int, default=10)
+    parser.add_argument("-steps", type=int, default=12, help="timed steps per trainer (a multiple of the KD period, 4)")
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("-tr", default="REHRSegTrainer")
     parser.add_argument("-o", default=None, help="write the numbers to this JSON file")

@@ -19,18 +19,23 @@ def initialized_trainer(cls, plans: dict, dataset_json: dict, device: torch.devi
     return trainer
 
 
-def median_step_seconds(step, batch, steps: int, device: torch.device) -> float:
-    step(batch)  # warm-up
-    times = []
-    for _ in range(steps):
+def interleaved_mean_step_seconds(steps_and_batches, steps: int, device: torch.device):
+    """Mean seconds per call of each (step, batch), the steps taken in turn (ABAB...): on a shared machine the speed
+    drifts by 10-20% within minutes, and interleaving exposes both trainers to the same drift. The mean, not the
+    median: REHRSeg distils on every kd_every_n_steps-th step only (take a multiple of it)."""
+    def timed(step, batch) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        return time.perf_counter() - t
+
+    for step, batch in steps_and_batches:
+        step(batch)  # warm-up
+    times = [[timed(step, batch) for step, batch in steps_and_batches] for _ in range(steps)]
+    return [float(np.mean(column)) for column in zip(*times)]
 
 
 def synthetic_lr_batch(trainer, shape, channels: int, batch_size: int, generator) -> dict:
@@ -43,7 +48,7 @@ def synthetic_lr_batch(trainer, shape, channels: int, batch_size: int, generator
                        for scale in trainer._get_deep_supervision_scales()]}
 
 
-def compare_step_times(dataset_id, trainer_name: str, device: torch.device, steps: int = 10) -> dict:
+def compare_step_times(dataset_id, trainer_name: str, device: torch.device, steps: int = 12) -> dict:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunetv2_rehrseg.trainers as trainers
@@ -62,8 +67,8 @@ def compare_step_times(dataset_id, trainer_name: str, device: torch.device, step
     generator = torch.Generator().manual_seed(0)
     ours_batch = ours.synthetic_batch(generator)
     stock_batch = synthetic_lr_batch(stock, config["rehrseg"]["lr_patch_size"], channels, b, generator)
-    t_stock = median_step_seconds(stock.train_step, stock_batch, steps, device)
-    t_ours = median_step_seconds(ours.train_step, ours_batch, steps, device)
+    t_stock, t_ours = interleaved_mean_step_seconds([(stock.train_step, stock_batch), (ours.train_step, ours_batch)],
+                                                      steps, device)
     return {"device": str(device), "trainer": trainer_name, "batch_size": b,
             "lr_patch": config["rehrseg"]["lr_patch_size"],
             "features_per_stage": config["architecture"]["arch_kwargs"]["features_per_stage"],

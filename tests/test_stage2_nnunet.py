@@ -216,19 +216,53 @@ def test_train_resume_validate_and_refuse_stock_inference(planned):
     assert not bad_out.exists()
 
 
-def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, monkeypatch):
+@pytest.fixture
+def make(planned, monkeypatch):
+    """make(TrainerClass): a trainer of the planned dataset's fold 0 on the CPU, not initialised."""
     for k, v in planned["env"].items():
         if k.startswith("nnUNet_"):
             monkeypatch.setenv(k, v)
+    plans = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
+    return lambda cls: cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+
+
+def test_distillation_runs_every_nth_step_at_n_times_its_weights(make):
+    from nnunetv2_rehrseg.selfsr.training import load_network
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer, REHRSegTrainer_kdEveryStep
+
+    trainer = make(REHRSegTrainer)
+    trainer.initialize()
+    trainer.teacher, _ = load_network(trainer.selfsr_checkpoint(), torch.device("cpu"))
+    calls = []
+    teacher_features = trainer.teacher_features
+    trainer.teacher_features = lambda *a: calls.append(1) or teacher_features(*a)
+    batch = trainer.synthetic_batch(torch.Generator().manual_seed(0))
+    n = trainer.kd_every_n_steps
+    outputs = [trainer.train_step(batch) for _ in range(n + 1)]
+    assert n == 4 and len(calls) == 2     # steps 0 and n
+    distilled = [np.isfinite(o["kd_spatial"]) and np.isfinite(o["kd_correlation"]) for o in outputs]
+    assert distilled == [True] + [False] * (n - 1) + [True]
+    # every epoch starts with a distilling step (counted per epoch: the same steps after --c, no epoch without KD)
+    trainer.on_train_epoch_start()
+    assert np.isfinite(trainer.train_step(batch)["kd_spatial"]) and len(calls) == 3
+    assert all(np.isfinite(o["loss_hr"]) and np.isfinite(o["loss_lr"]) for o in outputs)
+    # the KD terms enter n-fold on the steps that distil
+    terms, _, _ = trainer.loss_terms(batch, with_kd=True)
+    kd = sum(trainer.loss_weights()[k] * terms[k] for k in ("kd_spatial", "kd_correlation"))
+    assert torch.isclose(trainer.weighted_total(terms, kd_scale=n) - trainer.weighted_total(terms), (n - 1) * kd)
+    # the epoch's KD log is the mean over the steps that distilled
+    trainer.on_train_epoch_end(outputs)
+    logged = trainer.logger.local_logger.my_fantastic_logging["train_kd_spatial"][-1]
+    assert logged == pytest.approx(np.mean([outputs[0]["kd_spatial"], outputs[n]["kd_spatial"]]))
+    assert make(REHRSegTrainer_kdEveryStep).kd_every_n_steps == 1
+
+
+def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make):
     from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                            REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
                                            REHRSegTrainer_paperR5, REHRSegTrainer_tiny,
                                            REHRSegTrainer_annotatedLR)
-    plans = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())
-    dataset_json = json.loads((planned["pre"] / "dataset.json").read_text())
-
-    def make(cls):
-        return cls({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
 
     fast = make(REHRSegTrainer_fast)
     assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (16, 50, 5)
@@ -282,8 +316,8 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     transposed = make(REHRSegTrainer_transposedHead)
     transposed.initialize()
-    assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "subpixel"
-    with pytest.raises(RuntimeError, match="'subpixel' form.*continue that run with REHRSegTrainer or"):
+    assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "subslice"
+    with pytest.raises(RuntimeError, match="'subslice' form.*continue that run with REHRSegTrainer or"):
         transposed.load_checkpoint(str(fold / "checkpoint_final.pth"))
 
     # an LR nnU-Net checkpoint initialises everything but the segmentation layers (nnU-Net's own loader)
@@ -301,7 +335,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     # one training step through the real data loader: uncertainty travels with the patch, all terms finite
     tiny.on_train_start()
-    config = plans["configurations"]["3d_fullres"]
+    config = tiny.configuration_manager.configuration
     lr_patch, r = config["rehrseg"]["lr_patch_size"], config["rehrseg"]["r"]
     for loader in (tiny.dataloader_train, tiny.dataloader_val):
         # the loader made the pseudo-LR input (D slices), the HR labels cover the r*D core slices

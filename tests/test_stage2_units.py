@@ -67,7 +67,7 @@ def test_hr_output_shifts_by_exactly_r_when_the_input_shifts_by_one_lr_slice(for
     # a trained (non-zero) correction
     feats, lr_logits = torch.randn(1, 8, 7, 5, 5), torch.randn(1, 3, 7, 5, 5)
     head = net.hr_head
-    head.seg_layers[-1].weight.normal_()
+    head.readout.weight.normal_()
     shifted = head(feats[:, :, 1:], lr_logits[:, :, 1:])
     np.testing.assert_allclose(head(feats, lr_logits)[:, :, r + r:-r].numpy(), shifted[:, :, r:-r].numpy(), atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_residual_hr_head_starts_at_the_upsampled_lr_logits(form):
     # the ablation: the gate off (saved with the weights), the last layer He-initialised: HR logits from features
     net.hr_head.reset_parameters(residual=False)
     assert not net.hr_head.residual and net.state_dict()[HR_GATE_KEY] == 0
-    assert net.hr_head.seg_layers[-1].weight.abs().sum() > 0
+    assert net.hr_head.readout.weight.abs().sum() > 0
     _, hr_features_only, skips = net(x)
     assert not torch.allclose(hr_features_only, hr, atol=1e-3)
     # the gate travels in the state dict: a fresh (residual) network loading it becomes the ablation's form
@@ -114,14 +114,14 @@ def test_residual_hr_head_learns_a_correction(form):
     x = torch.randn(1, 1, 6, 16, 16)
     _, hr, _ = net(x)
     hr.square().mean().backward()
-    last = net.hr_head.seg_layers[-1]
+    last = net.hr_head.readout
     # zero last layer: its own gradient is non-zero (so the correction starts to grow), and the LR logits get the
     # HR loss's gradient through the upsampling
     assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
     assert net.decoder.seg_layers[-1].weight.grad.abs().sum() > 0
 
 
-def test_subpixel_head_puts_channel_group_j_on_sub_slice_j_and_runs_on_the_lr_grid():
+def test_lr_grid_heads_put_channel_group_j_on_sub_slice_j():
     x = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(1, 2 * 3, 2, 1, 4)   # r = 3, 2 channels, 2 slices
     y = DepthToSpace(3)(x)
     assert y.shape == (1, 2, 6, 1, 4)
@@ -131,8 +131,27 @@ def test_subpixel_head_puts_channel_group_j_on_sub_slice_j_and_runs_on_the_lr_gr
                 assert torch.equal(y[0, c, 3 * k + j], x[0, 3 * c + j, k])
     head = _network(hr_head_form="subpixel").hr_head
     assert isinstance(head.seg_layers[0], torch.nn.Conv3d) and head.seg_layers[0].out_channels == 4 * 4  # r x hidden
+    # the subslice form: a conv across thick slices only, and the readout to r x the classes, all before depth-to-space
+    head = _network(hr_head_form="subslice").hr_head
+    assert head.seg_layers[0].kernel_size == (3, 1, 1) and head.seg_layers[0].out_channels == 4 * 4
+    assert head.seg_layers[3].out_channels == 4 * 3 and isinstance(head.seg_layers[-1], DepthToSpace)
     with pytest.raises(ValueError, match="subpixel"):
         _network(hr_head_form="pixelshuffle")
+
+
+@pytest.mark.parametrize("r", [2, 3, 4, 5])
+@pytest.mark.parametrize("depth", [1, 2, 7])
+def test_thick_axis_upsampling_equals_torch_trilinear_on_the_same_field_of_view(r, depth):
+    from nnunetv2_rehrseg.segmenter.network import upsample_thick_axis
+
+    x = torch.randn(2, 3, depth, 5, 4, dtype=torch.float64, requires_grad=True)
+    reference = torch.nn.functional.interpolate(x, scale_factor=(r, 1, 1), mode="trilinear", align_corners=False)
+    ours = upsample_thick_axis(x, r)
+    torch.testing.assert_close(ours, reference)
+    weights = torch.randn_like(reference)
+    grad_ours, = torch.autograd.grad((ours * weights).sum(), x)
+    grad_reference, = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_reference)
 
 
 @pytest.mark.parametrize("r", [2, 3, 4])

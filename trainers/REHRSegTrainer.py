@@ -47,6 +47,9 @@ SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the traine
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
 # the self-SR model inside every checkpoint: nnUNetv2_export_model_to_zip carries fold checkpoints, not extra files
 SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
+# the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
+TRAINER_OF_HEAD_FORM = {"subslice": "REHRSegTrainer", "subpixel": "REHRSegTrainer_subpixelHead",
+                        "transposed": "REHRSegTrainer_transposedHead"}
 
 
 class REHRSegTrainer(nnUNetTrainer):
@@ -55,7 +58,7 @@ class REHRSegTrainer(nnUNetTrainer):
     uncertainty_scale = 0.99           # w = 1 - 0.99 U
     lr_dice_weight = 1.0               # soft Dice beside R5's weighted CE (0: the paper's CE-only R5)
     hr_head_residual = True            # HR logits = upsampled LR logits + a correction starting at zero
-    hr_head_form = "subpixel"          # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
+    hr_head_form = "subslice"          # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
     random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
     annotated_phase_probability = None # chance of the annotated phase 0 (None: 1/r, every phase alike)
     lr_loss_annotated_phase_only = False  # LR-head loss only where the pseudo-LR labels are the annotation itself
@@ -64,6 +67,8 @@ class REHRSegTrainer(nnUNetTrainer):
     kd_spatial_weight = 1.0
     kd_correlation_weight = 1.0
     kd_student_stage = 1               # nnU-Net encoder stage distilled from the self-SR encoder
+    kd_every_n_steps = 4               # distil on every n-th training step at n x the KD weights: the same expected
+                                       # gradient for a quarter of the teacher's and the KD terms' cost
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -76,6 +81,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self.teacher_stage = None
         self.hr_loss = None
         self.selfsr_state = None       # the stage-1 model file's content (load_selfsr)
+        self.steps_this_epoch = 0      # kd_every_n_steps counts from each epoch's first step (every epoch distils)
         for key in self.loss_term_keys():
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
@@ -247,7 +253,7 @@ class REHRSegTrainer(nnUNetTrainer):
         rng = intensity_range.to(self.device)[..., None, None, None]           # (B, C, 2, 1, 1, 1)
         unit = (pseudo.image - rng[:, :, 0]) / (rng[:, :, 1] - rng[:, :, 0]).clamp_min(1e-6)
         one_hot = F.one_hot(pseudo.labels[:, 0].long(), self.teacher.num_classes).permute(0, 4, 1, 2, 3)
-        return self.teacher.encode(torch.cat([unit, one_hot.to(unit.dtype)], 1))[self.teacher_stage]
+        return self.teacher.encode(torch.cat([unit, one_hot.to(unit.dtype)], 1), self.teacher_stage + 1)[-1]
 
     # ---------------------------------------------------------------- training
     def _autocast(self):
@@ -278,9 +284,12 @@ class REHRSegTrainer(nnUNetTrainer):
             return [t[keep] for t in x] if isinstance(x, (list, tuple)) else x[keep]
         return self.loss(pick(lr_logits), pick(targets), pick(uncertainties))
 
-    def weighted_total(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def weighted_total(self, terms: Dict[str, torch.Tensor], kd_scale: float = 1.0) -> torch.Tensor:
         weights = self.loss_weights()
-        return sum(weights[k] * v for k, v in terms.items())
+        return sum(weights[k] * (kd_scale if k.startswith("kd_") else 1.0) * v for k, v in terms.items())
+
+    def distils_this_step(self) -> bool:
+        return self.kd_enabled and self.steps_this_epoch % self.kd_every_n_steps == 0
 
     def trainable_parameters(self) -> List[torch.nn.Parameter]:
         extra = list(self.distillation.parameters()) if self.distillation is not None else []
@@ -288,9 +297,11 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
+        with_kd = self.distils_this_step()
+        self.steps_this_epoch += 1
         with self._autocast():
-            terms, _, _ = self.loss_terms(batch, with_kd=self.kd_enabled)
-            total = self.weighted_total(terms)
+            terms, _, _ = self.loss_terms(batch, with_kd=with_kd)
+            total = self.weighted_total(terms, kd_scale=self.kd_every_n_steps)
         scaler = self.grad_scaler
         (scaler.scale(total) if scaler is not None else total).backward()
         if self.distillation is not None:
@@ -303,20 +314,29 @@ class REHRSegTrainer(nnUNetTrainer):
             scaler.update()
         else:
             self.optimizer.step()
-        return {"loss": total.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in terms.items()}}
+        # every key on every step (nnU-Net collates by the first step's keys): NaN for a term this step left out
+        return {"loss": total.detach().cpu().numpy(),
+                **{k: terms[k].detach().cpu().numpy() if k in terms else np.float32(np.nan) for k in self.loss_weights()}}
 
     def _mean_over_workers(self, values) -> float:
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, values)
             values = np.concatenate([np.ravel(v) for v in gathered])
-        return float(np.mean(values))
+        return float(np.mean(values)) if np.size(values) else float("nan")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.steps_this_epoch = 0
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         outputs = collate_outputs(train_outputs)
         for key in self.loss_weights():
-            self.logger.log(f"train_{key}", self._mean_over_workers(outputs[key]), self.current_epoch)
+            values = np.ravel(outputs[key])
+            if key.startswith("kd_"):   # the steps that distilled
+                values = values[np.isfinite(values)]
+            self.logger.log(f"train_{key}", self._mean_over_workers(values), self.current_epoch)
 
     def validation_step(self, batch: dict) -> dict:
         """Loss without distillation; the online pseudo Dice is the HR head's against the pseudo-HR labels."""
@@ -367,10 +387,10 @@ class REHRSegTrainer(nnUNetTrainer):
         checkpoint = load_trained_checkpoint(filename_or_checkpoint, self.device)
         saved_form = hr_head_form_of(checkpoint["network_weights"])
         if saved_form != self.hr_head_form:
-            same_form = "REHRSegTrainer_transposedHead" if saved_form == "transposed" else "REHRSegTrainer"
+            same_form = TRAINER_OF_HEAD_FORM[saved_form]
             raise RuntimeError(
                 f"{filename_or_checkpoint} holds an HR head of the '{saved_form}' form, {self.__class__.__name__} "
-                f"builds '{self.hr_head_form}' (the subpixel form became the default): continue that run with "
+                f"builds '{self.hr_head_form}' (the default form changed twice): continue that run with "
                 f"{same_form} or one of its budget variants (rename the model folder to match), or start it again")
         super().load_checkpoint(filename_or_checkpoint)
         if self.distillation is not None:

@@ -33,9 +33,19 @@ class REHRSegTrainer_noResidualHead(REHRSegTrainer):
 
 
 class REHRSegTrainer_transposedHead(REHRSegTrainer):
-    """The HR head's earlier form: a transposed convolution, then the 3x3x3 convolution on the HR grid (r x the
-    voxels at a narrow width, 2.5x the subpixel form's time on a CPU)."""
+    """The HR head's first form: a transposed convolution, then a 3x3x3 convolution on the HR grid (r x the voxels at
+    a narrow width; about 4x the subslice form's time on a CPU)."""
     hr_head_form = "transposed"
+
+
+class REHRSegTrainer_subpixelHead(REHRSegTrainer):
+    """The HR head's second form: a 3x3x3 convolution on the LR grid, depth-to-space, the readout on the HR grid."""
+    hr_head_form = "subpixel"
+
+
+class REHRSegTrainer_kdEveryStep(REHRSegTrainer):
+    """Distillation on every training step at the KD weights as given (the default: every 4th step, 4x the weights)."""
+    kd_every_n_steps = 1
 
 
 class REHRSegTrainer_annotatedLR(REHRSegTrainer):
@@ -147,7 +157,8 @@ class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
 # name like hand-written ones (the demo's budget: _fast; the benchmark's: _1500steps and _3000steps; a GPU's: _50epochs)
 VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,
                          REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
-                         REHRSegTrainer_fromLR, REHRSegTrainer_transposedHead)
+                         REHRSegTrainer_fromLR, REHRSegTrainer_transposedHead, REHRSegTrainer_subpixelHead,
+                         REHRSegTrainer_kdEveryStep)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 

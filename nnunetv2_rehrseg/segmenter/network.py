@@ -3,10 +3,10 @@
 The encoder and decoder are nnU-Net's own modules (PlainConvUNet or ResidualEncoderUNet from the plans) and keep
 their parameter names, so a checkpoint of an LR nnU-Net loads through `-pretrained_weights`. The HR head adds to the
 LR logits, linearly upsampled along the LR axis on the same field of view, a correction read from the full-resolution
-decoder features and taken to the HR grid either by a transposed convolution whose kernel equals its stride
-("transposed") or by a convolution on the LR grid to r x the channels rearranged into r sub-slices ("subpixel",
-depth-to-space along the LR axis). Both keep shifts exact: one LR slice of shift in the input moves the HR output by
-exactly r slices (no align_corners stretch).
+decoder features and taken to the HR grid in one of three forms (HR_HEAD_FORMS, see HRHead): "subslice" and
+"subpixel" compute on the LR grid and rearrange r x the channels into r sub-slices (depth-to-space along the LR
+axis), "transposed" uses a transposed convolution whose kernel equals its stride. All keep shifts exact: one LR slice
+of shift in the input moves the HR output by exactly r slices (no align_corners stretch).
 
 forward(x) on an LR patch (B, C, D, H, W) returns (LR logits: a list, highest resolution first, under deep
 supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, for distillation).
@@ -14,7 +14,6 @@ supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, fo
 from typing import List, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
@@ -30,17 +29,32 @@ HR_GATE_KEY = "hr_head.seg_layers.lr_logits_gate"
 
 def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     """Linear upsampling of (B, C, D, H, W) by r along D on the same field of view: HR slice r*k + j sits at LR
-    position k + (j + 0.5) / r - 0.5 (ends replicated), so a one-slice shift of the input moves it by r slices."""
-    return F.interpolate(logits, scale_factor=(r, 1, 1), mode="trilinear", align_corners=False)
+    position k + (j + 0.5) / r - 0.5 (ends replicated), so a one-slice shift of the input moves it by r slices.
+    Equal to F.interpolate(..., scale_factor=(r, 1, 1), mode="trilinear", align_corners=False), as r blends of two
+    shifted views: half the time of the general kernel forward + backward on a CPU."""
+    d = logits.shape[2]
+    padded = torch.cat([logits[:, :, :1], logits, logits[:, :, -1:]], 2)
+    sub_slices = []
+    for j in range(r):
+        position = (j + 0.5) / r - 0.5                  # within [-0.5, 0.5): between slices k - 1 and k, or k and k + 1
+        lower = 0 if position < 0 else 1                # in `padded`, whose slice k + 1 is LR slice k
+        weight = position - (lower - 1)
+        below = padded.narrow(2, lower, d)
+        sub_slices.append(torch.lerp(below, padded.narrow(2, lower + 1, d), weight) if weight else below)
+    return torch.stack(sub_slices, 3).flatten(2, 3)
 
 
-HR_HEAD_FORMS = ("subpixel", "transposed")
+HR_HEAD_FORMS = ("subslice", "subpixel", "transposed")
 HR_HEAD_FIRST_KEY = "hr_head.seg_layers.0.weight"
+HR_HEAD_FIFTH_KEY = "hr_head.seg_layers.4.weight"
 
 
 def hr_head_form_of(state_dict: dict) -> str:
-    """The HR head form of saved weights: its first layer is a 3x3x3 convolution in the subpixel form, a transposed
-    convolution with an (r, 1, 1) kernel in the transposed one (weights saved before the subpixel form existed)."""
+    """The HR head form of saved weights (see HRHead's layer lists): only the subslice form has no weights in its
+    fifth layer (depth-to-space); of the others, the subpixel form starts with a 3x3x3 convolution, the transposed one
+    (weights saved before the subpixel form existed) with an (r, 1, 1) transposed convolution."""
+    if HR_HEAD_FIFTH_KEY not in state_dict:
+        return "subslice"
     return "subpixel" if tuple(state_dict[HR_HEAD_FIRST_KEY].shape[2:]) == (3, 3, 3) else "transposed"
 
 
@@ -62,12 +76,16 @@ class HRHead(nn.Module):
     head starts at the LR head's answer and learns only what the thin slices add; gate 0 is the original head that
     predicts HR logits from the features alone (an ablation; it starts with He-initialised weights).
 
-    form "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR grid;
-    "subpixel" (the default): the 3x3x3 conv on the LR grid to r x the channels, then depth-to-space. The same hidden
-    width per HR voxel; the subpixel form runs its 3x3x3 conv r-times wider on r-times fewer voxels, which a CPU does
-    about 2.5x faster (forward + backward on the CPU benchmark's plans: 0.11 vs 0.27 s per batch)."""
+    The forms, by cost (forward + backward with the HR loss on the CPU benchmark's plans, batch 2; README):
+    "subslice" (the default): a (3, 1, 1) conv across neighbouring thick slices to r x the hidden width, then a 1x1x1
+    readout to r x the classes, both on the LR grid, then depth-to-space (0.07 s). The decoder's last stage has
+    already mixed the in-plane context into the features; what a sub-slice adds is where along the thick axis a
+    boundary lies between this thick slice and its neighbours.
+    "subpixel": a 3x3x3 conv on the LR grid to r x the hidden width, depth-to-space, a 1x1x1 readout on the HR grid
+    (0.22 s). "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR
+    grid and the readout (0.27 s for the head alone). The same hidden width per HR voxel in every form."""
 
-    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "subpixel"):
+    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "subslice"):
         super().__init__()
         if form not in HR_HEAD_FORMS:
             raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
@@ -79,21 +97,30 @@ class HRHead(nn.Module):
         def norm_and_nonlin(channels: int) -> List[nn.Module]:
             return [encoder.norm_op(channels, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
                     encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity()]
-        if form == "transposed":
-            layers = [nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
-                      conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias), *norm_and_nonlin(hidden)]
-        else:
+        if form == "subslice":
+            layers = [conv(in_features, hidden * r, (3, 1, 1), padding=(1, 0, 0), bias=encoder.conv_bias),
+                      *norm_and_nonlin(hidden * r), conv(hidden * r, num_classes * r, 1), DepthToSpace(r)]
+        elif form == "subpixel":
             layers = [conv(in_features, hidden * r, 3, padding=1, bias=encoder.conv_bias),
-                      *norm_and_nonlin(hidden * r), DepthToSpace(r)]
+                      *norm_and_nonlin(hidden * r), DepthToSpace(r), conv(hidden, num_classes, 1)]
+        else:
+            layers = [nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
+                      conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias), *norm_and_nonlin(hidden),
+                      conv(hidden, num_classes, 1)]
         # every layer sits under `seg_layers`: nnU-Net's load_pretrained_weights skips '.seg_layers.' keys, so an LR
         # nnU-Net checkpoint (which has no HR head) can initialise the rest of the network
-        self.seg_layers = nn.Sequential(*layers, conv(hidden, num_classes, 1))
+        self.seg_layers = nn.Sequential(*layers)
         # the gate as a buffer (saved with the weights, so inference knows whether the head is residual) under
         # '.seg_layers.' (see above); a float factor rather than a Python flag keeps the forward free of branches for
         # torch.compile
         self.seg_layers.register_buffer("lr_logits_gate", torch.ones(()))
         self.register_load_state_dict_pre_hook(_gate_of_weights_saved_without_one)
         self.reset_parameters(residual=True)
+
+    @property
+    def readout(self) -> nn.Module:
+        """The last convolution (to the classes): zero at the start of a residual head."""
+        return self.seg_layers[3] if self.form == "subslice" else self.seg_layers[-1]
 
     @property
     def residual(self) -> bool:
@@ -107,7 +134,7 @@ class HRHead(nn.Module):
             # with kernel = stride every HR voxel receives one tap per input channel: fan-in = in_channels (He's rule
             # as applied to a conv would count out_channels * r)
             first.weight.normal_(0, (2 / (1 + 1e-2 ** 2)) ** 0.5 / first.in_channels ** 0.5)
-        last = self.seg_layers[-1]
+        last = self.readout
         if residual:
             last.weight.zero_()
             last.bias.zero_()
@@ -142,7 +169,7 @@ def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.T
 
 
 class REHRSegNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "subpixel"):
+    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "subslice"):
         super().__init__()
         self.encoder = backbone.encoder
         self.decoder = backbone.decoder
@@ -167,7 +194,7 @@ class REHRSegNetwork(nn.Module):
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
                           num_output_channels: int, deep_supervision: bool,
-                          hr_head_form: str = "subpixel") -> REHRSegNetwork:
+                          hr_head_form: str = "subslice") -> REHRSegNetwork:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     kwargs = dict(arch_kwargs)

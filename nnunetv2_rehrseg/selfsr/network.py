@@ -10,7 +10,7 @@ Output the r thin sub-slices of slice s: image (B, C_img, r, H, W), label logits
 The frame axis is never pooled, so the encoder also runs on a whole LR patch (any number of slices): that is how
 stage 2 reads its features for distillation.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -157,10 +157,11 @@ class SelfSRNet(nn.Module):
         # the network only has to learn where the thin slices differ from the thick ones
         self.label_prior = nn.Parameter(torch.tensor(LABEL_PRIOR_INIT)) if label_residual else None
 
-    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Encoder features per stage, (B, F_i, frames, H / 2^i, W / 2^i)."""
+    def encode(self, x: torch.Tensor, stages: Optional[int] = None) -> List[torch.Tensor]:
+        """Encoder features per stage, (B, F_i, frames, H / 2^i, W / 2^i); of the first `stages` stages if given (a
+        distillation teacher needs one stage, not the deeper ones)."""
         skips = []
-        for stage in self.encoder:
+        for stage in self.encoder[:stages]:
             x = stage(x)
             skips.append(x)
         return skips
