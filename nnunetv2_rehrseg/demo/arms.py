@@ -24,7 +24,8 @@ BENCHMARK_ARMS = {
     "rehrseg_noPseudoData": "(5) REHRSeg without pseudo-data (real LR phase only)",
     "rehrseg_paperR5": "(5) REHRSeg with the paper's R5 (weighted CE, no Dice term)",
     "rehrseg_noResidualHead": "(5) REHRSeg with an HR head that is not a correction of the LR logits",
-    "rehrseg_transposedHead": "(5) REHRSeg with the earlier HR head form (transposed conv, 3x3x3 conv on the HR grid)",
+    "rehrseg_transposedHead": "(5) REHRSeg with the first HR head form (transposed conv, 3x3x3 conv on the HR grid)",
+    "rehrseg_kdEveryStep": "(5) REHRSeg distilling on every step (default: every 4th at 4x the weights)",
     "hr_upper_bound": "(6) HR upper bound (nnU-Net on true HR images and labels)",
     "rehrseg_wrong_profile": f"REHRSeg told the wrong slice profile ({WRONG_PROFILE}; data: Gaussian)",
 }

@@ -47,7 +47,7 @@ class BenchmarkPreset:
 ABLATIONS = {"rehrseg_noKD": "REHRSegTrainer_noKD", "rehrseg_noUncertainty": "REHRSegTrainer_noUncertainty",
              "rehrseg_noPseudoData": "REHRSegTrainer_noPseudoData", "rehrseg_paperR5": "REHRSegTrainer_paperR5",
              "rehrseg_noResidualHead": "REHRSegTrainer_noResidualHead",
-             "rehrseg_transposedHead": "REHRSegTrainer_transposedHead"}
+             "rehrseg_transposedHead": "REHRSegTrainer_transposedHead", "rehrseg_kdEveryStep": "REHRSegTrainer_kdEveryStep"}
 
 
 def _at_budget(suffix: str) -> Dict[str, str]:
