@@ -320,18 +320,39 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     with pytest.raises(RuntimeError, match="'subslice' form.*continue that run with REHRSegTrainer or"):
         transposed.load_checkpoint(str(fold / "checkpoint_final.pth"))
 
-    # an LR nnU-Net checkpoint initialises everything but the segmentation layers (nnU-Net's own loader)
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    # an LR nnU-Net checkpoint initialises the encoder and decoder (nnU-Net's own loader, as run_training calls it)
+    # and, for the same labels, the LR segmentation layers too; never the HR head
+    import nnunetv2.run.run_training as run_training
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer_fromLRSkipSegLayers
 
     stock_arch = json.loads((planned["pre"] / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"][
         "architecture"]
     stock_net = get_network_from_plans(stock_arch["network_class_name"], stock_arch["arch_kwargs"],
                                        stock_arch["_kw_requires_import"], 1, 3, deep_supervision=True)
-    torch.save({"network_weights": stock_net.state_dict()}, planned["root"] / "lr_model.pth")
-    load_pretrained_weights(tiny.network, str(planned["root"] / "lr_model.pth"))
-    key = "encoder.stages.0.0.convs.0.conv.weight"
-    assert torch.equal(tiny.network.state_dict()[key], stock_net.state_dict()[key])
+    labels = json.loads((planned["pre"] / "dataset.json").read_text())["labels"]
+
+    def lr_model(dataset_labels) -> str:
+        path = planned["root"] / "lr_model.pth"
+        torch.save({"network_weights": stock_net.state_dict(), "init_args": {"dataset_json": {"labels": dataset_labels}}},
+                   path)
+        return str(path)
+
+    hr_head_before = {k: v.clone() for k, v in tiny.network.state_dict().items() if k.startswith("hr_head.")}
+    run_training.load_pretrained_weights(tiny.network, lr_model(labels))
+    loaded, lr_model_weights = tiny.network.state_dict(), stock_net.state_dict()
+    for key in ("encoder.stages.0.0.convs.0.conv.weight", "decoder.seg_layers.0.weight", "decoder.seg_layers.1.bias"):
+        assert torch.equal(loaded[key], lr_model_weights[key]), key
+    assert all(torch.equal(loaded[k], v) for k, v in hr_head_before.items())
+    # other labels (or the variant that loads as nnU-Net does): the segmentation layers are skipped
+    for trainer, dataset_labels in ((tiny, {**labels, "other": 9}), (make(REHRSegTrainer_fromLRSkipSegLayers), labels)):
+        if trainer is not tiny:
+            trainer.initialize()
+        before = trainer.network.state_dict()["decoder.seg_layers.0.weight"].clone()
+        stock_net.decoder.seg_layers[0].weight.data.add_(1.0)
+        run_training.load_pretrained_weights(trainer.network, lr_model(dataset_labels))
+        assert torch.equal(trainer.network.state_dict()["decoder.seg_layers.0.weight"], before)
 
     # one training step through the real data loader: uncertainty travels with the patch, all terms finite
     tiny.on_train_start()

@@ -37,6 +37,7 @@ from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.segmenter import pretrained
 from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
 from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, lr_targets, margin_slices
@@ -47,6 +48,7 @@ SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the traine
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
 # the self-SR model inside every checkpoint: nnUNetv2_export_model_to_zip carries fold checkpoints, not extra files
 SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
+pretrained.install()   # -pretrained_weights of an LR nnU-Net of the same labels: its LR segmentation layers too
 # the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
 TRAINER_OF_HEAD_FORM = {"subslice": "REHRSegTrainer", "subpixel": "REHRSegTrainer_subpixelHead",
                         "transposed": "REHRSegTrainer_transposedHead"}
@@ -67,6 +69,7 @@ class REHRSegTrainer(nnUNetTrainer):
     kd_spatial_weight = 1.0
     kd_correlation_weight = 1.0
     kd_student_stage = 1               # nnU-Net encoder stage distilled from the self-SR encoder
+    pretrained_lr_seg_layers = True    # -pretrained_weights with the same labels: take its LR segmentation layers too
     kd_every_n_steps = 4               # distil on every n-th training step at n x the KD weights: the same expected
                                        # gradient for a quarter of the teacher's and the KD terms' cost
 
@@ -134,6 +137,8 @@ class REHRSegTrainer(nnUNetTrainer):
     def initialize(self):
         super().initialize()
         network = unwrap(self.network).enable_rehrseg_forward()
+        pretrained.mark_for_lr_seg_layers(network, self.dataset_json["labels"] if self.pretrained_lr_seg_layers
+                                          else None)
         if not self.hr_head_residual:
             network.hr_head.reset_parameters(residual=False)
 

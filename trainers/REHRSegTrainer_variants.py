@@ -60,6 +60,11 @@ class REHRSegTrainer_fromLR(REHRSegTrainer):
     under its own name, so that its model folder sits beside the one trained from scratch."""
 
 
+class REHRSegTrainer_fromLRSkipSegLayers(REHRSegTrainer):
+    """`-pretrained_weights` as nnU-Net loads them: every segmentation layer skipped, even for the same labels."""
+    pretrained_lr_seg_layers = False
+
+
 class _TrainingBudget:
     """Put before a trainer class: sets nnU-Net's budget on the instance after its __init__ (nnU-Net assigns these
     there, so class attributes of the same names would be overwritten)."""
@@ -157,8 +162,8 @@ class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
 # name like hand-written ones (the demo's budget: _fast; the benchmark's: _1500steps and _3000steps; a GPU's: _50epochs)
 VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,
                          REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
-                         REHRSegTrainer_fromLR, REHRSegTrainer_transposedHead, REHRSegTrainer_subpixelHead,
-                         REHRSegTrainer_kdEveryStep)
+                         REHRSegTrainer_fromLR, REHRSegTrainer_fromLRSkipSegLayers, REHRSegTrainer_transposedHead,
+                         REHRSegTrainer_subpixelHead, REHRSegTrainer_kdEveryStep)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 

@@ -125,8 +125,8 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
                                                   "peak_rss_gb_per_stage": pipeline.peak_rss_gb}, indent=1))
     table = markdown_table(rows)
     timings = timing_rows(pipeline)
-    started = ("; REHRSeg starts from arm 1's final checkpoint (nnU-Net's -pretrained_weights: encoder and decoder, "
-               "not the segmentation layers) and trains its budget on top" if pipeline.preset.rehrseg_from_baseline
+    started = ("; REHRSeg starts from arm 1's final checkpoint (-pretrained_weights: encoder, decoder and the LR "
+               "segmentation layers; the HR head fresh) and trains its budget on top" if pipeline.preset.rehrseg_from_baseline
                else "; REHRSeg from scratch")
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
     (out / "report.md").write_text(f"""# REHRSeg demo report
