@@ -4,9 +4,10 @@ In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -
 blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid. Per training step, on the device: pseudo-LR
 labels (thick-slice majority of the HR labels) -> network on the LR grid -> losses:
 uncertainty-weighted CE + soft Dice on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head
-(upsampled LR logits + a learned correction) vs the pseudo-HR labels, spatial and correlation distillation from the frozen self-SR encoder (which sees the pseudo-LR
-image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in on_train_start; the
-KD adapter joins the optimizer and is saved under an extra checkpoint key.
+(upsampled LR logits + a learned correction) vs the pseudo-HR labels, and on every kd_every_n_steps-th step (at that
+many times the KD weights) spatial and correlation distillation from the frozen self-SR encoder (which sees the
+pseudo-LR image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in
+on_train_start; the KD adapter joins the optimizer and is saved under an extra checkpoint key.
 """
 import shutil
 from pathlib import Path
