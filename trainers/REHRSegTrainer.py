@@ -51,8 +51,8 @@ KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
 SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 pretrained.install()   # -pretrained_weights of an LR nnU-Net of the same labels: its LR segmentation layers too
 # the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
-TRAINER_OF_HEAD_FORM = {"subslice": "REHRSegTrainer", "subpixel": "REHRSegTrainer_subpixelHead",
-                        "transposed": "REHRSegTrainer_transposedHead"}
+TRAINER_OF_HEAD_FORM = {"subslice": "REHRSegTrainer", "linear": "REHRSegTrainer_linearHead",
+                        "subpixel": "REHRSegTrainer_subpixelHead", "transposed": "REHRSegTrainer_transposedHead"}
 
 
 class REHRSegTrainer(nnUNetTrainer):

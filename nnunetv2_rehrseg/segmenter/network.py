@@ -44,17 +44,19 @@ def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     return torch.stack(sub_slices, 3).flatten(2, 3)
 
 
-HR_HEAD_FORMS = ("subslice", "subpixel", "transposed")
+HR_HEAD_FORMS = ("subslice", "linear", "subpixel", "transposed")
 HR_HEAD_FIRST_KEY = "hr_head.seg_layers.0.weight"
+HR_HEAD_FOURTH_KEY = "hr_head.seg_layers.3.weight"
 HR_HEAD_FIFTH_KEY = "hr_head.seg_layers.4.weight"
 
 
 def hr_head_form_of(state_dict: dict) -> str:
-    """The HR head form of saved weights (see HRHead's layer lists): only the subslice form has no weights in its
-    fifth layer (depth-to-space); of the others, the subpixel form starts with a 3x3x3 convolution, the transposed one
-    (weights saved before the subpixel form existed) with an (r, 1, 1) transposed convolution."""
+    """The HR head form of saved weights (see HRHead's layer lists): the subslice and linear forms have no fifth
+    layer with weights, and of them only the subslice form a fourth (its readout); of the others, the subpixel form
+    starts with a 3x3x3 convolution, the transposed one (weights saved before the subpixel form existed) with an
+    (r, 1, 1) transposed convolution."""
     if HR_HEAD_FIFTH_KEY not in state_dict:
-        return "subslice"
+        return "subslice" if HR_HEAD_FOURTH_KEY in state_dict else "linear"
     return "subpixel" if tuple(state_dict[HR_HEAD_FIRST_KEY].shape[2:]) == (3, 3, 3) else "transposed"
 
 
@@ -83,7 +85,8 @@ class HRHead(nn.Module):
     boundary lies between this thick slice and its neighbours.
     "subpixel": a 3x3x3 conv on the LR grid to r x the hidden width, depth-to-space, a 1x1x1 readout on the HR grid
     (0.22 s). "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR
-    grid and the readout (0.27 s for the head alone). The same hidden width per HR voxel in every form."""
+    grid and the readout (0.27 s for the head alone). The same hidden width per HR voxel in these three forms.
+    "linear": the (3, 1, 1) conv straight to r x the classes, no hidden layer (a candidate for a cheaper step)."""
 
     def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "subslice"):
         super().__init__()
@@ -100,6 +103,8 @@ class HRHead(nn.Module):
         if form == "subslice":
             layers = [conv(in_features, hidden * r, (3, 1, 1), padding=(1, 0, 0), bias=encoder.conv_bias),
                       *norm_and_nonlin(hidden * r), conv(hidden * r, num_classes * r, 1), DepthToSpace(r)]
+        elif form == "linear":
+            layers = [conv(in_features, num_classes * r, (3, 1, 1), padding=(1, 0, 0)), DepthToSpace(r)]
         elif form == "subpixel":
             layers = [conv(in_features, hidden * r, 3, padding=1, bias=encoder.conv_bias),
                       *norm_and_nonlin(hidden * r), DepthToSpace(r), conv(hidden, num_classes, 1)]
@@ -120,7 +125,8 @@ class HRHead(nn.Module):
     @property
     def readout(self) -> nn.Module:
         """The last convolution (to the classes): zero at the start of a residual head."""
-        return self.seg_layers[3] if self.form == "subslice" else self.seg_layers[-1]
+        index = {"subslice": 3, "linear": 0}.get(self.form, -1)
+        return self.seg_layers[index]
 
     @property
     def residual(self) -> bool:
