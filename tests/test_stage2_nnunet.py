@@ -316,8 +316,8 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     transposed = make(REHRSegTrainer_transposedHead)
     transposed.initialize()
-    assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "subslice"
-    with pytest.raises(RuntimeError, match="'subslice' form.*continue that run with REHRSegTrainer or"):
+    assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "linear"
+    with pytest.raises(RuntimeError, match="'linear' form.*continue that run with REHRSegTrainer or"):
         transposed.load_checkpoint(str(fold / "checkpoint_final.pth"))
 
     # an LR nnU-Net checkpoint initialises the encoder and decoder (nnU-Net's own loader, as run_training calls it)

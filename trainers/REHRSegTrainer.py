@@ -51,7 +51,7 @@ KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
 SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 pretrained.install()   # -pretrained_weights of an LR nnU-Net of the same labels: its LR segmentation layers too
 # the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
-TRAINER_OF_HEAD_FORM = {"subslice": "REHRSegTrainer", "linear": "REHRSegTrainer_linearHead",
+TRAINER_OF_HEAD_FORM = {"linear": "REHRSegTrainer", "subslice": "REHRSegTrainer_subsliceHead",
                         "subpixel": "REHRSegTrainer_subpixelHead", "transposed": "REHRSegTrainer_transposedHead"}
 
 
@@ -61,7 +61,7 @@ class REHRSegTrainer(nnUNetTrainer):
     uncertainty_scale = 0.99           # w = 1 - 0.99 U
     lr_dice_weight = 1.0               # soft Dice beside R5's weighted CE (0: the paper's CE-only R5)
     hr_head_residual = True            # HR logits = upsampled LR logits + a correction starting at zero
-    hr_head_form = "subslice"          # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
+    hr_head_form = "linear"            # how the correction reaches the HR grid (network.HR_HEAD_FORMS)
     random_phase = True                # pseudo-data: r LR volumes per case; False: the real LR phase only
     annotated_phase_probability = None # chance of the annotated phase 0 (None: 1/r, every phase alike)
     lr_loss_annotated_phase_only = False  # LR-head loss only where the pseudo-LR labels are the annotation itself
@@ -396,7 +396,7 @@ class REHRSegTrainer(nnUNetTrainer):
             same_form = TRAINER_OF_HEAD_FORM[saved_form]
             raise RuntimeError(
                 f"{filename_or_checkpoint} holds an HR head of the '{saved_form}' form, {self.__class__.__name__} "
-                f"builds '{self.hr_head_form}' (the default form changed twice): continue that run with "
+                f"builds '{self.hr_head_form}' (the default form has changed over versions): continue that run with "
                 f"{same_form} or one of its budget variants (rename the model folder to match), or start it again")
         super().load_checkpoint(filename_or_checkpoint)
         if self.distillation is not None:

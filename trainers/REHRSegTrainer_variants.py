@@ -43,9 +43,9 @@ class REHRSegTrainer_subpixelHead(REHRSegTrainer):
     hr_head_form = "subpixel"
 
 
-class REHRSegTrainer_linearHead(REHRSegTrainer):
-    """An HR head without a hidden layer: a (3, 1, 1) convolution of the decoder features to r x the classes."""
-    hr_head_form = "linear"
+class REHRSegTrainer_subsliceHead(REHRSegTrainer):
+    """The HR head's third form: a hidden layer between the (3, 1, 1) convolution and the readout, on the LR grid."""
+    hr_head_form = "subslice"
 
 
 class REHRSegTrainer_kdEveryStep(REHRSegTrainer):
@@ -168,7 +168,7 @@ class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
 VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,
                          REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
                          REHRSegTrainer_fromLR, REHRSegTrainer_fromLRSkipSegLayers, REHRSegTrainer_transposedHead,
-                         REHRSegTrainer_subpixelHead, REHRSegTrainer_linearHead, REHRSegTrainer_kdEveryStep)
+                         REHRSegTrainer_subpixelHead, REHRSegTrainer_subsliceHead, REHRSegTrainer_kdEveryStep)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 

@@ -44,7 +44,7 @@ def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     return torch.stack(sub_slices, 3).flatten(2, 3)
 
 
-HR_HEAD_FORMS = ("subslice", "linear", "subpixel", "transposed")
+HR_HEAD_FORMS = ("linear", "subslice", "subpixel", "transposed")
 HR_HEAD_FIRST_KEY = "hr_head.seg_layers.0.weight"
 HR_HEAD_FOURTH_KEY = "hr_head.seg_layers.3.weight"
 HR_HEAD_FIFTH_KEY = "hr_head.seg_layers.4.weight"
@@ -78,17 +78,17 @@ class HRHead(nn.Module):
     head starts at the LR head's answer and learns only what the thin slices add; gate 0 is the original head that
     predicts HR logits from the features alone (an ablation; it starts with He-initialised weights).
 
-    The forms, by cost (forward + backward with the HR loss on the CPU benchmark's plans, batch 2; README):
-    "subslice" (the default): a (3, 1, 1) conv across neighbouring thick slices to r x the hidden width, then a 1x1x1
-    readout to r x the classes, both on the LR grid, then depth-to-space (0.07 s). The decoder's last stage has
-    already mixed the in-plane context into the features; what a sub-slice adds is where along the thick axis a
-    boundary lies between this thick slice and its neighbours.
-    "subpixel": a 3x3x3 conv on the LR grid to r x the hidden width, depth-to-space, a 1x1x1 readout on the HR grid
-    (0.22 s). "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR
-    grid and the readout (0.27 s for the head alone). The same hidden width per HR voxel in these three forms.
-    "linear": the (3, 1, 1) conv straight to r x the classes, no hidden layer (a candidate for a cheaper step)."""
+    The forms (README: their cost and their scores on the benchmark's validation subject, all alike):
+    "linear" (the default): a (3, 1, 1) conv of the decoder features across each thick slice and its neighbours
+    straight to r x the classes on the LR grid, then depth-to-space. The decoder's last stage has already mixed the
+    in-plane context into the features; what a sub-slice adds is where along the thick axis a boundary lies between
+    this thick slice and its neighbours.
+    "subslice": the same conv to r x a hidden width, norm, nonlinearity, a 1x1x1 readout, depth-to-space.
+    "subpixel": a 3x3x3 conv on the LR grid to r x the hidden width, depth-to-space, a 1x1x1 readout on the HR grid.
+    "transposed": transposed conv (kernel = stride = r along the thick axis), then a 3x3x3 conv on the HR grid and the
+    readout. The hidden forms have half the decoder's width per HR voxel."""
 
-    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "subslice"):
+    def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "linear"):
         super().__init__()
         if form not in HR_HEAD_FORMS:
             raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
@@ -175,7 +175,7 @@ def decode(decoder: nn.Module, skips: List[torch.Tensor]) -> Tuple[Union[torch.T
 
 
 class REHRSegNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "subslice"):
+    def __init__(self, backbone: nn.Module, num_classes: int, r: int, hr_head_form: str = "linear"):
         super().__init__()
         self.encoder = backbone.encoder
         self.decoder = backbone.decoder
@@ -200,7 +200,7 @@ class REHRSegNetwork(nn.Module):
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
                           num_output_channels: int, deep_supervision: bool,
-                          hr_head_form: str = "subslice") -> REHRSegNetwork:
+                          hr_head_form: str = "linear") -> REHRSegNetwork:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     kwargs = dict(arch_kwargs)
