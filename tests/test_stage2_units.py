@@ -135,6 +135,10 @@ def test_lr_grid_heads_put_channel_group_j_on_sub_slice_j():
     head = _network(hr_head_form="subslice").hr_head
     assert head.seg_layers[0].kernel_size == (3, 1, 1) and head.seg_layers[0].out_channels == 4 * 4
     assert head.seg_layers[3].out_channels == 4 * 3 and isinstance(head.seg_layers[-1], DepthToSpace)
+    # the linear form (the default): that conv straight to r x the classes is the readout
+    head = _network(hr_head_form="linear").hr_head
+    assert len(head.seg_layers) == 2 and head.readout is head.seg_layers[0]
+    assert head.readout.kernel_size == (3, 1, 1) and head.readout.out_channels == 4 * 3
     with pytest.raises(ValueError, match="subpixel"):
         _network(hr_head_form="pixelshuffle")
 

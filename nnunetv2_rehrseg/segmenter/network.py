@@ -3,10 +3,10 @@
 The encoder and decoder are nnU-Net's own modules (PlainConvUNet or ResidualEncoderUNet from the plans) and keep
 their parameter names, so a checkpoint of an LR nnU-Net loads through `-pretrained_weights`. The HR head adds to the
 LR logits, linearly upsampled along the LR axis on the same field of view, a correction read from the full-resolution
-decoder features and taken to the HR grid in one of three forms (HR_HEAD_FORMS, see HRHead): "subslice" and
-"subpixel" compute on the LR grid and rearrange r x the channels into r sub-slices (depth-to-space along the LR
-axis), "transposed" uses a transposed convolution whose kernel equals its stride. All keep shifts exact: one LR slice
-of shift in the input moves the HR output by exactly r slices (no align_corners stretch).
+decoder features and taken to the HR grid in one of four forms (HR_HEAD_FORMS, see HRHead): "linear" (the default),
+"subslice" and "subpixel" compute on the LR grid and rearrange r x the channels into r sub-slices (depth-to-space
+along the LR axis), "transposed" uses a transposed convolution whose kernel equals its stride. All keep shifts
+exact: one LR slice of shift in the input moves the HR output by exactly r slices (no align_corners stretch).
 
 forward(x) on an LR patch (B, C, D, H, W) returns (LR logits: a list, highest resolution first, under deep
 supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, for distillation).
