@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import write_json_atomic
@@ -177,8 +178,7 @@ class SelfTest:
             json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
 
     def check_training(self, trainer: str, plans: str, label: str) -> dict:
-        checkpoint = torch.load(self.fold(trainer, plans) / "checkpoint_final.pth", map_location="cpu",
-                                weights_only=False)
+        checkpoint = load_trained_checkpoint(self.fold(trainer, plans) / "checkpoint_final.pth")
         logged = checkpoint["logging"]
         for key, (finite, falling, first, last) in losses_finite_and_falling(logged, LOSS_TERMS).items():
             self.result.check(f"{label}: {key} finite", finite, f"{first:.4g} -> {last:.4g}")
@@ -202,9 +202,9 @@ class SelfTest:
 
     def resume_and_validate(self) -> None:
         fold = self.fold(self.size.trainer, "REHRSegPlans")
-        before = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        before = load_trained_checkpoint(fold / "checkpoint_final.pth")
         self.train(self.size.trainer, "REHRSegPlans", "--c")
-        after = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        after = load_trained_checkpoint(fold / "checkpoint_final.pth")
         keys = ("network_weights", "optimizer_state", "grad_scaler_state", "current_epoch", "logging",
                 "rehrseg_kd_adapter", "rehrseg_selfsr", "_best_ema")
         differing = same_state(before, after, keys)

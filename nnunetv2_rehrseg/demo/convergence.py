@@ -38,8 +38,7 @@ def learning_curves(results_root: Path) -> Dict[str, dict]:
     """'<dataset>/<trainer>' -> steps at each epoch end, validation Dice and its EMA, convergence, and seconds per
     training step (median epoch wall time / iterations; the epoch's few validation iterations are included), from
     fold 0's checkpoint."""
-    import torch
-
+    from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
     from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch
 
     curves = {}
@@ -47,7 +46,7 @@ def learning_curves(results_root: Path) -> Dict[str, dict]:
         trainer_folder = checkpoint.parent.parent
         name = trainer_folder.name.split("__")[0]
         iterations = iterations_per_epoch(name)
-        logged = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+        logged = load_trained_checkpoint(checkpoint)["logging"]
         ema = [float(v) for v in logged["ema_fg_dice"]]
         epochs = np.subtract(logged["epoch_end_timestamps"], logged["epoch_start_timestamps"])
         dice = [float(v) for v in logged["mean_fg_dice"]]
