@@ -86,6 +86,17 @@ def test_majority_rule():
     assert along_x.shape == (2, 3, 3) and (along_x == np.array([1, 3, 1])).all()
 
 
+@pytest.mark.parametrize("r, axis, phase", [(2, 0, 1), (4, 1, 0), (5, 2, 3)])
+def test_majority_is_the_lowest_most_common_label_of_each_block(r, axis, phase):
+    from scipy.stats import mode
+
+    rng = np.random.default_rng(r)
+    hr = rng.integers(0, 4, (3 * r + phase + 1, 9, 7)).astype(np.int16).swapaxes(0, axis).copy()
+    lr = majority_labels(torch.from_numpy(hr), axis=axis, r=r, phase=phase, num_classes=4)
+    blocks = np.moveaxis(hr, axis, 0)[phase:phase + 3 * r].reshape(3, r, *np.delete(hr.shape, axis))
+    expected = np.moveaxis(mode(blocks, axis=1, keepdims=False).mode, 0, axis)  # scipy: ties -> smallest value
+    assert lr.dtype == torch.int16 and np.array_equal(lr.numpy(), expected)
+
 def test_lr_axis_detection_and_isotropic_error():
     assert detect_lr_axis((0.8, 0.8, 4.0)) == 2
     assert detect_lr_axis((5.0, 1.0, 1.0)) == 0
