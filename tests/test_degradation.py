@@ -97,6 +97,7 @@ def test_majority_is_the_lowest_most_common_label_of_each_block(r, axis, phase):
     expected = np.moveaxis(mode(blocks, axis=1, keepdims=False).mode, 0, axis)  # scipy: ties -> smallest value
     assert lr.dtype == torch.int16 and np.array_equal(lr.numpy(), expected)
 
+
 def test_lr_axis_detection_and_isotropic_error():
     assert detect_lr_axis((0.8, 0.8, 4.0)) == 2
     assert detect_lr_axis((5.0, 1.0, 1.0)) == 0

@@ -34,7 +34,7 @@ class REHRSegTrainer_noResidualHead(REHRSegTrainer):
 
 class REHRSegTrainer_transposedHead(REHRSegTrainer):
     """The HR head's first form: a transposed convolution, then a 3x3x3 convolution on the HR grid (r x the voxels at
-    a narrow width; the costliest form on a CPU: step 1.85x stock's against 1.22x for the default, README)."""
+    a narrow width; the costliest form on a CPU: step 1.85x stock's against about 1.23x for the default, README)."""
     hr_head_form = "transposed"
 
 
