@@ -3,13 +3,11 @@ REHRSeg ablations and a wrong-slice-profile run, same width and iteration budget
 DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resumes after the last finished stage.
 
     python benchmarks/run_all.py -o DIR [-preset fast|converged|default] [-device cpu|cuda] [-r 4] [-axis 2]
-                                 [-jobs 1] [--report_only]
+                                 [--report_only]
 
 fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm, about 5 hours; at 1500
 steps five of the seven learned arms have not levelled off (README). converged: the same at 60 x 50 steps, about 8
-hours with nothing else running. Rerun the same command to finish an interrupted run. -jobs N runs the arms after
-arm 5b N at a time, each pinned to its own share of the cores (2 on 2 cores: 1.24x the training throughput, measured;
-their times are then marked as not comparable in the report).
+hours with nothing else running. Rerun the same command to finish an interrupted run.
 default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
 """
 import argparse
@@ -25,8 +23,6 @@ def main(argv=None):
     parser.add_argument("-r", type=int, default=4)
     parser.add_argument("-axis", type=int, default=2, choices=(0, 1, 2))
     parser.add_argument("-seed", type=int, default=0)
-    parser.add_argument("-jobs", type=int, default=1,
-                        help="arms run side by side after arm 5b, each on its own share of the CPU cores (default 1)")
     parser.add_argument("--report_only", action="store_true",
                         help="write the report of the stages finished so far (arms not run are marked so)")
     args = parser.parse_args(argv)
@@ -40,9 +36,8 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.o).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    benchmark = Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed,
-                          args.jobs)
-    benchmark(report_only=args.report_only)
+    Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed)(
+        report_only=args.report_only)
     print(f"report: {out / 'benchmark_report.md'}")
 
 

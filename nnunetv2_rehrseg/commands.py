@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 from nnunetv2_rehrseg.errors import InputError
 
@@ -26,17 +26,6 @@ def run_command(command: Sequence[str], env: Dict[str, str]) -> Tuple[float, flo
     if os.waitstatus_to_exitcode(status) != 0:
         raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), list(command))
     return time.time() - t, usage.ru_maxrss / 1024 ** 2
-
-
-def cpu_core_shares(jobs: int) -> List[FrozenSet[int]]:
-    """This process's CPU cores split into `jobs` disjoint, near-equal shares (in order). A job pinned to its share
-    (os.sched_setaffinity on the thread that starts its commands: child processes inherit it) cannot oversubscribe
-    the cores another job uses: nnU-Net sets torch's threads to all cores, and two such trainings unpinned on 2
-    cores ran 12x slower per step than one alone (pinned: each 1.6x slower, 1.24x the throughput)."""
-    cores = sorted(os.sched_getaffinity(0))
-    if not 1 <= jobs <= len(cores):
-        raise InputError(f"-jobs {jobs}: this process may use {len(cores)} CPU core(s); choose 1 to {len(cores)}")
-    return [frozenset(cores[len(cores) * i // jobs:len(cores) * (i + 1) // jobs]) for i in range(jobs)]
 
 
 def nnunet_tree(out: Path) -> Dict[str, str]:

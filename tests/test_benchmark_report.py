@@ -84,7 +84,7 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
     bench.data = DemoDataset(tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices", tmp_path / "truth", ["a"], ["t"])
     commands = []
-    bench.run = lambda *command, **_: commands.append(command) or 1.0
+    bench.run = lambda *command: commands.append(command) or 1.0
     bench.rehrseg_from_lr_arm()
     train = commands[0]
     assert train[:6] == ("rehrseg_train", "700", "3d_fullres", "0", "-tr", "REHRSegTrainer_fromLR_1500steps")
@@ -142,57 +142,3 @@ def test_pseudo_hr_labels_are_scored_beside_interpolation_of_the_annotation(tmp_
     assert scores["nearest"]["mean"]["Dice"] < 1.0
     rows = pseudo_label_rows(scores).splitlines()
     assert rows[0].startswith("| stage-1 pseudo-HR labels | 1.000 (0.000) | 1.000 | 1.000 |")
-
-
-def test_side_by_side_stages_run_pinned_apart_keep_their_own_records_and_resume(tmp_path, monkeypatch):
-    """-jobs 2: two sequences of stages run at once, each on its own CPU core share (the commands' processes inherit
-    it); every stage's record holds the commands it ran and how many jobs ran beside it; a failing stage stops its
-    own sequence only, is raised at the end and leaves no record; a rerun skips the finished stages."""
-    import json
-    import os
-    import threading
-
-    import pytest
-
-    from nnunetv2_rehrseg.commands import cpu_core_shares
-    from nnunetv2_rehrseg.demo import pipeline
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
-    from nnunetv2_rehrseg.errors import InputError
-
-    cores = os.sched_getaffinity(0)
-    with pytest.raises(InputError, match="-jobs"):
-        cpu_core_shares(len(cores) + 1)
-    if len(cores) < 2:
-        pytest.skip("side-by-side jobs need two CPU cores")
-    both_started = threading.Barrier(2, timeout=60)
-    affinity = {}
-
-    def fake_run_command(command, env):
-        affinity[command[1]] = os.sched_getaffinity(0)   # the thread's: what a child process would inherit
-        if command[1] in ("x", "y"):
-            both_started.wait()                           # proves the two sequences run at the same time
-        if command[1] == "bad":
-            raise RuntimeError("this command failed")
-        return 1.0, 0.5
-
-    monkeypatch.setattr(pipeline, "run_command", fake_run_command)
-    bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0, jobs=2)
-
-    def arm(name):
-        bench.run("cmd", name, record_as=name)
-
-    with pytest.raises(RuntimeError, match="this command failed"):
-        bench.run_side_by_side([[("a1", arm, "x")], [("b1", arm, "y"), ("b2", arm, "z")],
-                                [("c1", arm, "bad"), ("c2", arm, "never")]])
-    assert affinity["x"].isdisjoint(affinity["y"]) and affinity["x"] | affinity["y"] == cores
-    assert "never" not in affinity and os.sched_getaffinity(0) == cores   # the caller's own pin is untouched
-    stages = tmp_path / "stages"
-    assert sorted(p.name for p in stages.iterdir()) == ["a1.json", "b1.json", "b2.json"]
-    b2 = json.loads((stages / "b2.json").read_text())
-    assert b2["commands"] == {"z": 1.0} and b2["jobs"] == 2 and b2["peak_rss_gb"] == 0.5
-
-    rerun = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
-    affinity.clear()
-    rerun.run_side_by_side([[("a1", arm, "x")], [("b1", arm, "y"), ("b2", arm, "z")]])
-    assert affinity == {} and rerun.side_by_side == {"a1": 2, "b1": 2, "b2": 2}
-    assert rerun.command_seconds == {"x": 1.0, "y": 1.0, "z": 1.0}

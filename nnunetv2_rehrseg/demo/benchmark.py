@@ -11,19 +11,15 @@ DIR/ (besides the demo's files)
 """
 import json
 import logging
-import os
-import queue
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.commands import cpu_core_shares
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
 from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
 from nnunetv2_rehrseg.demo.convergence import learning_curves
@@ -83,11 +79,9 @@ STOCK_HR_ARMS = {"interp_then_segment": INTERP_ID, "sr_then_segment": PSEUDO_HR_
 
 
 class Benchmark(Pipeline):
-    def __init__(self, out: Path, device: str, r: int, axis: int, preset: BenchmarkPreset, seed: int, jobs: int = 1):
+    def __init__(self, out: Path, device: str, r: int, axis: int, preset: BenchmarkPreset, seed: int):
         super().__init__(out, device, r, axis, preset.demo, seed)
         self.benchmark = preset
-        self.core_shares = cpu_core_shares(jobs) if jobs > 1 else None
-        self.side_by_side: Dict[str, int] = {}   # stage -> how many jobs ran at a time while it ran (when > 1)
         (out / "stages").mkdir(exist_ok=True)
 
     def load_finished_stages(self) -> None:
@@ -99,51 +93,22 @@ class Benchmark(Pipeline):
         if record["peak_rss_gb"] is not None:
             self.peak_rss_gb[record["name"]] = record["peak_rss_gb"]
         self.command_seconds.update(record["commands"])
-        if record.get("jobs", 1) > 1:
-            self.side_by_side[record["name"]] = record["jobs"]
 
-    def stage(self, name: str, fn, *args, jobs: int = 1) -> None:
-        """Run a stage once: its wall time, peak memory and command times are kept, a rerun skips it. `jobs`: how
-        many stages ran side by side meanwhile (their times are not comparable with those of stages run alone)."""
+    def stage(self, name: str, fn, *args) -> None:
+        """Run a stage once: its wall time, peak memory and command times are kept, a rerun skips it."""
         marker = self.out / "stages" / f"{name.replace(' ', '_').replace('/', '_')}.json"
         if marker.is_file():
             record = {"name": name, **json.loads(marker.read_text())}
             logger.info("%s: done before (%.0f s), skipped", name, record["seconds"])
         else:
+            commands_before = dict(self.command_seconds)
             self.timed(name, fn, *args)
             record = {"name": name, "seconds": self.timings[name], "peak_rss_gb": self.peak_rss_gb.get(name),
-                      "commands": self.stage_commands[name], "jobs": jobs}
+                      "commands": {k: v for k, v in self.command_seconds.items() if commands_before.get(k) != v}}
             tmp = marker.with_suffix(".partial")
             tmp.write_text(json.dumps(record, indent=1))
             tmp.replace(marker)
         self._replay(record)
-
-    def run_side_by_side(self, sequences: Sequence[List[tuple]]) -> None:
-        """Independent sequences of stages ((name, fn, *args) each): one after the other, or with -jobs N, N
-        sequences at a time, each pinned to its own share of the CPU cores (cpu_core_shares). Every sequence runs to
-        its end or first failure; the first failure is raised once all have stopped."""
-        if self.core_shares is None:
-            for sequence in sequences:
-                for name, fn, *args in sequence:
-                    self.stage(name, fn, *args)
-            return
-        shares = queue.Queue()
-        for cores in self.core_shares:
-            shares.put(cores)
-
-        def run_pinned(sequence):
-            cores = shares.get()
-            try:
-                os.sched_setaffinity(0, cores)   # this thread: the commands it starts inherit the pin
-                for name, fn, *args in sequence:
-                    self.stage(name, fn, *args, jobs=len(self.core_shares))
-            finally:
-                shares.put(cores)
-
-        with ThreadPoolExecutor(len(self.core_shares), thread_name_prefix="benchmark-job") as pool:
-            futures = [pool.submit(run_pinned, sequence) for sequence in sequences]
-        for future in futures:
-            future.result()
 
     # ------------------------------------------------------------------ data of the extra arms
     def build_data(self):
@@ -332,28 +297,24 @@ class Benchmark(Pipeline):
 
     def run_stages(self) -> None:
         """In the order a partial run is most useful in (--report_only on an unfinished run): REHRSeg, the LR-only
-        arms, the HR upper bound and arm 5b first, one at a time (the step-cost goal compares REHRSeg's epochs with
-        arm 1's), then the other HR-grid arms, the ablations and the wrong profile, -jobs at a time."""
+        arms, the HR upper bound and arm 5b first, then the other HR-grid arms, the ablations, the wrong profile."""
         self.stage("stage 1 + planning + preprocessing", self.plan)
         self.stage("train + predict REHRSeg", self.rehrseg_arm, "rehrseg", self.trainer)
         self.stage("train LR nnU-Net (arm 1) + predict all demo arms", self._demo_rest)
         self.stage("contour interpolation of arm 1 (arm 1c)", self.contour_interpolation_arm)
-        for name, fn, *args in self.stock_hr_stages("hr_upper_bound", HR_ID, self.build_hr_dataset):
-            self.stage(name, fn, *args)
+        self.stock_hr_stages("hr_upper_bound", HR_ID, self.build_hr_dataset)
         self.stage("train + predict rehrseg_from_lr", self.rehrseg_from_lr_arm)
-        self.run_side_by_side([
-            self.stock_hr_stages("interp_then_segment", INTERP_ID, self.build_interp_dataset),
-            self.stock_hr_stages("sr_then_segment", PSEUDO_HR_ID, self.build_pseudo_hr_dataset),
-            *([(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)]
-              for arm, trainer in self.benchmark.ablations.items()),
-            [("stage 1 + planning (wrong slice profile)", self.plan_wrong_profile),
-             ("train + predict rehrseg_wrong_profile", self.rehrseg_arm, "rehrseg_wrong_profile", self.trainer,
-              WRONG_PROFILE_ID)]])
+        self.stock_hr_stages("interp_then_segment", INTERP_ID, self.build_interp_dataset)
+        self.stock_hr_stages("sr_then_segment", PSEUDO_HR_ID, self.build_pseudo_hr_dataset)
+        for arm, trainer in self.benchmark.ablations.items():
+            self.stage(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)
+        self.stage("stage 1 + planning (wrong slice profile)", self.plan_wrong_profile)
+        self.stage("train + predict rehrseg_wrong_profile", self.rehrseg_arm, "rehrseg_wrong_profile", self.trainer,
+                   WRONG_PROFILE_ID)
 
-    def stock_hr_stages(self, arm: str, dataset_id: int, build) -> List[tuple]:
-        """The stages of a stock nnU-Net arm on an HR-grid dataset: build, plan and preprocess it; train and predict."""
-        return [(f"build + plan + preprocess {arm}", _then, build, self.plan_stock, dataset_id),
-                (f"train + predict {arm}", self.stock_hr_arm, arm, dataset_id)]
+    def stock_hr_stages(self, arm: str, dataset_id: int, build) -> None:
+        self.stage(f"build + plan + preprocess {arm}", _then, build, self.plan_stock, dataset_id)
+        self.stage(f"train + predict {arm}", self.stock_hr_arm, arm, dataset_id)
 
     def _demo_rest(self) -> None:
         self.train(self.baseline_trainer, BASELINE_PLANS)

@@ -117,10 +117,6 @@ def write_benchmark_report(bench, results: dict, quality: dict, curves: Dict[str
     goal_table = "\n".join(f"| {g} | {m} | {verdict[ok]} |" for g, m, ok in goal_rows)
     demo = bench.preset
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in bench.data.test_ids)
-    side_by_side = "" if not bench.side_by_side else (
-        "\nRun side by side (`-jobs`, each job on its own share of the CPU cores), so their wall times, and the "
-        "s per step of their arms, are not comparable with those of stages run alone: "
-        + ", ".join(f"{name} ({jobs} at a time)" for name, jobs in bench.side_by_side.items()) + ".\n")
     (out / "benchmark_report.md").write_text(f"""# REHRSeg benchmark report
 
 MNI152 T1 ({demo.spacing_mm} mm) subjects, thick slices simulated at r={bench.r} along axis {bench.axis} (SimpleITK
@@ -176,7 +172,7 @@ What the HR head is trained toward, against the training subjects' HR truth, bes
 | stage | wall time | peak memory (largest process) |
 |---|---|---|
 {timing_rows(bench)}
-{side_by_side}
+
 Prediction commands (all test subjects, process start included):
 
 | command | wall time |

@@ -12,7 +12,6 @@ DIR/
 import json
 import logging
 import resource
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,34 +72,22 @@ class Pipeline:
         self.timings: Dict[str, float] = {}
         self.peak_rss_gb: Dict[str, float] = {}
         self.command_seconds: Dict[str, float] = {}
-        self.stage_commands: Dict[str, Dict[str, float]] = {}   # stage -> the command times it recorded
-        # the stage each thread is in: stages run side by side (the benchmark's -jobs) keep their records apart
-        self._stage = threading.local()
+        self.current_stage: Optional[str] = None
 
-    @property
-    def current_stage(self) -> Optional[str]:
-        return getattr(self._stage, "name", None)
-
-    def run(self, *command: str, record_as: Optional[str] = None) -> float:
-        """A public command (see run_command); returns its wall time, records its peak memory against the current
-        stage and, with record_as, its wall time under that name (command_seconds and the stage's record)."""
+    def run(self, *command: str) -> float:
+        """A public command (see run_command); returns its wall time and records its peak memory against the current
+        stage."""
         seconds, peak_gb = run_command(command, self.env)
         stage = self.current_stage or "other"
         self.peak_rss_gb[stage] = max(self.peak_rss_gb.get(stage, 0.0), peak_gb)
-        if record_as is not None:
-            self.command_seconds[record_as] = seconds
-            self.stage_commands.setdefault(stage, {})[record_as] = seconds
         return seconds
 
     def timed(self, name: str, fn, *args):
-        self._stage.name = name
-        self.stage_commands[name] = {}
+        self.current_stage = name
         t = time.time()
-        try:
-            result = fn(*args)
-        finally:
-            self._stage.name = None
+        result = fn(*args)
         self.timings[name] = time.time() - t
+        self.current_stage = None
         logger.info("%s: %.0f s", name, self.timings[name])
         return result
 
@@ -156,16 +143,17 @@ class Pipeline:
         return {**ARMS, "rehrseg": REHRSEG_FROM_BASELINE}
 
     def predict_rehrseg(self, trainer: str, arm: str, dataset_id: int = DATASET_ID) -> None:
-        self.run("rehrseg_predict", "-i", str(self.data.raw_folder / "imagesTs"), "-o",
-                 str(self.out / "predictions" / arm), "-d", str(dataset_id), "-f", "0", "-tr", trainer, "-device",
-                 self.device, "--lr_output", record_as=arm)
+        self.command_seconds[arm] = self.run(
+            "rehrseg_predict", "-i", str(self.data.raw_folder / "imagesTs"), "-o", str(self.out / "predictions" / arm),
+            "-d", str(dataset_id), "-f", "0", "-tr", trainer, "-device", self.device, "--lr_output")
 
     def predict_stock(self, images: str, arm: str, dataset_id: int, trainer: str, plans: str,
                       probabilities: bool = False) -> None:
         self.env["nnUNet_extTrainer"] = str(Path(__file__).resolve().parent.parent / "nnunet_ext")
-        self.run("nnUNetv2_predict", "-i", images, "-o", str(self.out / "predictions" / arm), "-d", str(dataset_id),
-                 "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-p", plans, "-device", self.device, "-npp", "1",
-                 "-nps", "1", *(["--save_probabilities"] if probabilities else []), record_as=arm)
+        self.command_seconds[arm] = self.run(
+            "nnUNetv2_predict", "-i", images, "-o", str(self.out / "predictions" / arm), "-d", str(dataset_id), "-c",
+            "3d_fullres", "-f", "0", "-tr", trainer, "-p", plans, "-device", self.device, "-npp", "1", "-nps", "1",
+            *(["--save_probabilities"] if probabilities else []))
 
     def predict(self) -> None:
         self.predict_rehrseg(self.trainer, "rehrseg")
@@ -175,8 +163,9 @@ class Pipeline:
         """The test subjects' self-SR (montages, arm 4), arm 1 on the LR grid and resampled to HR, arm 2."""
         preds = self.out / "predictions"
         images = str(self.data.raw_folder / "imagesTs")
-        self.run("rehrseg_super_resolve", "-i", images, "-o", str(self.out / "pseudo_hr_test"), "-d", str(DATASET_ID),
-                 "-device", self.device, record_as="super_resolve")
+        self.command_seconds["super_resolve"] = self.run(
+            "rehrseg_super_resolve", "-i", images, "-o", str(self.out / "pseudo_hr_test"), "-d", str(DATASET_ID),
+            "-device", self.device)
         self.predict_stock(images, "lr_nnunet_lr", DATASET_ID, self.baseline_trainer, BASELINE_PLANS,
                            probabilities=True)
         for identifier in self.data.test_ids:
