@@ -136,13 +136,22 @@ def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch
     assert hr.shape == (1, 3, 4 * lr_patch[0], *lr_patch[1:])
 
 
-def test_train_resume_validate_and_refuse_stock_inference(planned):
+TRAIN_TINY = ("nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
+              "-device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(planned):
+    """Fold 0 of REHRSegTrainer_tiny trained by stock nnUNetv2_train (once per module): its folder."""
+    run(*TRAIN_TINY, env=planned["env"])
+    results = planned["root"] / "nnUNet_results" / "Dataset990_Tiny"
+    return results / "REHRSegTrainer_tiny__REHRSegPlans__3d_fullres" / "fold_0"
+
+
+def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny):
     env = planned["env"]
-    train = ["nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
-             "-device", "cpu"]
-    run(*train, env=env)
-    out = planned["root"] / "nnUNet_results" / "Dataset990_Tiny" / "REHRSegTrainer_tiny__REHRSegPlans__3d_fullres"
-    fold = out / "fold_0"
+    train, fold = TRAIN_TINY, trained_tiny
+    out = fold.parent
     for name in ("checkpoint_final.pth", "progress.png", "progress_rehrseg.png", "validation/case03.nii.gz",
                  "validation_lr/case03.nii.gz", "validation/summary.json", "validation_lr/summary.json"):
         assert (fold / name).is_file(), name
@@ -258,7 +267,7 @@ def test_distillation_runs_every_nth_step_at_n_times_its_weights(make):
     assert make(REHRSegTrainer_kdEveryStep).kd_every_n_steps == 1
 
 
-def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make):
+def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
     from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                            REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
                                            REHRSegTrainer_paperR5, REHRSegTrainer_tiny,
@@ -306,7 +315,8 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
 
     tiny = make(REHRSegTrainer_tiny)
     tiny.initialize()
-    fold = Path(tiny.output_folder)
+    fold = trained_tiny
+    assert Path(tiny.output_folder) == fold
     saved = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")["rehrseg_kd_adapter"]
     assert not torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
     tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))

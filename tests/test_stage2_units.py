@@ -164,7 +164,14 @@ def test_the_head_form_is_read_from_saved_weights(r):
     from nnunetv2_rehrseg.segmenter.network import hr_head_form_of
 
     for form in HR_HEAD_FORMS:
-        assert hr_head_form_of(_network(hr_head_form=form, hr_scale=r).state_dict()) == form
+        net = _network(hr_head_form=form, hr_scale=r)
+        weights = net.state_dict()
+        assert hr_head_form_of(weights) == form
+        assert net.hr_head.readout.out_channels in (3, 3 * r)   # the readout: to the classes (per sub-slice)
+    # weights without an HR head (an LR nnU-Net's) are named as such, not taken for some form
+    lr_only = {k: v for k, v in weights.items() if not k.startswith("hr_head.")}
+    with pytest.raises(ValueError, match="no HR head of a known form"):
+        hr_head_form_of(lr_only)
 
 
 def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():

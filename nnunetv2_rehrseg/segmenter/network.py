@@ -11,6 +11,8 @@ exact: one LR slice of shift in the input moves the HR output by exactly r slice
 forward(x) on an LR patch (B, C, D, H, W) returns (LR logits: a list, highest resolution first, under deep
 supervision, else a tensor; HR logits (B, classes, r*D, H, W); encoder skips, for distillation).
 """
+import functools
+from types import SimpleNamespace
 from typing import List, Tuple, Union
 
 import torch
@@ -44,22 +46,6 @@ def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
     return torch.stack(sub_slices, 3).flatten(2, 3)
 
 
-HR_HEAD_FORMS = ("linear", "subslice", "subpixel", "transposed")
-HR_HEAD_FIRST_KEY = "hr_head.seg_layers.0.weight"
-HR_HEAD_FOURTH_KEY = "hr_head.seg_layers.3.weight"
-HR_HEAD_FIFTH_KEY = "hr_head.seg_layers.4.weight"
-
-
-def hr_head_form_of(state_dict: dict) -> str:
-    """The HR head form of saved weights (see HRHead's layer lists): the subslice and linear forms have no fifth
-    layer with weights, and of them only the subslice form a fourth (its readout); of the others, the subpixel form
-    starts with a 3x3x3 convolution, the transposed one (weights saved before the subpixel form existed) with an
-    (r, 1, 1) transposed convolution."""
-    if HR_HEAD_FIFTH_KEY not in state_dict:
-        return "subslice" if HR_HEAD_FOURTH_KEY in state_dict else "linear"
-    return "subpixel" if tuple(state_dict[HR_HEAD_FIRST_KEY].shape[2:]) == (3, 3, 3) else "transposed"
-
-
 class DepthToSpace(nn.Module):
     """(B, r*C, D, H, W) -> (B, C, r*D, H, W): channel c*r + j becomes sub-slice j of LR slice k (HR slice r*k + j)."""
 
@@ -70,6 +56,68 @@ class DepthToSpace(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape
         return x.view(b, c // self.r, self.r, d, h, w).transpose(2, 3).reshape(b, c // self.r, d * self.r, h, w)
+
+
+HR_HEAD_FORMS = ("linear", "subslice", "subpixel", "transposed")
+HR_HEAD_PREFIX = "hr_head.seg_layers."
+
+
+def kernel_positions(named_weights) -> Tuple[int, ...]:
+    """Positions in the HR head's layer list of the layers with a kernel (convolutions: weights of 3 or more
+    dimensions, unlike a norm's), from (position, weight) pairs."""
+    return tuple(sorted(int(i) for i, weight in named_weights if weight is not None and weight.dim() >= 3))
+
+
+def _layer_weights(layers) -> List[tuple]:
+    return [(i, getattr(layer, "weight", None)) for i, layer in enumerate(layers)]
+
+
+@functools.lru_cache(maxsize=None)
+def _form_by_kernel_positions() -> dict:
+    """Each form's kernel positions, read from its own layer list (hr_head_layers): they differ between forms."""
+    stand_in = SimpleNamespace(conv_op=nn.Conv3d, conv_bias=True, norm_op=nn.InstanceNorm3d,
+                               norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={})
+    table = {}
+    for form in HR_HEAD_FORMS:
+        layers = hr_head_layers(form, stand_in, in_features=2, num_classes=2, r=2)
+        table[kernel_positions(_layer_weights(layers))] = form
+    return table
+
+
+def hr_head_form_of(state_dict: dict) -> str:
+    """The HR head form of saved network weights, from where its layers with kernels sit (transposed-form weights
+    saved before the other forms existed included)."""
+    positions = kernel_positions((k[len(HR_HEAD_PREFIX):].split(".")[0], v) for k, v in state_dict.items()
+                                 if k.startswith(HR_HEAD_PREFIX) and k.endswith(".weight"))
+    try:
+        return _form_by_kernel_positions()[positions]
+    except KeyError:
+        raise ValueError(f"these weights have no HR head of a known form (kernels at positions {positions}; "
+                         f"forms: {HR_HEAD_FORMS})") from None
+
+
+def hr_head_layers(form: str, encoder, in_features: int, num_classes: int, r: int) -> List[nn.Module]:
+    """The layer list of an HR head form (see HRHead), with the encoder's conv, norm and nonlinearity types."""
+    if form not in HR_HEAD_FORMS:
+        raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
+    conv = encoder.conv_op
+    # half the decoder's width per HR voxel (as the paper's 32 -> 16 head)
+    hidden = max(1, in_features // 2)
+
+    def norm_and_nonlin(channels: int) -> List[nn.Module]:
+        return [encoder.norm_op(channels, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
+                encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity()]
+    if form == "subslice":
+        return [conv(in_features, hidden * r, (3, 1, 1), padding=(1, 0, 0), bias=encoder.conv_bias),
+                *norm_and_nonlin(hidden * r), conv(hidden * r, num_classes * r, 1), DepthToSpace(r)]
+    if form == "linear":
+        return [conv(in_features, num_classes * r, (3, 1, 1), padding=(1, 0, 0)), DepthToSpace(r)]
+    if form == "subpixel":
+        return [conv(in_features, hidden * r, 3, padding=1, bias=encoder.conv_bias),
+                *norm_and_nonlin(hidden * r), DepthToSpace(r), conv(hidden, num_classes, 1)]
+    return [nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
+            conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias), *norm_and_nonlin(hidden),
+            conv(hidden, num_classes, 1)]
 
 
 class HRHead(nn.Module):
@@ -90,28 +138,8 @@ class HRHead(nn.Module):
 
     def __init__(self, encoder: nn.Module, in_features: int, num_classes: int, r: int, form: str = "linear"):
         super().__init__()
-        if form not in HR_HEAD_FORMS:
-            raise ValueError(f"HR head form {form!r}: choose one of {HR_HEAD_FORMS}")
-        conv = encoder.conv_op
         self.r, self.form = r, form
-        # half the decoder's width per HR voxel (as the paper's 32 -> 16 head)
-        hidden = max(1, in_features // 2)
-
-        def norm_and_nonlin(channels: int) -> List[nn.Module]:
-            return [encoder.norm_op(channels, **(encoder.norm_op_kwargs or {})) if encoder.norm_op else nn.Identity(),
-                    encoder.nonlin(**(encoder.nonlin_kwargs or {})) if encoder.nonlin else nn.Identity()]
-        if form == "subslice":
-            layers = [conv(in_features, hidden * r, (3, 1, 1), padding=(1, 0, 0), bias=encoder.conv_bias),
-                      *norm_and_nonlin(hidden * r), conv(hidden * r, num_classes * r, 1), DepthToSpace(r)]
-        elif form == "linear":
-            layers = [conv(in_features, num_classes * r, (3, 1, 1), padding=(1, 0, 0)), DepthToSpace(r)]
-        elif form == "subpixel":
-            layers = [conv(in_features, hidden * r, 3, padding=1, bias=encoder.conv_bias),
-                      *norm_and_nonlin(hidden * r), DepthToSpace(r), conv(hidden, num_classes, 1)]
-        else:
-            layers = [nn.ConvTranspose3d(in_features, hidden, (r, 1, 1), stride=(r, 1, 1)),
-                      conv(hidden, hidden, 3, padding=1, bias=encoder.conv_bias), *norm_and_nonlin(hidden),
-                      conv(hidden, num_classes, 1)]
+        layers = hr_head_layers(form, encoder, in_features, num_classes, r)
         # every layer sits under `seg_layers`: nnU-Net's load_pretrained_weights skips '.seg_layers.' keys, so an LR
         # nnU-Net checkpoint (which has no HR head) can initialise the rest of the network
         self.seg_layers = nn.Sequential(*layers)
@@ -125,8 +153,7 @@ class HRHead(nn.Module):
     @property
     def readout(self) -> nn.Module:
         """The last convolution (to the classes): zero at the start of a residual head."""
-        index = {"subslice": 3, "linear": 0}.get(self.form, -1)
-        return self.seg_layers[index]
+        return self.seg_layers[kernel_positions(_layer_weights(self.seg_layers))[-1]]
 
     @property
     def residual(self) -> bool:
