@@ -142,3 +142,15 @@ def test_pseudo_hr_labels_are_scored_beside_interpolation_of_the_annotation(tmp_
     assert scores["nearest"]["mean"]["Dice"] < 1.0
     rows = pseudo_label_rows(scores).splitlines()
     assert rows[0].startswith("| stage-1 pseudo-HR labels | 1.000 (0.000) | 1.000 | 1.000 |")
+
+
+def test_results_table_puts_each_std_beside_its_mean_and_leaves_missing_outputs_empty():
+    from nnunetv2_rehrseg.demo.report import markdown_table, score_row
+
+    with_lr = score_row("(5) ours", {**summary(0.75, 5.21, 0.8154), "std": {"Dice": 0.0031, "HD95": 0.12}})
+    without = score_row("(1b) theirs", summary(0.7))
+    table = markdown_table([with_lr, without]).splitlines()
+    assert table[0] == ("| arm | mean Dice (std) | Dice CSF | Dice GM | Dice WM | HD95 mm (std) | ASSD mm | LR Dice |")
+    assert table[1] == "|" + "---|" * 8
+    assert table[2] == "| (5) ours | 0.750 (0.003) | 0.750 | 0.750 | 0.750 | 5.2 (0.1) | 1.00 | 0.815 |"
+    assert table[3] == "| (1b) theirs | 0.700 | 0.700 | 0.700 | 0.700 | 10.0 | 1.00 |  |"   # no std: no brackets

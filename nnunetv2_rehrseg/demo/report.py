@@ -102,9 +102,23 @@ def timing_rows(pipeline) -> str:
 
 
 def markdown_table(rows: List[dict]) -> str:
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    return header + "".join("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in r.values()) + " |\n"
-                            for r in rows)
+    """score_row rows as a table a reader takes in at once: each std in brackets after its mean, distances to 0.1 mm
+    (ASSD 0.01), Dice to 0.001, an empty cell where an arm has no such output (no LR grid)."""
+    def cell(name: str, value) -> str:
+        if isinstance(value, str):
+            return value
+        if np.isnan(value):
+            return ""
+        return f"{value:.1f}" if name.startswith("HD95") else f"{value:.2f}" if name.startswith("ASSD") else f"{value:.3f}"
+
+    columns = [c for c in rows[0] if not c.endswith(" std")]
+    header = "| " + " | ".join(f"{c} (std)" if f"{c} std" in rows[0] else c for c in columns) + " |\n|"
+    def with_std(r: dict, c: str) -> str:
+        std = cell(c, r[f"{c} std"]) if f"{c} std" in r else ""
+        return cell(c, r[c]) + (f" ({std})" if std else "")
+
+    lines = ["| " + " | ".join(with_std(r, c) for c in columns) + " |\n" for r in rows]
+    return header + "---|" * len(columns) + "\n" + "".join(lines)
 
 
 def write_csv(rows: List[dict], path: Path) -> None:
