@@ -103,15 +103,28 @@ def write_metrics(result: dict, json_path: str, csv_path: Optional[str] = None) 
     tmp = json_path.with_name(json_path.name + ".partial")
     tmp.write_text(json.dumps(clean(result), indent=1))
     os.replace(tmp, json_path)
-    csv_path = Path(csv_path) if csv_path else json_path.with_suffix(".csv")
+    write_metrics_csv({"": result}, Path(csv_path) if csv_path else json_path.with_suffix(".csv"))
+
+
+def metric_rows(result: dict):
+    """[case, label, Dice, HD95, ASSD] of an evaluate_folders result: every case and label (with the case's mean),
+    then the mean of each label over the cases and the overall mean."""
+    for case, metrics in result["per_case"].items():
+        for label, values in metrics.items():
+            yield [case, label, *[values[m] for m in METRICS]]
+    for label, values in result["summary"]["mean_per_label"].items():
+        yield ["mean", label, *[values[m] for m in METRICS]]
+    yield ["mean", "mean", *[result["summary"]["mean"][m] for m in METRICS]]
+
+
+def write_metrics_csv(results: Dict[str, dict], csv_path: Path) -> None:
+    """metric_rows of one or more evaluate_folders results in one CSV, atomically; with an 'arm' column first
+    unless the only key is ''."""
+    named = list(results) != [""]
     tmp = csv_path.with_name(csv_path.name + ".partial")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["case", "label", *METRICS])
-        for case, metrics in result["per_case"].items():
-            for label, values in metrics.items():
-                writer.writerow([case, label, *[values[m] for m in METRICS]])
-        for label, values in result["summary"]["mean_per_label"].items():
-            writer.writerow(["mean", label, *[values[m] for m in METRICS]])
-        writer.writerow(["mean", "mean", *[result["summary"]["mean"][m] for m in METRICS]])
+        writer.writerow([*(["arm"] if named else []), "case", "label", *METRICS])
+        for arm, result in results.items():
+            writer.writerows([*([arm] if named else []), *row] for row in metric_rows(result))
     os.replace(tmp, csv_path)

@@ -1,4 +1,5 @@
 """Inference geometry (LR in, HR out on the derived grid), sliding-window stitching, input checks, evaluation."""
+import csv
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from conftest import OBLIQUE, phantom
 from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.errors import InputError
-from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_metrics
+from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_metrics, write_metrics_csv
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid
 from nnunetv2_rehrseg.io import read_image, write_image
@@ -158,6 +159,12 @@ def test_evaluate_folders_agrees_with_nnunet_and_resamples_other_grids(tmp_path)
     # the summary is plain JSON as it is (reports embed it without write_metrics' cleaning)
     assert type(result["summary"]["undefined_surface_distances"]) is int
     assert (tmp_path / "m.csv").read_text().startswith("case,label,Dice,HD95,ASSD")
+    # several arms in one CSV: an arm column, every case and label of each, then its means
+    write_metrics_csv({"x": result, "y": result}, tmp_path / "arms.csv")
+    rows = list(csv.DictReader(open(tmp_path / "arms.csv")))
+    assert [r["arm"] for r in rows].count("x") == len(rows) // 2 and rows[0]["case"] == "a"
+    assert {(r["case"], r["label"]) for r in rows} >= {("a", "1"), ("b", "2"), ("mean", "mean")}
+    assert float(rows[0]["Dice"]) == pytest.approx(result["per_case"]["a"][rows[0]["label"]]["Dice"])
     # a prediction on a finer grid is resampled (nearest) onto the reference
     fine = sitk.Resample(sitk.ReadImage(str(tmp_path / "pred" / "a.nii.gz")), [24, 24, 20], sitk.Transform(),
                          sitk.sitkNearestNeighbor, grid.origin, (0.5, 0.5, 1.0), OBLIQUE, 0)

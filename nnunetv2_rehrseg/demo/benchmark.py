@@ -7,6 +7,7 @@ DIR/ (besides the demo's files)
   nnUNet_raw/Dataset701_MNIInterp, 702_MNIPseudoHR, 703_MNIHR, 704_MNIWrongProfile   the extra arms' datasets
   truth/train/                      HR truth of the training subjects (arm 6 only)
   benchmark_report.md, benchmark_results.csv, benchmark_results.png, benchmark_timings.json
+  benchmark_per_subject.csv         every arm, test subject and label (Dice, HD95, ASSD)
   stages/<stage>.json               finished stages: a rerun with the same -o resumes after the last one
 """
 import json
@@ -26,7 +27,7 @@ from nnunetv2_rehrseg.demo.convergence import learning_curves
 from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_spread,
                                             argmax_resampled, resample_to)
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
-from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
+from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics, write_metrics_csv
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import read_image, write_image
 
@@ -235,15 +236,18 @@ class Benchmark(Pipeline):
 
     # ------------------------------------------------------------------ scoring
     def evaluate(self) -> Dict[str, dict]:
-        results = {}
+        """Every predicted arm scored on the HR truth (metrics/<arm>.json and .csv; benchmark_per_subject.csv: every
+        arm, test subject and label in one table) and, where it has one, its LR output on the LR labels."""
+        results, full = {}, {}
         for arm in BENCHMARK_ARMS:
             folder = self.out / "predictions" / arm
             if not all((folder / f"{i}.nii.gz").is_file() for i in self.data.test_ids):
                 logger.info("%s: not (fully) predicted yet, left out of the report", arm)
                 continue           # --report_only on an unfinished run
-            result = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
-            write_metrics(result, str(self.out / "metrics" / f"{arm}.json"))
-            results[arm] = with_spread(result)
+            full[arm] = evaluate_folders(str(self.out / "truth" / "labels"), str(self.out / "predictions" / arm))
+            write_metrics(full[arm], str(self.out / "metrics" / f"{arm}.json"))
+            results[arm] = with_spread(full[arm])
+        write_metrics_csv(full, self.out / "benchmark_per_subject.csv")
         self.score_lr_outputs(results, LR_OUTPUT_ARMS, "metrics/{arm}_lr.json")
         return results
 

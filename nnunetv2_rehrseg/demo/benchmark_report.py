@@ -126,7 +126,8 @@ subjects scored on their HR truth. Every learned arm: the same network width and
 `{demo.baseline_trainer}`). Device: {bench.device}.
 
 {markdown_table(table_rows)}
-HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and the labels ({", ".join(NAMES.values())});
+HR Dice/HD95/ASSD on the HR grid (mm), means over the test subjects and the labels ({", ".join(NAMES.values())};
+every subject and label: benchmark_per_subject.csv);
 LR Dice: the LR-grid output against the test subjects' LR labels. A label missing from a prediction gets Dice 0 and
 no surface distance (left out of the HD95/ASSD means).
 
