@@ -64,7 +64,7 @@ BENCHMARK_PRESETS = {
                 baseline_trainer="nnUNetTrainer_rehrseg1500StepsBudget"),
         _at_budget("1500steps"), "REHRSegTrainer_fromLR_1500steps", "nnUNetPlannerCPU", "nnUNetPlans_rehrsegCPU"),
     # the fast preset at twice the steps: at 1500 five of its seven learned arms still rose by 1.3-3.1 points over
-    # their last quarter, while 5b, which had seen 3000 steps, levelled off (README); about 8 hours on 2 cores
+    # their last quarter, while 5b, which had seen 3000 steps, levelled off (README); 9-10 hours on 2 cores
     "converged": BenchmarkPreset(
         replace(PRESETS["fast"], n_test=4, selfsr_iterations=1200, trainer="REHRSegTrainer_3000steps",
                 baseline_trainer="nnUNetTrainer_rehrseg3000StepsBudget"),
