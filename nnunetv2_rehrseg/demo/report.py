@@ -113,6 +113,7 @@ def markdown_table(rows: List[dict]) -> str:
 
     columns = [c for c in rows[0] if not c.endswith(" std")]
     header = "| " + " | ".join(f"{c} (std)" if f"{c} std" in rows[0] else c for c in columns) + " |\n|"
+
     def with_std(r: dict, c: str) -> str:
         std = cell(c, r[f"{c} std"]) if f"{c} std" in r else ""
         return cell(c, r[c]) + (f" ({std})" if std else "")
