@@ -26,7 +26,8 @@ STOCK_INFERENCE_MESSAGE = (
     "this is a REHRSeg model: it takes LR volumes and returns HR segmentations, which stock nnUNetv2_predict cannot "
     "export. Use rehrseg_predict -i LR_DIR -o OUT_DIR -d DATASET -c 3d_fullres -f FOLD instead")
 # the HR head's form in a state dict (see HRHead)
-HR_GATE_KEY = "hr_head.seg_layers.lr_logits_gate"
+HR_HEAD_PREFIX = "hr_head.seg_layers."
+HR_GATE_KEY = HR_HEAD_PREFIX + "lr_logits_gate"
 
 
 def upsample_thick_axis(logits: torch.Tensor, r: int) -> torch.Tensor:
@@ -59,7 +60,6 @@ class DepthToSpace(nn.Module):
 
 
 HR_HEAD_FORMS = ("linear", "subslice", "subpixel", "transposed")
-HR_HEAD_PREFIX = "hr_head.seg_layers."
 
 
 def kernel_positions(named_weights) -> Tuple[int, ...]:
