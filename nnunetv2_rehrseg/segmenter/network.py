@@ -25,7 +25,7 @@ from nnunetv2_rehrseg.segmenter.plans import HR_SCALE_KWARG
 STOCK_INFERENCE_MESSAGE = (
     "this is a REHRSeg model: it takes LR volumes and returns HR segmentations, which stock nnUNetv2_predict cannot "
     "export. Use rehrseg_predict -i LR_DIR -o OUT_DIR -d DATASET -c 3d_fullres -f FOLD instead")
-# the HR head's form in a state dict (see HRHead)
+# the HR head's keys in a state dict (the gate says whether the head is residual, see HRHead)
 HR_HEAD_PREFIX = "hr_head.seg_layers."
 HR_GATE_KEY = HR_HEAD_PREFIX + "lr_logits_gate"
 
