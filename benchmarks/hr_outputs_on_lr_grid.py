@@ -1,8 +1,8 @@
 """The LR-grid Dice of every HR-grid output of a demo or benchmark run: each arm's HR segmentation of the test
 subjects taken to the acquired LR grid the annotator's way (per-voxel majority over the r sub-slices of each thick
-slice, `degradation.majority_labels`, phase 0) and scored against their LR labels, beside the LR Dice of the arms
-that have an LR output of their own. It says how far an HR model's answer is ahead on the LR task itself, the
-ceiling against which to read REHRSeg's LR-head goal.
+slice, `degradation.majority_labels`, phase 0) and scored against their LR labels (the report gives the LR Dice of
+the arms with an LR output of their own). It says how far an HR model's answer is ahead on the LR task itself, the
+headroom against which to read REHRSeg's LR-head goal.
 
     python benchmarks/hr_outputs_on_lr_grid.py -run DIR [-arms rehrseg hr_upper_bound ...]
 """
