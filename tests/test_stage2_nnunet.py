@@ -14,6 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_raw_dataset, tree_checksum
+from nnunetv2_rehrseg.degradation import majority_labels
 
 BIN = Path(sys.executable).parent
 CASES = ["case00", "case01", "case02", "case03"]
@@ -371,10 +372,14 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     for loader in (tiny.dataloader_train, tiny.dataloader_val):
         # the loader made the pseudo-LR input (D slices), the HR labels cover the r*D core slices
         batch = next(loader)
-        assert list(batch["data"].shape[2:]) == list(batch["uncertainty"].shape[2:]) == lr_patch
+        assert list(batch["data"].shape[2:]) == list(batch["uncertainty"][0].shape[2:]) == lr_patch
         assert list(batch["target"].shape[2:]) == [r * lr_patch[0], *lr_patch[1:]] == config["patch_size"]
-        assert batch["uncertainty"].min() >= 0 and batch["uncertainty"].max() <= 1
+        assert batch["uncertainty"][0].min() >= 0 and batch["uncertainty"][0].max() <= 1
         assert batch["target"].min() >= 0
+        # the LR head's targets, made in the loader: the thick-slice majority of the HR labels, one per output
+        assert len(batch["target_lr"]) == len(batch["uncertainty"]) == len(tiny._get_deep_supervision_scales())
+        assert torch.equal(batch["target_lr"][0], majority_labels(batch["target"], -3, r,
+                                                                  num_classes=tiny.label_manager.num_segmentation_heads))
     out = tiny.train_step(next(tiny.dataloader_train))
     assert all(np.isfinite(v) for v in out.values())
     assert np.isfinite(tiny.validation_step(next(tiny.dataloader_val))["loss"])

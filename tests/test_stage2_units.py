@@ -17,7 +17,7 @@ from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_superv
 from nnunetv2_rehrseg.segmenter.network import (HR_GATE_KEY, HR_HEAD_FORMS, STOCK_INFERENCE_MESSAGE, DepthToSpace,
                                                build_rehrseg_network)
 from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
-from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, downsample_for_deep_supervision, lr_targets, margin_slices
+from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, lr_training_targets, margin_slices
 
 ARCH = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2]],
@@ -194,13 +194,17 @@ def test_pseudo_lr_blurs_along_the_lr_axis_only_and_keeps_the_grid():
     flat = checker.expand(1, d_hr, 6, 6).contiguous()
     np.testing.assert_allclose(degrade_patch(flat, labels, u, r, fwhm, "gaussian", margin)[0][0, 3].numpy(),
                                checker.numpy(), atol=1e-6)
-    # on the device: majority pseudo-LR labels of a batch, deep-supervision targets
-    p = lr_targets(image[None].expand(2, -1, -1, -1, -1), hr_labels[None].expand(2, -1, -1, -1, -1),
-                   uncertainty[None].expand(2, -1, -1, -1, -1), r, num_classes=2)
-    assert p.labels.shape == (2, 1, 8, 6, 6)
-    np.testing.assert_array_equal(p.labels[0, 0, :, 0, 0].numpy(), np.zeros(8))   # 0 0 1 1 per 4 slices: tie -> 0
-    scaled, unc = downsample_for_deep_supervision(p.labels, p.uncertainty, [[1, 1, 1], [1, 0.5, 0.5]])
-    assert scaled[1].shape == (2, 1, 8, 3, 3) and unc[1].shape == (2, 1, 8, 3, 3)
+    # the LR head's targets of a batch: majority pseudo-LR labels, deep-supervision scales
+    batch = [x[None].expand(2, -1, -1, -1, -1) for x in (hr_labels, uncertainty)]
+    labels, unc = lr_training_targets(*batch, r, num_classes=2, scales=[[1, 1, 1], [1, 0.5, 0.5]])
+    assert labels[0].shape == (2, 1, 8, 6, 6) and labels[0].dtype == hr_labels.dtype
+    np.testing.assert_array_equal(labels[0][0, 0, :, 0, 0].numpy(), np.zeros(8))   # 0 0 1 1 per 4 slices: tie -> 0
+    assert torch.equal(unc[0], batch[1])
+    assert labels[1].shape == (2, 1, 8, 3, 3) and unc[1].shape == (2, 1, 8, 3, 3)
+    np.testing.assert_allclose(unc[1][0, 0, :, 1, 2].numpy(), uncertainty[0, :, 2:4, 4:6].mean((1, 2)).numpy(),
+                               atol=1e-6)
+    full, full_unc = lr_training_targets(*batch, r, num_classes=2, scales=None)
+    assert len(full) == len(full_unc) == 1 and torch.equal(full[0], labels[0])
 
 
 def _augmentation(mirror: bool):

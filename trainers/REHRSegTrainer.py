@@ -1,8 +1,8 @@
 """REHRSegTrainer: nnU-Net training on pseudo-HR data, LR-grid network with an HR head (method.md R5-R9).
 
 In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -> pseudo-LR input by slice-profile
-blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid. Per training step, on the device: pseudo-LR
-labels (thick-slice majority of the HR labels) -> network on the LR grid -> losses:
+blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid -> pseudo-LR labels (thick-slice majority of the
+HR labels) and deep-supervision targets. Per training step, on the device: network on the LR grid -> losses:
 uncertainty-weighted CE + soft Dice on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head
 (upsampled LR logits + a learned correction) vs the pseudo-HR labels, and on every kd_every_n_steps-th step (at that
 many times the KD weights) spatial and correlation distillation from the frozen self-SR encoder (which sees the
@@ -41,7 +41,7 @@ from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter import pretrained
 from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
-from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, downsample_for_deep_supervision, lr_targets, margin_slices
+from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, lr_training_targets, margin_slices
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
 from nnunetv2_rehrseg.selfsr.training import FINAL, network_from_checkpoint
 
@@ -213,7 +213,8 @@ class REHRSegTrainer(nnUNetTrainer):
                                                         ignore_label=labels.ignore_label)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         ranges = {k: v["intensity_range"] for k, v in stamp["cases"].items()}
-        common = dict(sampling_probabilities=None, pad_sides=None,
+        common = dict(sampling_probabilities=None, pad_sides=None, num_classes=labels.num_segmentation_heads,
+                      deep_supervision_scales=self.deep_supervision_scales_or_none(),
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, r=self.rehrseg.r,
                       fwhm=self.rehrseg.fwhm, slice_profile=self.rehrseg.slice_profile, margin=self.margin,
@@ -231,34 +232,38 @@ class REHRSegTrainer(nnUNetTrainer):
                 NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4), None, pin,
                                              0.002))
 
+    def deep_supervision_scales_or_none(self):
+        return self._get_deep_supervision_scales() if self.enable_deep_supervision else None
+
     def synthetic_batch(self, generator: torch.Generator) -> dict:
         """Random data shaped like a training batch of this trainer's loader (step timings without data loading)."""
         b, channels, r = self.configuration_manager.batch_size, self.num_input_channels, self.rehrseg.r
         lr_shape = self.rehrseg.lr_patch_size
         hr_shape = [r * lr_shape[0], *lr_shape[1:]]
         classes = self.label_manager.num_segmentation_heads
-        return {"data": torch.randn(b, channels, *lr_shape, generator=generator),
-                "target": torch.randint(0, classes, (b, 1, *hr_shape), generator=generator).to(torch.int16),
-                "uncertainty": torch.rand(b, 1, *lr_shape, generator=generator),
+        hr_labels = torch.randint(0, classes, (b, 1, *hr_shape), generator=generator).to(torch.int16)
+        lr_labels, uncertainty = lr_training_targets(hr_labels, torch.rand(b, 1, *lr_shape, generator=generator), r,
+                                                     classes, self.deep_supervision_scales_or_none())
+        return {"data": torch.randn(b, channels, *lr_shape, generator=generator), "target": hr_labels,
+                "target_lr": lr_labels, "uncertainty": uncertainty,
                 "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
 
     def make_pseudo_lr_batch(self, batch: dict) -> PseudoLRBatch:
         to = dict(device=self.device, non_blocking=True)
-        return lr_targets(batch["data"].to(**to), batch["target"].to(**to), batch["uncertainty"].to(**to),
-                          self.rehrseg.r, self.label_manager.num_segmentation_heads)
+        return PseudoLRBatch(batch["data"].to(**to), [t.to(**to) for t in batch["target_lr"]],
+                             [t.to(**to) for t in batch["uncertainty"]], batch["target"].to(**to))
 
     def deep_supervision_targets(self, pseudo: PseudoLRBatch):
         if not self.enable_deep_supervision:
-            return pseudo.labels, pseudo.uncertainty
-        return downsample_for_deep_supervision(pseudo.labels, pseudo.uncertainty,
-                                               self._get_deep_supervision_scales())
+            return pseudo.labels[0], pseudo.uncertainty[0]
+        return pseudo.labels, pseudo.uncertainty
 
     @torch.no_grad()
     def teacher_features(self, pseudo: PseudoLRBatch, intensity_range: torch.Tensor) -> torch.Tensor:
         """The self-SR encoder on the pseudo-LR patch, on the [0, 1] scale it was trained on, with one-hot labels."""
         rng = intensity_range.to(self.device)[..., None, None, None]           # (B, C, 2, 1, 1, 1)
         unit = (pseudo.image - rng[:, :, 0]) / (rng[:, :, 1] - rng[:, :, 0]).clamp_min(1e-6)
-        one_hot = F.one_hot(pseudo.labels[:, 0].long(), self.teacher.num_classes).permute(0, 4, 1, 2, 3)
+        one_hot = F.one_hot(pseudo.labels[0][:, 0].long(), self.teacher.num_classes).permute(0, 4, 1, 2, 3)
         return self.teacher.encode(torch.cat([unit, one_hot.to(unit.dtype)], 1), self.teacher_stage + 1)[-1]
 
     # ---------------------------------------------------------------- training

@@ -2,7 +2,8 @@
 pseudo-LR input made before augmentation.
 
 Per sample: an HR crop (with the slice profile's margin along the LR axis) -> `degrade_patch` -> pseudo-LR image
-(D slices), HR labels (r*D slices), uncertainty per thick slice (D slices) -> nnU-Net's transforms. The uncertainty
+(D slices), HR labels (r*D slices), uncertainty per thick slice (D slices) -> nnU-Net's transforms; per batch the
+LR head's targets (`lr_training_targets`: pseudo-LR labels and uncertainty per deep-supervision output). The uncertainty
 rides through batchgeneratorsv2 as `regression_target`: spatial transforms move it with the image, intensity
 transforms leave it alone; intensity transforms act on the LR image, as they do on a real LR input in stock nnU-Net.
 
@@ -11,7 +12,7 @@ own HR grid (crop offset of preprocessing included), so phase 0 reproduces the r
 are the r - 1 further LR volumes every case yields. Only at phase 0 are the pseudo-LR labels the annotation itself
 (stage 1 makes the pseudo-HR labels consistent with it there); `annotated_phase_probability` draws it more often.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from nnunetv2_rehrseg.segmenter.preprocessing import uncertainty_file
-from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch
+from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, lr_training_targets
 
 
 class REHRSegDataset(nnUNetDatasetBlosc2):
@@ -32,8 +33,11 @@ class REHRSegDataset(nnUNetDatasetBlosc2):
 
 class REHRSegDataLoader(nnUNetDataLoader):
     def __init__(self, *args, r: int, fwhm: float, slice_profile: str, margin: int, random_phase: bool,
-                 intensity_ranges: Dict[str, list], annotated_phase_probability: Optional[float] = None, **kwargs):
+                 intensity_ranges: Dict[str, list], num_classes: int,
+                 deep_supervision_scales: Optional[Sequence[Sequence[float]]],
+                 annotated_phase_probability: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.num_classes, self.deep_supervision_scales = num_classes, deep_supervision_scales
         self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
         self.annotated_phase_probability = annotated_phase_probability   # None: every phase alike
@@ -76,6 +80,9 @@ class REHRSegDataLoader(nnUNetDataLoader):
                 images.append(sample["image"])
                 labels.append(sample["segmentation"])
                 uncertainties.append(sample["regression_target"])
-        return {"data": torch.stack(images), "target": torch.stack(labels), "uncertainty": torch.stack(uncertainties),
+            hr_labels = torch.stack(labels)
+            lr_labels, uncertainty = lr_training_targets(hr_labels, torch.stack(uncertainties), self.r,
+                                                         self.num_classes, self.deep_supervision_scales)
+        return {"data": torch.stack(images), "target": hr_labels, "target_lr": lr_labels, "uncertainty": uncertainty,
                 "phase": torch.tensor(phases), "keys": keys,
                 "intensity_range": torch.tensor([self.intensity_ranges[k] for k in keys], dtype=torch.float32)}

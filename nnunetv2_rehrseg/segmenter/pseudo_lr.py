@@ -6,12 +6,12 @@ replicated edges. `degrade_patch` blurs the image with the slice profile and sub
 drops the margin, keeps the HR labels of the r*D core slices and averages the uncertainty over each thick slice's r
 sub-slices. All of this commutes with REHRSeg's spatial augmentation (in-plane rotation and scaling applied to every
 slice alike, mirroring), so the augmentation then runs on the LR image (D slices) instead of the HR patch: labels and
-uncertainty get the same in-plane transform. On the device `lr_targets` makes the pseudo-LR labels: the per-voxel
-majority over the r sub-slices (the annotator model of stage 1); a majority of in-plane-resampled labels equals the
-resampled majority when every slice gets the same in-plane sampling.
+uncertainty get the same in-plane transform. After augmentation `lr_training_targets` makes the pseudo-LR labels: the
+per-voxel majority over the r sub-slices (the annotator model of stage 1; a majority of in-plane-resampled labels
+equals the resampled majority when every slice gets the same in-plane sampling), and the deep-supervision targets.
 """
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,16 +61,20 @@ def blur_subsample_core(hr_image: torch.Tensor, r: int, fwhm: float, profile: st
 @dataclass
 class PseudoLRBatch:
     image: torch.Tensor                 # (B, C, D, H, W) LR grid
-    labels: torch.Tensor                # (B, 1, D, H, W) majority labels
-    uncertainty: torch.Tensor           # (B, 1, D, H, W) mean over the r sub-slices
+    labels: List[torch.Tensor]          # majority labels per deep-supervision output, (B, 1, D, H, W) first
+    uncertainty: List[torch.Tensor]     # mean over the r sub-slices, per deep-supervision output
     hr_labels: torch.Tensor             # (B, 1, r*D, H, W)
 
 
-def lr_targets(image: torch.Tensor, hr_labels: torch.Tensor, uncertainty: torch.Tensor, r: int,
-               num_classes: int) -> PseudoLRBatch:
-    """A loader batch (augmented pseudo-LR image, HR labels, LR uncertainty) with its pseudo-LR labels."""
-    return PseudoLRBatch(image, majority_labels(hr_labels, LR_AXIS, r, num_classes=num_classes), uncertainty,
-                         hr_labels)
+def lr_training_targets(hr_labels: torch.Tensor, uncertainty: torch.Tensor, r: int, num_classes: int,
+                        scales: Optional[Sequence[Sequence[float]]]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """The LR head's targets of an augmented batch (HR labels (B, 1, r*D, H, W), uncertainty (B, 1, D, H, W)):
+    pseudo-LR labels and uncertainty per deep-supervision output (scales None: the full resolution alone). Made in
+    the loader's workers, where stock nnU-Net makes its deep-supervision targets, not on the training step's path."""
+    labels = majority_labels(hr_labels, LR_AXIS, r, num_classes=num_classes)
+    if scales is None:
+        return [labels], [uncertainty]
+    return downsample_for_deep_supervision(labels, uncertainty, scales)
 
 
 def downsample_for_deep_supervision(labels: torch.Tensor, uncertainty: torch.Tensor,
