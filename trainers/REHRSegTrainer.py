@@ -203,7 +203,7 @@ class REHRSegTrainer(nnUNetTrainer):
                       *self.configuration_manager.patch_size[1:]]
         initial_patch_size = [patch_size[0], *initial_patch_size[1:]]
         labels = self.label_manager
-        # deep-supervision targets are made on the device from the pseudo-LR labels, so none here
+        # the loader makes the deep-supervision targets from the pseudo-LR labels, not nnU-Net's transform
         tr_transforms = for_lr_grid_samples(self.get_training_transforms(
             patch_size, rotation, None, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
