@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
@@ -38,6 +38,7 @@ class REHRSegDataLoader(nnUNetDataLoader):
                  annotated_phase_probability: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_classes, self.deep_supervision_scales = num_classes, deep_supervision_scales
+        self._thread_pools = None       # found once per process: a fresh search took 3 of a batch's ~40 ms
         self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
         self.annotated_phase_probability = annotated_phase_probability   # None: every phase alike
@@ -70,7 +71,9 @@ class REHRSegDataLoader(nnUNetDataLoader):
     def generate_train_batch(self):
         keys = self.get_indices()
         images, labels, uncertainties, phases = [], [], [], []
-        with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
+        if self._thread_pools is None:
+            self._thread_pools = ThreadpoolController()
+        with torch.no_grad(), self._thread_pools.limit(limits=1):
             for j, key in enumerate(keys):
                 data, seg, _, properties = self._data.load_case(key)
                 lbs, ubs = self.get_bbox(data.shape[1:], self.get_do_oversample(j), properties["class_locations"])
