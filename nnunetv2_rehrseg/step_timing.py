@@ -1,12 +1,15 @@
-"""Compute-only training-step time of a REHRSeg trainer against stock nnUNetTrainer on the same LR network plans.
+"""Training-step time of a REHRSeg trainer against stock nnUNetTrainer on the same LR network plans.
 
 Both trainers come from the dataset's REHRSegPlans: stock nnU-Net gets the LR configuration (LR spacing, LR patch, the
 same topology without the HR head) and LR batches; REHRSeg gets the batches its loader makes and does the rest (the
-teacher forward, the HR head, the KD terms) itself. Synthetic batches: data loading is left out, so this is the cost of
-the step alone (nnU-Net's `..._noDataLoading` split).
+teacher forward, the HR head, the KD terms) itself. `compare_step_times` uses synthetic batches: data loading is left
+out, so this is the cost of the step alone (nnU-Net's `..._noDataLoading` split). `compare_epoch_times` runs nnU-Net's
+own training loop with each trainer's real loaders and workers, a few short epochs at a time, in turns.
 """
+import tempfile
 import time
 from copy import deepcopy
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,3 +76,50 @@ def compare_step_times(dataset_id, trainer_name: str, device: torch.device, step
             "lr_patch": config["rehrseg"]["lr_patch_size"],
             "features_per_stage": config["architecture"]["arch_kwargs"]["features_per_stage"],
             "nnUNetTrainer_s_per_step": t_stock, "rehrseg_s_per_step": t_ours, "ratio": t_ours / t_stock}
+
+
+def epoch_seconds_per_step(trainer, epochs: int, steps: int, output_folder: Path) -> float:
+    """nnU-Net's run_training for `epochs` short epochs (steps training and 2 validation iterations each) into a
+    scratch folder; the median epoch time per training step, the first epoch (start-up, workers) left out."""
+    from nnunetv2_rehrseg.selftest import seconds_per_step
+
+    trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = epochs, steps, 2
+    trainer.save_every = epochs + 1
+    trainer.output_folder_base = trainer.output_folder = str(output_folder)
+    trainer.log_file = str(output_folder / "training_log.txt")
+    trainer.run_training()
+    return seconds_per_step(trainer.logger.get_checkpoint(), steps)
+
+
+def compare_epoch_times(dataset_id, trainer_name: str, stock_plans_name: str, device: torch.device, rounds: int = 2,
+                        epochs: int = 3, steps: int = 50) -> dict:
+    """Seconds per training step with data loading (nnU-Net's loop, real loaders and augmentation workers, validation
+    iterations included) of both trainers, trained in turns (ABAB, `rounds` times) so that both meet the same drift
+    of a shared machine; each turn a fresh trainer from random weights. Stock nnU-Net trains on the LR data
+    preprocessed with `stock_plans_name` (stock_lr_plans of the same REHRSegPlans, see save_stock_lr_plans)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunetv2_rehrseg.trainers as trainers
+    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, stock_lr_plans
+
+    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION
+
+    plans, dataset_json = load_dataset_plans(dataset_id)
+    stock_plans, _ = load_dataset_plans(dataset_id, stock_plans_name)
+    for key in ("patch_size", "spacing", "architecture", "batch_size"):
+        if stock_plans["configurations"][CONFIGURATION][key] != stock_lr_plans(plans)["configurations"][CONFIGURATION][key]:
+            raise ValueError(f"{stock_plans_name}: its {key} differs from the LR plans of REHRSegPlans; write them with "
+                             f"save_stock_lr_plans and preprocess with nnUNetv2_preprocess -plans_name {stock_plans_name}")
+    arms = {"nnUNetTrainer": (nnUNetTrainer, stock_plans), trainer_name: (getattr(trainers, trainer_name), plans)}
+    times = {name: [] for name in arms}
+    with tempfile.TemporaryDirectory() as scratch:
+        for turn in range(rounds):
+            for name, (cls, arm_plans) in arms.items():
+                trainer = cls({**deepcopy(arm_plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
+                folder = Path(scratch) / f"{name}_{turn}"
+                folder.mkdir()
+                times[name].append(epoch_seconds_per_step(trainer, epochs, steps, folder))
+    stock, ours = (float(np.mean(times[name])) for name in arms)
+    return {"device": str(device), "trainer": trainer_name, "epochs_per_turn": epochs, "steps_per_epoch": steps,
+            "turns": times, "nnUNetTrainer_s_per_step_with_loading": stock,
+            "rehrseg_s_per_step_with_loading": ours, "ratio_with_loading": ours / stock}
