@@ -15,9 +15,14 @@ import numpy as np
 import torch
 
 
+def new_trainer(cls, plans: dict, dataset_json: dict, device: torch.device):
+    """A trainer of fold 0, 3d_fullres, not resuming, not yet initialised."""
+    return cls({**deepcopy(plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
+
+
 def initialized_trainer(cls, plans: dict, dataset_json: dict, device: torch.device):
     """A trainer of fold 0, 3d_fullres, initialised (network, optimizer, loss), not resuming."""
-    trainer = cls({**deepcopy(plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
+    trainer = new_trainer(cls, plans, dataset_json, device)
     trainer.initialize()
     return trainer
 
@@ -100,14 +105,13 @@ def compare_epoch_times(dataset_id, trainer_name: str, stock_plans_name: str, de
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, stock_lr_plans
-
-    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION
+    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, load_dataset_plans, stock_lr_plans
 
     plans, dataset_json = load_dataset_plans(dataset_id)
     stock_plans, _ = load_dataset_plans(dataset_id, stock_plans_name)
+    expected = stock_lr_plans(plans)["configurations"][CONFIGURATION]
     for key in ("patch_size", "spacing", "architecture", "batch_size"):
-        if stock_plans["configurations"][CONFIGURATION][key] != stock_lr_plans(plans)["configurations"][CONFIGURATION][key]:
+        if stock_plans["configurations"][CONFIGURATION][key] != expected[key]:
             raise ValueError(f"{stock_plans_name}: its {key} differs from the LR plans of REHRSegPlans; write them with "
                              f"save_stock_lr_plans and preprocess with nnUNetv2_preprocess -plans_name {stock_plans_name}")
     arms = {"nnUNetTrainer": (nnUNetTrainer, stock_plans), trainer_name: (getattr(trainers, trainer_name), plans)}
@@ -115,7 +119,7 @@ def compare_epoch_times(dataset_id, trainer_name: str, stock_plans_name: str, de
     with tempfile.TemporaryDirectory() as scratch:
         for turn in range(rounds):
             for name, (cls, arm_plans) in arms.items():
-                trainer = cls({**deepcopy(arm_plans), "continue_training": False}, "3d_fullres", 0, dataset_json, device)
+                trainer = new_trainer(cls, arm_plans, dataset_json, device)
                 folder = Path(scratch) / f"{name}_{turn}"
                 folder.mkdir()
                 times[name].append(epoch_seconds_per_step(trainer, epochs, steps, folder))
