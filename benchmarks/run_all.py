@@ -3,7 +3,7 @@ REHRSeg ablations and a wrong-slice-profile run, same width and iteration budget
 DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resumes after the last finished stage.
 
     python benchmarks/run_all.py -o DIR [-preset fast|converged|default] [-device cpu|cuda] [-r 4] [-axis 2]
-                                 [--report_only]
+                                 [-arms ARM ...] [--report_only]
 
 fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm, about 5 hours; at 1500
 steps five of the seven learned arms have not levelled off (README). converged: the same at 60 x 50 steps, 9-10
@@ -24,6 +24,9 @@ def main(argv=None):
     parser.add_argument("-r", type=int, default=4)
     parser.add_argument("-axis", type=int, default=2, choices=(0, 1, 2))
     parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("-arms", nargs="+", default=None, metavar="ARM",
+                        help="run only these arms (and the stages they need: stage 1 always, arm 1 for 1c and 5b), "
+                             "e.g. rehrseg_kdEveryStep; default: every arm")
     parser.add_argument("--report_only", action="store_true",
                         help="write the report of the stages finished so far (arms not run are marked so)")
     args = parser.parse_args(argv)
@@ -37,7 +40,8 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.o).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed)(
+    Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed,
+              args.arms)(
         report_only=args.report_only)
     print(f"report: {out / 'benchmark_report.md'}")
 

@@ -154,3 +154,30 @@ def test_results_table_puts_each_std_beside_its_mean_and_leaves_missing_outputs_
     assert table[1] == "|" + "---|" * 8
     assert table[2] == "| (5) ours | 0.750 (0.003) | 0.750 | 0.750 | 0.750 | 5.2 (0.1) | 1.00 | 0.815 |"
     assert table[3] == "| (1b) theirs | 0.700 | 0.700 | 0.700 | 0.700 | 10.0 | 1.00 |  |"   # no std: no brackets
+
+
+def test_selected_arms_run_only_the_stages_they_need(tmp_path):
+    """-arms: stage 1 always; an ablation alone trains nothing else; arm 5b brings arm 1's stage with it; a typo is
+    refused with the list of arms."""
+    import pytest
+
+    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+
+    def stages_of(arms):
+        bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("converged", "cpu"), seed=0, arms=arms)
+        names = []
+        bench.stage = lambda name, fn, *args: names.append(name)
+        bench.run_stages()
+        return names
+
+    assert stages_of(["rehrseg_kdEveryStep"]) == ["stage 1 + planning + preprocessing",
+                                                   "train + predict rehrseg_kdEveryStep"]
+    assert stages_of(["rehrseg_from_lr"]) == ["stage 1 + planning + preprocessing",
+                                              "train LR nnU-Net (arm 1) + predict all demo arms",
+                                              "train + predict rehrseg_from_lr"]
+    assert stages_of(["rehrseg_wrong_profile"])[1:] == ["stage 1 + planning (wrong slice profile)",
+                                                        "train + predict rehrseg_wrong_profile"]
+    every = stages_of(None)
+    assert len(every) == 20 and every[-1] == "train + predict rehrseg_wrong_profile"
+    with pytest.raises(ValueError, match="rehrseg_kdEveryStep"):
+        Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("converged", "cpu"), seed=0, arms=["rehrseg_kd"])

@@ -16,12 +16,12 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
+from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
 from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
 from nnunetv2_rehrseg.demo.convergence import learning_curves
 from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_spread,
@@ -33,6 +33,9 @@ from nnunetv2_rehrseg.io import read_image, write_image
 
 logger = logging.getLogger(__name__)
 INTERP_ID, PSEUDO_HR_ID, HR_ID, WRONG_PROFILE_ID = 701, 702, 703, 704
+# the arms that arm 1's stage predicts (the demo's LR-only arms and oracles), and those built on its outputs
+ARM_1_OUTPUTS = tuple(arm for arm in ARMS if arm != "rehrseg")
+NEEDS_ARM_1 = ("lr_nnunet_mci", "rehrseg_from_lr")
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,15 @@ STOCK_HR_ARMS = {"interp_then_segment": INTERP_ID, "sr_then_segment": PSEUDO_HR_
 
 
 class Benchmark(Pipeline):
-    def __init__(self, out: Path, device: str, r: int, axis: int, preset: BenchmarkPreset, seed: int):
+    def __init__(self, out: Path, device: str, r: int, axis: int, preset: BenchmarkPreset, seed: int,
+                 arms: Optional[Iterable[str]] = None):
+        """arms: run only the stages these arms need (stage 1 always; arm 1 for 1c and 5b); None: every arm."""
         super().__init__(out, device, r, axis, preset.demo, seed)
         self.benchmark = preset
+        unknown = sorted(set(arms or ()) - set(BENCHMARK_ARMS))
+        if unknown:
+            raise ValueError(f"unknown benchmark arm(s) {unknown}; choose from {sorted(BENCHMARK_ARMS)}")
+        self.selected_arms = None if arms is None else set(arms)
         (out / "stages").mkdir(exist_ok=True)
 
     def load_finished_stages(self) -> None:
@@ -301,20 +310,34 @@ class Benchmark(Pipeline):
 
     def run_stages(self) -> None:
         """In the order a partial run is most useful in (--report_only on an unfinished run): REHRSeg, the LR-only
-        arms, the HR upper bound and arm 5b first, then the other HR-grid arms, the ablations, the wrong profile."""
+        arms, the HR upper bound and arm 5b first, then the other HR-grid arms, the ablations, the wrong profile.
+        With selected arms, only the stages they need."""
+        wanted = self.wants
         self.stage("stage 1 + planning + preprocessing", self.plan)
-        self.stage("train + predict REHRSeg", self.rehrseg_arm, "rehrseg", self.trainer)
-        self.stage("train LR nnU-Net (arm 1) + predict all demo arms", self._demo_rest)
-        self.stage("contour interpolation of arm 1 (arm 1c)", self.contour_interpolation_arm)
-        self.stock_hr_stages("hr_upper_bound", HR_ID, self.build_hr_dataset)
-        self.stage("train + predict rehrseg_from_lr", self.rehrseg_from_lr_arm)
-        self.stock_hr_stages("interp_then_segment", INTERP_ID, self.build_interp_dataset)
-        self.stock_hr_stages("sr_then_segment", PSEUDO_HR_ID, self.build_pseudo_hr_dataset)
+        if wanted("rehrseg"):
+            self.stage("train + predict REHRSeg", self.rehrseg_arm, "rehrseg", self.trainer)
+        if wanted(*ARM_1_OUTPUTS, *NEEDS_ARM_1):
+            self.stage("train LR nnU-Net (arm 1) + predict all demo arms", self._demo_rest)
+        if wanted("lr_nnunet_mci"):
+            self.stage("contour interpolation of arm 1 (arm 1c)", self.contour_interpolation_arm)
+        if wanted("hr_upper_bound"):
+            self.stock_hr_stages("hr_upper_bound", HR_ID, self.build_hr_dataset)
+        if wanted("rehrseg_from_lr"):
+            self.stage("train + predict rehrseg_from_lr", self.rehrseg_from_lr_arm)
+        if wanted("interp_then_segment"):
+            self.stock_hr_stages("interp_then_segment", INTERP_ID, self.build_interp_dataset)
+        if wanted("sr_then_segment"):
+            self.stock_hr_stages("sr_then_segment", PSEUDO_HR_ID, self.build_pseudo_hr_dataset)
         for arm, trainer in self.benchmark.ablations.items():
-            self.stage(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)
-        self.stage("stage 1 + planning (wrong slice profile)", self.plan_wrong_profile)
-        self.stage("train + predict rehrseg_wrong_profile", self.rehrseg_arm, "rehrseg_wrong_profile", self.trainer,
-                   WRONG_PROFILE_ID)
+            if wanted(arm):
+                self.stage(f"train + predict {arm}", self.rehrseg_arm, arm, trainer)
+        if wanted("rehrseg_wrong_profile"):
+            self.stage("stage 1 + planning (wrong slice profile)", self.plan_wrong_profile)
+            self.stage("train + predict rehrseg_wrong_profile", self.rehrseg_arm, "rehrseg_wrong_profile",
+                       self.trainer, WRONG_PROFILE_ID)
+
+    def wants(self, *arms: str) -> bool:
+        return self.selected_arms is None or not self.selected_arms.isdisjoint(arms)
 
     def stock_hr_stages(self, arm: str, dataset_id: int, build) -> None:
         self.stage(f"build + plan + preprocess {arm}", _then, build, self.plan_stock, dataset_id)
