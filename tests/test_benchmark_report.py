@@ -181,3 +181,30 @@ def test_selected_arms_run_only_the_stages_they_need(tmp_path):
     assert len(every) == 20 and every[-1] == "train + predict rehrseg_wrong_profile"
     with pytest.raises(ValueError, match="rehrseg_kdEveryStep"):
         Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("converged", "cpu"), seed=0, arms=["rehrseg_kd"])
+
+
+def test_montage_of_a_partial_run_leaves_out_the_panels_it_has_not_made(tmp_path, monkeypatch):
+    """A -arms run without arm 1 and arm 4 (no LR nnU-Net prediction, no pseudo-HR test images) still gets its QC
+    montage: the LR input, the HR truth and REHRSeg."""
+    import numpy as np
+
+    from nnunetv2_rehrseg.demo import report
+    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from nnunetv2_rehrseg.demo.subjects import DemoDataset
+    from nnunetv2_rehrseg.geometry import Grid, hr_grid
+    from nnunetv2_rehrseg.io import write_image
+
+    bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
+    raw = tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices"
+    bench.data = DemoDataset(raw, tmp_path / "truth", ["a"], ["t"])
+    lr = Grid((20, 18, 5), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    write_image(np.random.default_rng(0).random((5, 18, 20)).astype(np.float32), lr, raw / "imagesTs" / "t_0000.nii.gz")
+    labels = np.zeros((20, 18, 20), np.uint8)
+    labels[4:16, 4:12, 5:15] = 2
+    for folder in ("truth/labels", "predictions/rehrseg"):
+        write_image(labels, hr_grid(lr, 2, 4), tmp_path / folder / "t.nii.gz")
+    panels = {}
+    monkeypatch.setattr(report, "save_montage", lambda rows, names, path, **kw: panels.update(rows[0]))
+    report.write_montage(bench, "t")
+    assert list(panels) == ["LR input (nearest)", "HR truth labels", "REHRSeg labels"]
+    assert all(p.shape == (20, 18) for p in panels.values())   # 20 HR slices (vertical) x 18 rows

@@ -163,6 +163,12 @@ class nnUNetTrainer_rehrseg3000StepsBudget(_TrainingBudget, nnUNetTrainer):
     budget = REHRSegTrainer_3000steps.budget
 
 
+class REHRSegTrainer_6000steps(_TrainingBudget, REHRSegTrainer):
+    """120 x 50 steps, twice the converged preset's: separates what more steps buy (closer fit to the pseudo-HR
+    targets) from what the targets allow (README: the HR head's ceiling)."""
+    budget = (120, 50, 5)
+
+
 # every variant above at every named budget, e.g. REHRSegTrainer_noKD_1500steps: thin classes that nnU-Net finds by
 # name like hand-written ones (the demo's budget: _fast; the benchmark's: _1500steps and _3000steps; a GPU's: _50epochs)
 VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,

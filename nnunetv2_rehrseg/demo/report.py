@@ -38,16 +38,17 @@ def _plane(volume: np.ndarray, sitk_axis: int) -> np.ndarray:
 
 
 def write_montage(pipeline, identifier: str) -> None:
+    """The QC montage of one test subject; panels whose volume a partial benchmark run (-arms) has not made are left
+    out."""
     out, axis, r = pipeline.out, pipeline.axis, pipeline.r
     lr_image, _ = read_image(pipeline.data.raw_folder / "imagesTs" / f"{identifier}_0000.nii.gz")
+    panels = {"pseudo-HR image": out / "pseudo_hr_test" / f"{identifier}_0000.nii.gz",
+              "uncertainty": out / "pseudo_hr_test" / "uncertainty" / f"{identifier}.nii.gz",
+              "HR truth labels": out / "truth" / "labels" / f"{identifier}.nii.gz",
+              "REHRSeg labels": out / "predictions" / "rehrseg" / f"{identifier}.nii.gz",
+              "LR nnU-Net labels (linear)": out / "predictions" / "lr_nnunet_linear" / f"{identifier}.nii.gz"}
     row = {"LR input (nearest)": _plane(np.repeat(lr_image, r, axis=numpy_axis_of(axis)), axis),
-           "pseudo-HR image": _plane(read_image(out / "pseudo_hr_test" / f"{identifier}_0000.nii.gz")[0], axis),
-           "uncertainty": _plane(read_image(out / "pseudo_hr_test" / "uncertainty" / f"{identifier}.nii.gz")[0],
-                                 axis),
-           "HR truth labels": _plane(read_image(out / "truth" / "labels" / f"{identifier}.nii.gz")[0], axis),
-           "REHRSeg labels": _plane(read_image(out / "predictions" / "rehrseg" / f"{identifier}.nii.gz")[0], axis),
-           "LR nnU-Net labels (linear)": _plane(read_image(out / "predictions" / "lr_nnunet_linear" /
-                                                           f"{identifier}.nii.gz")[0], axis)}
+           **{name: _plane(read_image(path)[0], axis) for name, path in panels.items() if path.is_file()}}
     save_montage([row], [identifier], out / f"montage_{identifier}.png",
                  title=f"{identifier}: plane through the thick-slice axis (vertical)", label_max=len(LABELS) - 1,
                  label_names={v: k for k, v in LABELS.items()})
