@@ -7,8 +7,9 @@ DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resume
 
 fast (2 CPU cores): 16..128 features, 1200 self-SR iterations, 30 x 50 steps per learned arm, about 5 hours; at 1500
 steps five of the seven learned arms have not levelled off (README). converged: the same at 60 x 50 steps, 9-10
-hours with nothing else running (two stage-1 runs of 25 min, ten REHRSeg-type arms of 35-45 min, four stock arms of
-25-35 min). Rerun the same command to finish an interrupted run.
+hours with nothing else running on one 2-core machine (two stage-1 runs of 25 min, ten REHRSeg-type arms of 35-45
+min, four stock arms of 25-35 min), near 4 on a faster one (stage 1 3.5 min, REHRSeg arms 15-21 min). Rerun the same
+command to finish an interrupted run; -arms runs a subset.
 default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per learned arm.
 """
 import argparse
