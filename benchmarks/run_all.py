@@ -15,6 +15,8 @@ default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per lear
 import argparse
 from pathlib import Path
 
+from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,7 +27,7 @@ def main(argv=None):
     parser.add_argument("-r", type=int, default=4)
     parser.add_argument("-axis", type=int, default=2, choices=(0, 1, 2))
     parser.add_argument("-seed", type=int, default=0)
-    parser.add_argument("-arms", nargs="+", default=None, metavar="ARM",
+    parser.add_argument("-arms", nargs="+", default=None, metavar="ARM", choices=sorted(BENCHMARK_ARMS),
                         help="run only these arms (and the stages they need: stage 1 always, arm 1 for 1c and 5b), "
                              "e.g. rehrseg_kdEveryStep; default: every arm")
     parser.add_argument("--report_only", action="store_true",
@@ -42,8 +44,7 @@ def main(argv=None):
     out = Path(args.o).resolve()
     out.mkdir(parents=True, exist_ok=True)
     Benchmark(out, device, args.r, args.axis, resolve_benchmark_preset(args.preset, device), args.seed,
-              args.arms)(
-        report_only=args.report_only)
+              args.arms)(report_only=args.report_only)
     print(f"report: {out / 'benchmark_report.md'}")
 
 
