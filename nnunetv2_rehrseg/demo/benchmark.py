@@ -88,10 +88,10 @@ class Benchmark(Pipeline):
         """arms: run only the stages these arms need (stage 1 always; arm 1 for 1c and 5b); None: every arm."""
         super().__init__(out, device, r, axis, preset.demo, seed)
         self.benchmark = preset
-        unknown = sorted(set(arms or ()) - set(BENCHMARK_ARMS))
+        self.selected_arms = None if arms is None else set(arms)   # read once: arms may be a one-pass iterable
+        unknown = sorted((self.selected_arms or set()) - set(BENCHMARK_ARMS))
         if unknown:
             raise ValueError(f"unknown benchmark arm(s) {unknown}; choose from {sorted(BENCHMARK_ARMS)}")
-        self.selected_arms = None if arms is None else set(arms)
         (out / "stages").mkdir(exist_ok=True)
 
     def load_finished_stages(self) -> None:
