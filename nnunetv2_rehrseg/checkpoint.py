@@ -1,5 +1,6 @@
 """Safe checkpoint IO: atomic writes, weights-only loading (a checkpoint never executes code)."""
 import os
+import uuid
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
@@ -7,10 +8,12 @@ import torch
 
 
 def save_atomic(obj, path: Union[str, Path]) -> None:
-    """torch.save to a temporary name, then rename: an interrupted write never leaves a file that looks complete."""
+    """torch.save to a temporary name, then rename: an interrupted write never leaves a file that looks complete.
+    The temporary name is unique to the writer, so jobs writing the same file at once (folds started together
+    copying the shared self-SR model) never interleave; the last rename wins with a complete file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 

@@ -51,6 +51,18 @@ def write_image(array: np.ndarray, grid: Grid, path) -> None:
     os.replace(tmp, path)
 
 
+def copy_atomic(source, target) -> None:
+    """Copy through a name unique to this writer, then rename: jobs copying the same file at once (folds started
+    together) never leave a mixed or truncated file."""
+    import shutil
+    import uuid
+
+    target = Path(target)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """JSON written to a temporary name, then moved into place."""
     tmp = path.with_suffix(".partial")

@@ -62,20 +62,24 @@ class Upsampler(torch.nn.Module):
         return lr, lr.repeat_interleave(self.r, dim=2), None
 
 
-def _predictor(plans, network=None, mirror_axes=(0, 1, 2)):
+def _predictor(plans, network=None, mirror_axes=(0, 1, 2), use_gaussian=True):
     manager = PlansManager(plans)
-    return REHRSegPredictor(network, manager, manager.get_configuration("3d_fullres"), DATASET_JSON,
-                            torch.device("cpu"), 0.5, mirror_axes)
+    predictor = REHRSegPredictor(tile_step_size=0.5, use_gaussian=use_gaussian, use_mirroring=bool(mirror_axes),
+                                 device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(network, manager, manager.get_configuration("3d_fullres"), None, DATASET_JSON,
+                                    "REHRSegTrainer", mirror_axes)
+    return predictor
 
 
 @pytest.mark.parametrize("shape", [(5, 13, 30), (13, 40, 17)])   # smaller than the patch on some axes, not multiples
 def test_sliding_window_places_lr_and_hr_tiles_exactly(shape):
     plans = make_plans(2, 4, (1.0, 1.0, 1.0), (8, 16, 16))
     data = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32)
-    lr, hr = _predictor(plans, Upsampler(4)).predict_logits(data)
+    # uniform tile weights: nnU-Net's Gaussian underflows its half-precision accumulator at the image corners
+    lr, hr = _predictor(plans, Upsampler(4), use_gaussian=False).predict_logits(data)
     assert lr.shape == (3, *shape) and hr.shape == (3, 4 * shape[0], *shape[1:])
-    np.testing.assert_allclose(lr[0].numpy(), data[0], atol=1e-5)
-    np.testing.assert_allclose(hr[1].numpy(), -np.repeat(data[0], 4, axis=0), atol=1e-5)
+    np.testing.assert_allclose(lr[0].numpy(), data[0], atol=5e-3, rtol=5e-3)   # half-precision sums
+    np.testing.assert_allclose(hr[1].numpy(), -np.repeat(data[0], 4, axis=0), atol=5e-3, rtol=5e-3)
 
 
 @pytest.mark.parametrize("lr_axis", [1, 2])

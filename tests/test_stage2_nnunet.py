@@ -154,7 +154,8 @@ def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny)
     train, fold = TRAIN_TINY, trained_tiny
     out = fold.parent
     for name in ("checkpoint_final.pth", "progress.png", "progress_rehrseg.png", "validation/case03.nii.gz",
-                 "validation_lr/case03.nii.gz", "validation/summary.json", "validation_lr/summary.json"):
+                 "validation_hr/case03.nii.gz", "validation/summary.json",
+                 "validation_hr/summary_vs_pseudo_hr_labels.json"):
         assert (fold / name).is_file(), name
     assert (out / "selfsr_checkpoint.pth").is_file() and (out / "rehrseg_settings.json").is_file()
     checkpoint = torch.load(fold / "checkpoint_final.pth", weights_only=False, map_location="cpu")
@@ -169,16 +170,19 @@ def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny)
     logged = checkpoint["logging"]
     for key in ("train_loss_lr", "train_loss_hr", "train_kd_spatial", "train_kd_correlation"):
         assert len(logged[key]) == 2 and np.all(np.isfinite(logged[key])), key
-    # HR output on the pseudo-HR grid, LR output on the input's grid
-    hr = sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))
+    # validation/ holds the LR-grid output on the input's grid (what nnU-Net's tools score against the LR labels),
+    # validation_hr/ the HR output on the pseudo-HR grid
+    hr = sitk.ReadImage(str(fold / "validation_hr" / "case03.nii.gz"))
     ref = sitk.ReadImage(str(planned["pre"] / "rehrseg" / "pseudo_hr" / "labelsTr" / "case03.nii.gz"))
     lr = sitk.ReadImage(str(planned["raw"] / "labelsTr" / "case03.nii.gz"))
     assert hr.GetSize() == ref.GetSize() and np.allclose(hr.GetOrigin(), ref.GetOrigin())
     assert np.allclose(hr.GetSpacing(), ref.GetSpacing()) and np.allclose(hr.GetDirection(), ref.GetDirection())
-    lr_out = sitk.ReadImage(str(fold / "validation_lr" / "case03.nii.gz"))
+    lr_out = sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))
     assert lr_out.GetSize() == lr.GetSize() and np.allclose(lr_out.GetOrigin(), lr.GetOrigin())
-    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    summary = json.loads((fold / "validation_hr" / "summary_vs_pseudo_hr_labels.json").read_text())
     assert 0 <= summary["foreground_mean"]["Dice"] <= 1
+    lr_summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert [c["reference_file"].split("/")[-2] for c in lr_summary["metric_per_case"]] == ["gt_segmentations"]
 
     (fold / "validation" / "case03.nii.gz").unlink()
     # rehrseg_train finds the trainers itself and defaults to -p REHRSegPlans
@@ -196,8 +200,8 @@ def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny)
     # rehrseg_predict + rehrseg_evaluate end to end
     inputs, out = planned["root"] / "lr_in", planned["root"] / "hr_out"
     inputs.mkdir()
-    (out / ".rehrseg_partial").mkdir(parents=True)     # left behind by an interrupted run
-    (out / ".rehrseg_partial" / "stale.nii.gz").write_bytes(b"half")
+    (out / ".rehrseg_partial" / "case03").mkdir(parents=True)     # left behind by an interrupted run
+    (out / ".rehrseg_partial" / "case03" / "hr.nii.gz").write_bytes(b"half")
     for source in (planned["raw"] / "imagesTr" / "case03_0000.nii.gz", planned["raw"] / "imagesTs" / "case04_0000.nii.gz"):
         (inputs / source.name).write_bytes(source.read_bytes())
     plain_env = {k: v for k, v in env.items() if k != "nnUNet_extTrainer"}
@@ -205,16 +209,18 @@ def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny)
         "-device", "cpu", "--lr_output", "--save_probabilities", env=plain_env)
     for name in ("case03.nii.gz", "case04.nii.gz", "case04.npz", "lr/case03.nii.gz", "lr/case04.nii.gz"):
         assert (out / name).is_file(), name
-    assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir()) and not (out / "stale.nii.gz").exists()
-    # same model, input and TTA as the trainer's final validation: the same HR segmentation
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case03.nii.gz"))),
-                                  sitk.GetArrayFromImage(sitk.ReadImage(str(fold / "validation" / "case03.nii.gz"))))
+    assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir())
+    # same model, input and TTA as the trainer's final validation: the same HR and LR segmentations
+    for ours, validation in (("case03.nii.gz", "validation_hr/case03.nii.gz"), ("lr/case03.nii.gz",
+                                                                                "validation/case03.nii.gz")):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / ours))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(fold / validation))))
     run("rehrseg_evaluate", "-ref", str(planned["pre"] / "rehrseg" / "pseudo_hr" / "labelsTr"), "-pred", str(out),
         "-o", str(planned["root"] / "metrics.json"), "--chill", env=plain_env)
     metrics = json.loads((planned["root"] / "metrics.json").read_text())
     assert metrics["summary"]["cases"] == 1 and (planned["root"] / "metrics.csv").is_file()
     assert metrics["summary"]["mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"])
-    # an input of another slice spacing is refused before anything is written
+    # an input of another slice spacing is refused, with its name, and nothing is written for it
     bad_in, bad_out = planned["root"] / "bad_in", planned["root"] / "bad_out"
     image = sitk.ReadImage(str(inputs / "case04_0000.nii.gz"))
     image.SetSpacing((1.0, 1.0, 2.0))
@@ -223,7 +229,7 @@ def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny)
     refused = run("rehrseg_predict", "-i", str(bad_in), "-o", str(bad_out), "-d", "990", "-f", "0", "-tr",
                   "REHRSegTrainer_tiny", "-device", "cpu", env=plain_env, check=False)
     assert refused.returncode == 2 and "case04_0000.nii.gz" in refused.stderr and "Traceback" not in refused.stderr
-    assert not bad_out.exists()
+    assert not (bad_out / "case04.nii.gz").exists()
 
 
 @pytest.fixture

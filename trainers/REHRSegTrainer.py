@@ -9,7 +9,6 @@ many times the KD weights) spatial and correlation distillation from the frozen 
 pseudo-LR image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in
 on_train_start; the KD adapter joins the optimizer and is saved under an extra checkpoint key.
 """
-import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -33,6 +32,7 @@ from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 
 from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
 from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save_atomic
+from nnunetv2_rehrseg.io import copy_atomic
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
@@ -370,8 +370,8 @@ class REHRSegTrainer(nnUNetTrainer):
             stage1 = stage1_folder(self.plans_manager.dataset_name)
             base = Path(self.output_folder_base)
             # the plans come from the pseudo-HR fingerprint; the stock trainer copied the LR one
-            shutil.copyfile(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
-            shutil.copyfile(stage1 / "settings.json", base / "rehrseg_settings.json")
+            copy_atomic(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
+            copy_atomic(stage1 / "settings.json", base / "rehrseg_settings.json")
             save_atomic(self.load_selfsr(), base / SELFSR_COPY)
 
     def on_epoch_end(self):

@@ -1,25 +1,36 @@
-"""LR volume in, HR segmentation out: nnU-Net preprocessing on the LR grid, a sliding window over LR tiles that
-accumulates LR and HR logits (Gaussian-weighted, mirror TTA), and nnU-Net's own export for both grids.
+"""LR volume in, HR segmentation out, on nnU-Net's own predictor.
 
-The REHRSeg plans' configuration describes the HR data (spacing, patch); the LR grid is the same configuration with
-the `rehrseg` block's LR spacing and LR patch. The HR export reuses nnU-Net's export with the case's properties
-mapped onto the HR grid (r x along the LR axis, geometry derived from the LR header).
+`REHRSegPredictor` is an `nnUNetPredictor` whose configuration is the LR grid (the REHRSeg plans' `rehrseg` block's LR
+spacing and patch), so nnU-Net's preprocessing workers, sliding window, Gaussian blending, mirroring, fold averaging,
+device-memory fallback, `-num_parts/-part_id` and `--continue_prediction` all apply unchanged. The network returns LR
+and HR logits; the HR logits (K, r*D, H, W) travel through nnU-Net's machinery folded into channels (K*r, D, H, W)
+beside the LR ones, so every LR-grid tile carries exactly its r HR sub-slices. The export unfolds them and writes the
+HR segmentation on the HR grid derived from the LR header (and, if asked, the LR-grid segmentation), atomically and
+per case: a case that fails costs only itself.
 """
 import itertools
 import json
 import logging
+import multiprocessing
+import os
+import shutil
 from copy import deepcopy
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from time import sleep
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 
-from nnunetv2.inference.export_prediction import export_prediction_from_logits
-from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
-from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
+                                                  export_prediction_from_logits)
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy
+from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
@@ -29,6 +40,8 @@ from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_fo
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
 
 logger = logging.getLogger(__name__)
+PARTIAL = ".rehrseg_partial"      # per-case temporary folder inside the output folder
+LR_SUBFOLDER = "lr"
 
 
 def check_input_grid(grid: Grid, block: REHRSegPlanBlock, source: str) -> Optional[str]:
@@ -66,130 +79,337 @@ def hr_properties(properties: dict, block: REHRSegPlanBlock, transpose_backward:
     hr["bbox_used_for_cropping"] = bbox
     lr_numpy_axis = numpy_axis_of(block.lr_axis_sitk)
     hr["spacing"] = [s / r if i == lr_numpy_axis else s for i, s in enumerate(properties["spacing"])]
-    stuff = properties["sitk_stuff"]
-    size_zyx = [properties["shape_before_cropping"][transpose_backward[i]] for i in range(3)]
-    grid = hr_grid(Grid(tuple(size_zyx[::-1]), tuple(stuff["spacing"]), tuple(stuff["origin"]),
-                        tuple(stuff["direction"])), block.lr_axis_sitk, r)
-    hr["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}
+    stuff = properties.get("sitk_stuff")
+    if stuff is not None:   # absent for arrays handed in without a header: the segmentation is returned, not written
+        size_zyx = [properties["shape_before_cropping"][transpose_backward[i]] for i in range(3)]
+        grid = hr_grid(Grid(tuple(size_zyx[::-1]), tuple(stuff["spacing"]), tuple(stuff["origin"]),
+                            tuple(stuff["direction"])), block.lr_axis_sitk, r)
+        hr["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}
     return hr
 
 
-class REHRSegPredictor:
-    def __init__(self, network: torch.nn.Module, plans_manager: PlansManager,
-                 configuration_manager: ConfigurationManager, dataset_json: dict, device: torch.device,
-                 tile_step_size: float = 0.5, mirror_axes: Optional[Sequence[int]] = (0, 1, 2),
-                 fold_weights: Optional[List[dict]] = None):
-        self.network = network
-        self.fold_weights = fold_weights or [None]   # None: use the network's current weights
-        self.plans_manager = plans_manager
-        self.configuration_manager = configuration_manager
-        self.dataset_json = dataset_json
-        self.device = device
-        self.block = REHRSegPlanBlock.from_configuration(configuration_manager.configuration)
-        self.lr_configuration = lr_configuration(configuration_manager, self.block)
-        self.tile_step_size = tile_step_size
-        self.mirror_axes = tuple(mirror_axes or ())
+def fold_hr_into_channels(lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """(B, K, D, ...) and (B, K, r*D, ...) -> (B, K + K*r, D, ...): HR sub-slice j of LR slice d at channel K + k*r + j."""
+    b, k, d = lr.shape[:3]
+    r = hr.shape[2] // d
+    hr = hr.reshape(b, k, d, r, *hr.shape[3:]).transpose(2, 3).reshape(b, k * r, d, *hr.shape[3:])
+    return torch.cat([lr, hr], 1)
 
-    @classmethod
-    def from_trained_model_folder(cls, folder: str, folds: Sequence[str], checkpoint_name: str,
-                                  device: torch.device, tile_step_size: float = 0.5,
-                                  use_mirroring: bool = True) -> "REHRSegPredictor":
-        """A trained REHRSeg model (nnUNet_results/<dataset>/<trainer>__<plans>__3d_fullres), one or more folds."""
-        folder = Path(folder)
+
+def split_folded(folded: Union[torch.Tensor, np.ndarray], num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(K + K*r, D, ...) -> LR logits (K, D, ...) and HR logits (K, r*D, ...), float32."""
+    folded = torch.as_tensor(folded)
+    k, d = num_classes, folded.shape[1]
+    r = (folded.shape[0] - k) // k
+    hr = folded[k:].reshape(k, r, d, *folded.shape[2:]).transpose(1, 2).reshape(k, r * d, *folded.shape[2:])
+    return folded[:k].float(), hr.float()
+
+
+def export_case(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
+                hr_configuration: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
+                hr_file_truncated: str, lr_file_truncated: Optional[str], save_probabilities: bool) -> Optional[str]:
+    """Write one case (HR segmentation; LR too if asked; probabilities if asked) through a per-case temporary folder
+    and rename the files into place, HR segmentation last: its presence means the case is complete. Returns None,
+    or the reason the case failed (one bad case must not stop the others)."""
+    try:
+        lr_logits, hr_logits = split_folded(folded, plans_manager.get_label_manager(dataset_json).num_segmentation_heads)
+        out = Path(hr_file_truncated).parent
+        name = Path(hr_file_truncated).name
+        partial = out / PARTIAL / name
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        moves = []
+        if lr_file_truncated is not None:
+            export_prediction_from_logits(lr_logits, properties, lr_configuration(hr_configuration, block),
+                                          plans_manager, dataset_json, str(partial / "lr"), save_probabilities)
+            moves.append(("lr", Path(lr_file_truncated)))
+        export_prediction_from_logits(hr_logits, hr_properties(properties, block, plans_manager.transpose_backward),
+                                      hr_configuration, plans_manager, dataset_json, str(partial / "hr"),
+                                      save_probabilities)
+        moves.append(("hr", Path(hr_file_truncated)))
+        endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
+        for stem, target in moves:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for ending in endings:
+                os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
+        shutil.rmtree(partial, ignore_errors=True)
+        return None
+    except Exception as e:   # reported per case by the caller
+        return f"{type(e).__name__}: {e}"
+
+
+class _OutputChannels:
+    """Stands in for the label manager inside nnU-Net's sliding window, which sizes its accumulator by it."""
+
+    def __init__(self, num_segmentation_heads: int):
+        self.num_segmentation_heads = num_segmentation_heads
+
+
+class REHRSegPredictor(nnUNetPredictor):
+    """nnU-Net's predictor for REHRSeg models: LR images in, HR (and optionally LR) segmentations out.
+
+    Example::
+
+        predictor = REHRSegPredictor(device=torch.device("cuda"), lr_output=True)
+        predictor.initialize_from_trained_model_folder(model_folder, use_folds=(0, 1))
+        failures = predictor.predict_from_files("LR_DIR", "OUT_DIR")   # {} when every case was written
+        seg = predictor.predict_single_npy_array(image, properties)                    # HR segmentation as an array
+    """
+
+    def __init__(self, *args, lr_output: bool = False, **kwargs):
+        """nnUNetPredictor's arguments; lr_output: also write the LR-grid segmentations (OUT/lr/)."""
+        super().__init__(*args, **kwargs)
+        self.block: Optional[REHRSegPlanBlock] = None
+        self.hr_configuration_manager: Optional[ConfigurationManager] = None
+        self.lr_output = lr_output
+        self.failures = {}   # case file or id -> reason, for the last predict_from_files call
+
+    # ---------------------------------------------------------------- set-up
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Union[Sequence[Union[int, str]], None],
+                                             checkpoint_name: str = "checkpoint_final.pth"):
+        """A trained REHRSeg model (nnUNet_results/<dataset>/<trainer>__<plans>__3d_fullres or an installed zip)."""
+        folder = Path(model_training_output_dir)
         for name in ("plans.json", "dataset.json"):
             if not (folder / name).is_file():
-                raise InputError(f"{folder / name} not found: no trained model there; check -d, -tr, -p, -c")
+                raise InputError(f"{folder / name} not found: no trained model there; check -d, -tr, -p, -c or -m")
+        if use_folds is None:
+            use_folds = self.auto_detect_available_folds(str(folder), checkpoint_name)
+            if not use_folds:
+                raise InputError(f"{folder}: no fold_X/{checkpoint_name}; train a fold first or pass -f/-chk")
         plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
         dataset_json = json.loads((folder / "dataset.json").read_text())
         configuration_manager = plans_manager.get_configuration(CONFIGURATION)
-        weights, mirror_axes = [], None
-        for fold in folds:
-            path = folder / (f"fold_{fold}" if fold != "all" else "fold_all") / checkpoint_name
+        parameters, mirror_axes, trainer_name = [], None, None
+        for fold in use_folds:
+            fold = int(fold) if str(fold) != "all" else "all"
+            path = folder / f"fold_{fold}" / checkpoint_name
             if not path.is_file():
                 raise InputError(f"{path} not found: fold {fold} is not trained (or use -chk checkpoint_best.pth)")
             try:
                 checkpoint = load_trained_checkpoint(path)
             except ValueError as e:
                 raise InputError(str(e)) from None
-            if not checkpoint.get("trainer_name", "").startswith("REHRSegTrainer"):
-                raise InputError(f"{path}: trained with {checkpoint.get('trainer_name')}, not a REHRSeg trainer; "
-                                 f"use nnUNetv2_predict for stock nnU-Net models")
-            weights.append(checkpoint["network_weights"])
+            trainer_name = checkpoint.get("trainer_name", "")
+            if not trainer_name.startswith("REHRSegTrainer"):
+                raise InputError(f"{path}: trained with {trainer_name}, not a REHRSeg trainer; use nnUNetv2_predict "
+                                 f"for stock nnU-Net models")
+            parameters.append(checkpoint["network_weights"])
             mirror_axes = checkpoint.get("inference_allowed_mirroring_axes", mirror_axes)
         arch = configuration_manager
-        num_inputs = len(dataset_json["channel_names"])
-        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         network = build_rehrseg_network(arch.network_arch_class_name, arch.network_arch_init_kwargs,
-                                        arch.network_arch_init_kwargs_req_import, num_inputs, num_outputs,
-                                        deep_supervision=False, hr_head_form=hr_head_form_of(weights[0])
-                                        ).enable_rehrseg_forward().to(device).eval()
-        network.load_state_dict(weights[0])
-        return cls(network, plans_manager, configuration_manager, dataset_json, device, tile_step_size,
-                   mirror_axes if use_mirroring else None, weights if len(weights) > 1 else None)
+                                        arch.network_arch_init_kwargs_req_import, len(dataset_json["channel_names"]),
+                                        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+                                        deep_supervision=False, hr_head_form=hr_head_form_of(parameters[0])
+                                        ).enable_rehrseg_forward()
+        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                   trainer_name, mirror_axes)
 
-    def preprocess(self, image_files: List[str]) -> Tuple[np.ndarray, dict]:
-        data, _, properties = DefaultPreprocessor(verbose=False).run_case(
-            image_files, None, self.plans_manager, self.lr_configuration, self.dataset_json)
-        return data, properties
+    def manual_initialization(self, network: torch.nn.Module, plans_manager: PlansManager,
+                              configuration_manager: ConfigurationManager, parameters: Optional[List[dict]],
+                              dataset_json: dict, trainer_name: str,
+                              inference_allowed_mirroring_axes: Optional[Tuple[int, ...]]):
+        """`configuration_manager` is the REHRSeg (HR) configuration; the predictor works on its LR grid."""
+        self.block = REHRSegPlanBlock.from_configuration(configuration_manager.configuration)
+        self.hr_configuration_manager = configuration_manager
+        super().manual_initialization(network, plans_manager, lr_configuration(configuration_manager, self.block),
+                                      parameters, dataset_json, trainer_name, inference_allowed_mirroring_axes)
 
-    def _forward_with_mirroring(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    # ---------------------------------------------------------------- network and sliding window
+    @torch.inference_mode()
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
         lr, hr, _ = self.network(x)
-        # flipping the LR axis maps HR sub-slices onto each other exactly (same field of view), so every flip applies
-        # to both outputs
-        combos = [c for n in range(1, len(self.mirror_axes) + 1) for c in itertools.combinations(self.mirror_axes, n)]
-        for axes in combos:
-            dims = [a + 2 for a in axes]
-            lr_m, hr_m, _ = self.network(torch.flip(x, dims))
-            lr = lr + torch.flip(lr_m, dims)
-            hr = hr + torch.flip(hr_m, dims)
-        return lr / (len(combos) + 1), hr / (len(combos) + 1)
+        mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
+        if mirror_axes:
+            # flipping the LR axis maps HR sub-slices onto each other exactly (same field of view), so every flip
+            # applies to both outputs
+            dims = [a + 2 for a in mirror_axes]
+            combos = [c for n in range(1, len(dims) + 1) for c in itertools.combinations(dims, n)]
+            for axes in combos:
+                lr_m, hr_m, _ = self.network(torch.flip(x, axes))
+                lr = lr + torch.flip(lr_m, axes)
+                hr = hr + torch.flip(hr_m, axes)
+            lr, hr = lr / (len(combos) + 1), hr / (len(combos) + 1)
+        return fold_hr_into_channels(lr, hr)
 
     @torch.inference_mode()
-    def predict_logits(self, data: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(C, D, H, W) preprocessed LR data -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W), on the CPU;
-        folds are ensembled by summing their Gaussian-weighted logits (the same normalisation divides them out)."""
-        r, patch = self.block.r, tuple(self.block.lr_patch_size)
-        padded, slicer = pad_nd_image(torch.from_numpy(np.ascontiguousarray(data)).float(), patch, "constant",
-                                      {"value": 0}, True)
-        shape = padded.shape[1:]
-        hr_patch = (r * patch[0], *patch[1:])
-        g_lr = compute_gaussian(patch, value_scaling_factor=10, dtype=torch.float32, device=self.device)
-        g_hr = compute_gaussian(hr_patch, value_scaling_factor=10, dtype=torch.float32, device=self.device)
-        k = self.plans_manager.get_label_manager(self.dataset_json).num_segmentation_heads
-        lr_sum = torch.zeros((k, *shape), device=self.device)
-        lr_weight = torch.zeros(shape, device=self.device)
-        hr_sum = torch.zeros((k, r * shape[0], *shape[1:]), device=self.device)
-        hr_weight = torch.zeros((r * shape[0], *shape[1:]), device=self.device)
-        steps = compute_steps_for_sliding_window(shape, patch, self.tile_step_size)
-        amp = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
-        tiles = list(itertools.product(*steps))
-        for weights, start in itertools.product(self.fold_weights, tiles):
-            if weights is not None and start == tiles[0]:
-                self.network.load_state_dict(weights)
-            lr_tile = tuple(slice(s, s + p) for s, p in zip(start, patch))
-            hr_tile = (slice(r * start[0], r * (start[0] + patch[0])), *lr_tile[1:])
-            x = padded[(slice(None), *lr_tile)][None].to(self.device)
-            with amp:
-                lr, hr = self._forward_with_mirroring(x)
-            lr_sum[(slice(None), *lr_tile)] += lr[0].float() * g_lr
-            lr_weight[lr_tile] += g_lr
-            hr_sum[(slice(None), *hr_tile)] += hr[0].float() * g_hr
-            hr_weight[hr_tile] += g_hr
-        lr_logits = (lr_sum / lr_weight)[(slice(None), *slicer[1:])]
-        hr_slicer = (slice(r * slicer[1].start, r * slicer[1].stop), *slicer[2:])
-        hr_logits = (hr_sum / hr_weight)[(slice(None), *hr_slicer)]
-        return lr_logits.cpu(), hr_logits.cpu()
+    def _internal_predict_sliding_window_return_logits(self, data: torch.Tensor, slicers, do_on_device: bool = True):
+        labels = self.label_manager
+        self.label_manager = _OutputChannels(labels.num_segmentation_heads * (1 + self.block.r))
+        try:
+            return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        finally:
+            self.label_manager = labels
+
+    def predict_logits(self, data: Union[np.ndarray, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed LR data (C, D, H, W) -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W) on the CPU,
+        averaged over the folds."""
+        data = torch.as_tensor(np.asarray(data, dtype=np.float32))
+        if self.list_of_parameters is None:   # the network's current weights (a trainer's final validation)
+            folded = self.predict_sliding_window_return_logits(data)
+        else:
+            folded = self.predict_logits_from_preprocessed_data(data)
+        return split_folded(folded.cpu(), self.label_manager.num_segmentation_heads)
 
     def export(self, lr_logits: torch.Tensor, hr_logits: torch.Tensor, properties: dict, hr_file_truncated: str,
                lr_file_truncated: Optional[str] = None, save_probabilities: bool = False) -> None:
-        """Segmentations (and optionally probabilities) on the HR grid and, if asked, on the input's LR grid."""
-        for target in (hr_file_truncated, lr_file_truncated):
-            if target is not None:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-        export_prediction_from_logits(hr_logits, hr_properties(properties, self.block,
-                                                               self.plans_manager.transpose_backward),
-                                      self.configuration_manager, self.plans_manager, self.dataset_json,
-                                      hr_file_truncated, save_probabilities)
-        if lr_file_truncated is not None:
-            export_prediction_from_logits(lr_logits, properties, self.lr_configuration, self.plans_manager,
-                                          self.dataset_json, lr_file_truncated, save_probabilities)
+        """Write one case from its LR and HR logits (as predict_logits returns them); raises if it cannot."""
+        folded = fold_hr_into_channels(lr_logits[None], hr_logits[None])[0].numpy()
+        failure = export_case(folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
+                              self.dataset_json, hr_file_truncated, lr_file_truncated, save_probabilities)
+        if failure:
+            raise RuntimeError(f"{hr_file_truncated}: {failure}")
+
+    def preprocess(self, image_files: List[str]) -> Tuple[np.ndarray, dict]:
+        """nnU-Net's preprocessing of one case's LR image files on the LR grid: (data, properties)."""
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+        data, _, properties = preprocessor.run_case(image_files, None, self.plans_manager, self.configuration_manager,
+                                                    self.dataset_json)
+        return data, properties
+
+    # ---------------------------------------------------------------- files
+    def screen_inputs(self, list_of_lists: List[List[str]]) -> List[List[str]]:
+        """The cases this model can take; the others go to self.failures with the reason (one line each)."""
+        from nnunetv2_rehrseg.raw_dataset import read_channels
+
+        good = []
+        for files in list_of_lists:
+            try:
+                missing = [f for f in files if not os.path.isfile(f)]
+                if missing:
+                    raise InputError(f"{missing[0]}: missing channel; the model needs "
+                                     f"{len(self.dataset_json['channel_names'])} per case")
+                _, grid = read_channels(list(files), os.path.basename(files[0]))
+                warning = check_input_grid(grid, self.block, files[0])
+                if warning:
+                    logger.warning(warning)
+                good.append(files)
+            except InputError as e:
+                self.failures[files[0]] = str(e)
+        return good
+
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                       folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
+                                       save_probabilities=False):
+        inputs, outputs, previous = super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+            folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
+        good = self.screen_inputs(inputs)
+        keep = [i for i, files in enumerate(inputs) if files in good]
+        return ([inputs[i] for i in keep], None if outputs is None else [outputs[i] for i in keep],
+                [previous[i] for i in keep])
+
+    def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0) -> dict:
+        """nnU-Net's predict_from_files (same signature: nnU-Net records it); with self.lr_output the LR-grid
+        segmentations go to OUT/lr/ too. Returns the cases that were not written ({input file or output name:
+        reason}); every other case is."""
+        if isinstance(list_of_lists_or_source_folder, str) and not os.path.isdir(list_of_lists_or_source_folder):
+            raise InputError(f"{list_of_lists_or_source_folder}: input folder not found; check -i")
+        self.failures = {}
+        super().predict_from_files(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                   save_probabilities, overwrite, num_processes_preprocessing,
+                                   num_processes_segmentation_export, folder_with_segs_from_prev_stage, num_parts,
+                                   part_id)
+        if isinstance(output_folder_or_list_of_truncated_output_files, str):
+            try:   # empty unless another part is still writing into the same folder
+                os.rmdir(Path(output_folder_or_list_of_truncated_output_files) / PARTIAL)
+            except OSError:
+                pass
+        if self.lr_output and isinstance(output_folder_or_list_of_truncated_output_files, str):
+            lr_folder = Path(output_folder_or_list_of_truncated_output_files) / LR_SUBFOLDER
+            lr_folder.mkdir(parents=True, exist_ok=True)
+            # the LR outputs are an nnU-Net prediction folder of their own (ensembling, postprocessing)
+            for name in ("dataset.json", "plans.json"):
+                shutil.copyfile(Path(output_folder_or_list_of_truncated_output_files) / name, lr_folder / name)
+        return self.failures
+
+    def lr_target(self, hr_file_truncated: Optional[str]) -> Optional[str]:
+        if not self.lr_output or hr_file_truncated is None:
+            return None
+        return os.path.join(os.path.dirname(hr_file_truncated), LR_SUBFOLDER, os.path.basename(hr_file_truncated))
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = default_num_processes):
+        """nnU-Net's loop with REHRSeg's export: each case is written as soon as it is done; a case that fails is
+        recorded in self.failures and the others go on."""
+        results = []
+        with multiprocessing.get_context("spawn").Pool(max(1, num_processes_segmentation_export)) as export_pool:
+            workers = list(export_pool._pool)
+            pending = []
+            for preprocessed in data_iterator:
+                data = preprocessed["data"]
+                if isinstance(data, str):
+                    path = data
+                    data = torch.from_numpy(np.load(path))
+                    os.remove(path)
+                ofile, properties = preprocessed["ofile"], preprocessed["data_properties"]
+                while check_workers_alive_and_busy(export_pool, workers, [p for _, p in pending], allowed_num_queued=2):
+                    sleep(0.1)
+                try:
+                    folded = self.predict_logits_from_preprocessed_data(data).cpu().numpy()
+                except RuntimeError as e:   # e.g. out of memory on the CPU too: this case only
+                    self.failures[ofile or f"array {len(results)}"] = f"prediction failed: {e}"
+                    empty_cache(self.device)
+                    continue
+                if ofile is not None:
+                    job = export_pool.apply_async(export_case, (
+                        folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
+                        self.dataset_json, ofile, self.lr_target(ofile), save_probabilities))
+                else:
+                    job = export_pool.apply_async(hr_segmentation_from_folded, (
+                        folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
+                        self.dataset_json, save_probabilities))
+                pending.append((ofile, job))
+            for ofile, job in pending:
+                while True:
+                    if not all(w.is_alive() for w in workers):
+                        raise RuntimeError("an export worker died, most likely killed for lack of CPU memory; "
+                                           "use fewer -nps processes")
+                    try:
+                        result = job.get(timeout=0.1)
+                        break
+                    except multiprocessing.TimeoutError:
+                        pass
+                if ofile is not None and result is not None:
+                    self.failures[ofile] = result
+                results.append(result)
+        if isinstance(data_iterator, MultiThreadedAugmenter):
+            data_iterator._finish()
+        compute_gaussian.cache_clear()
+        empty_cache(self.device)
+        return results
+
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
+                                 segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
+                                 save_or_return_probabilities: bool = False):
+        """One LR image as an array (C, z, y, x as nnU-Net's reader gives it) with its properties ('spacing'; plus
+        'sitk_stuff' to write files): the HR segmentation (and probabilities), or files if output_file_truncated."""
+        adapter = PreprocessAdapterFromNpy([input_image], [segmentation_previous_stage], [image_properties],
+                                           [output_file_truncated], self.plans_manager, self.dataset_json,
+                                           self.configuration_manager, num_threads_in_multithreaded=1,
+                                           verbose=self.verbose)
+        item = next(adapter)
+        folded = self.predict_logits_from_preprocessed_data(item["data"]).cpu().numpy()
+        if output_file_truncated is not None:
+            lr, hr = split_folded(folded, self.label_manager.num_segmentation_heads)
+            self.export(lr, hr, item["data_properties"], output_file_truncated, self.lr_target(output_file_truncated),
+                        save_or_return_probabilities)
+            return None
+        return hr_segmentation_from_folded(folded, item["data_properties"], self.plans_manager,
+                                           self.hr_configuration_manager, self.block, self.dataset_json,
+                                           save_or_return_probabilities)
+
+
+def hr_segmentation_from_folded(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
+                                hr_configuration: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
+                                return_probabilities: bool = False):
+    """The HR segmentation (and probabilities) as arrays on the HR grid, in the input's axis order."""
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    _, hr_logits = split_folded(folded, label_manager.num_segmentation_heads)
+    return convert_predicted_logits_to_segmentation_with_correct_shape(
+        hr_logits, plans_manager, hr_configuration, label_manager,
+        hr_properties(properties, block, plans_manager.transpose_backward), return_probabilities)

@@ -35,7 +35,7 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION
-from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
+from nnunetv2_rehrseg.selfsr.stage1 import LR_IMAGES, stage1_folder
 
 STAMP = "rehrseg_stamp.pkl"
 UNCERTAINTY_SUFFIX = "_uncertainty.npy"
@@ -139,6 +139,7 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
         with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
             results = list(tqdm(pool.starmap(_preprocess_case, args), total=len(args),
                                 desc="preprocessing pseudo-HR cases"))
+    _keep_lr_images(stage1, lr_dataset, load_json(os.path.join(raw_folder, "dataset.json"))["file_ending"])
     stamp = {"plans_name": plans_name, "data_identifier": configuration.data_identifier,
              "stage1_settings": load_json(str(stage1 / "settings.json")),
              "cases": dict(zip(dataset.keys(), results))}
@@ -146,6 +147,20 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
     shutil.rmtree(output_folder, ignore_errors=True)
     os.replace(tmp_folder, output_folder)
     return output_folder
+
+
+def _keep_lr_images(stage1: Path, lr_dataset: dict, file_ending: str) -> None:
+    """Copies of the LR images beside the pseudo-HR data: the trainer's final validation reads them from
+    nnUNet_preprocessed alone, as stock nnU-Net needs no nnUNet_raw on a compute node."""
+    folder = stage1 / LR_IMAGES
+    tmp = folder.with_name(LR_IMAGES + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for key, case in lr_dataset.items():
+        for channel, path in enumerate(case["images"]):
+            shutil.copyfile(path, tmp / f"{key}_{channel:04d}{file_ending}")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
 
 
 def load_stamp(preprocessed_folder: str) -> dict:

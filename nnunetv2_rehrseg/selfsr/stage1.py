@@ -7,10 +7,13 @@ Everything is written under nnUNet_preprocessed/<dataset>/rehrseg/ (nnUNet_raw i
                            (labels made to agree with the annotation: their thick-slice majority is the LR label)
   qc/                      lr_dice.json (the network's labels degraded back to LR vs the real LR labels, and the
                            fraction of HR voxels relabelled to agree), montage.png
+  lr_images/                copies of the LR training images (<id>_000C + the dataset's file ending), written with the
+                           preprocessed data: final validation reads them without nnUNet_raw
   summary.json             written last: stage 1 is complete
 """
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -60,6 +63,22 @@ def stage1_folder(dataset_name: str) -> Path:
     if not nnUNet_preprocessed.is_set():
         raise InputError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
     return Path(str(nnUNet_preprocessed)) / dataset_name / "rehrseg"
+
+
+LR_IMAGES = "lr_images"
+
+
+def lr_images_of(dataset_name: str, dataset_json: dict) -> Dict[str, List[str]]:
+    """The training cases' LR image files {id: [channel files]}: the copies kept under nnUNet_preprocessed (written
+    with the preprocessed data, so validation needs no nnUNet_raw), else the raw dataset's own."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    folder = stage1_folder(dataset_name) / LR_IMAGES
+    ending = dataset_json["file_ending"]
+    if folder.is_dir():
+        lists = create_lists_from_splitted_dataset_folder(str(folder), ending)
+        return {os.path.basename(files[0])[:-len(ending) - 5]: files for files in lists}
+    return {key: [str(f) for f in case.images] for key, case in open_raw_dataset(dataset_name).cases.items()}
 
 
 def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
