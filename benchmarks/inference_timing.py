@@ -47,8 +47,9 @@ def main(argv=None) -> dict:
     ours_net = build_rehrseg_network(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      channels, classes, False).enable_rehrseg_forward().to(device).eval()
     manager = PlansManager(plans)
-    ours = REHRSegPredictor(ours_net, manager, manager.get_configuration("3d_fullres"), dataset_json, device, 0.5,
-                            mirror)
+    ours = REHRSegPredictor(0.5, True, mirror is not None, True, device, allow_tqdm=False)
+    ours.manual_initialization(ours_net, manager, manager.get_configuration("3d_fullres"), [ours_net.state_dict()],
+                               dataset_json, "REHRSegTrainer", mirror)
 
     lr_plans = stock_lr_plans(plans)
     lr_config = lr_plans["configurations"]["3d_fullres"]
@@ -62,11 +63,10 @@ def main(argv=None) -> dict:
                                 [stock_net.state_dict()], dataset_json, "nnUNetTrainer", mirror)
 
     with tempfile.TemporaryDirectory() as tmp:
+        # both through nnU-Net's predict_from_files with the same processes: the difference is the HR head and export
         t = time.perf_counter()
-        for identifier, files in cases.items():
-            data, properties = ours.preprocess([str(f) for f in files])
-            lr, hr = ours.predict_logits(data)
-            ours.export(lr, hr, properties, str(Path(tmp) / "hr" / identifier))
+        ours.predict_from_files([[str(f) for f in files] for files in cases.values()],
+                                [str(Path(tmp) / "hr" / k) for k in cases], False, True, 1, 1)
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
         stock.predict_from_files([[str(f) for f in files] for files in cases.values()],

@@ -6,6 +6,10 @@ from typing import Dict, List, Tuple, Union
 
 import torch
 
+# the self-SR model inside every REHRSeg fold checkpoint: nnUNetv2_export_model_to_zip carries fold checkpoints, not
+# extra files, so an installed model can still super-resolve
+SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
+
 
 def save_atomic(obj, path: Union[str, Path]) -> None:
     """torch.save to a temporary name, then rename: an interrupted write never leaves a file that looks complete.

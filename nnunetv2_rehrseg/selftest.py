@@ -216,7 +216,7 @@ class SelfTest:
         summary = fold / "validation" / "summary.json"
         dice = json.loads(summary.read_text())["foreground_mean"]["Dice"] if summary.is_file() else float("nan")
         self.result.check("--val writes the validation", summary.is_file() and np.isfinite(dice),
-                          f"validation Dice {dice:.3f} (pseudo-HR labels of the validation case)")
+                          f"validation Dice {dice:.3f} (LR grid vs the LR labels, as nnU-Net's tools read it)")
 
     def predict(self) -> None:
         images = self.raw / "imagesTs"

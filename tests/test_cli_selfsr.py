@@ -144,3 +144,13 @@ def test_too_few_thick_slices_and_region_labels_are_refused(nnunet_env, capsys):
     err = run_expecting_error(capsys, ["-d", "996"] + FAST)
     assert "dataset.json" in err and "region" in err
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
+
+
+@pytest.mark.parametrize("flags, hint", [(["-r", "1"], "-r 2"), (["-r", "0"], "-r 2"),
+                                         (["-target_spacing", "5"], "-target_spacing"),
+                                         (["-slice_thickness", "-1"], "-slice_thickness")])
+def test_scale_and_thickness_flags_out_of_range_give_one_line(nnunet_env, capsys, flags, hint):
+    make_raw_dataset(nnunet_env["nnUNet_raw"], 994, "Flags")
+    err = run_expecting_error(capsys, ["-d", "994"] + flags + FAST)
+    assert hint in err and "Dataset994_Flags" in err
+    assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())

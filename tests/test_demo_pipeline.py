@@ -31,3 +31,10 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     assert float(rows[-1]["LR Dice"]) == pytest.approx(lr_scores["mean"]["Dice"])
     # the preset's REHRSeg starts from arm 1's final checkpoint, and the report says so
     assert rows[-1]["arm"].startswith("(5b)") and "starts from arm 1's final checkpoint" in (out / "report.md").read_text()
+    # nnU-Net's model selection ranked both models (and their ensemble) by the same LR-grid validation Dice
+    selection = json.loads((out / "model_selection.json").read_text())["all_results"]
+    names = list(selection)
+    assert any(n.startswith("REHRSegTrainer_tiny__REHRSegPlans") for n in names)
+    assert any(n.startswith("nnUNetTrainer_rehrsegTinyBudget__") for n in names)
+    assert any(n.startswith("ensemble___") for n in names) and all(0 <= v <= 1 for v in selection.values())
+    assert "model selection" in (out / "report.md").read_text()

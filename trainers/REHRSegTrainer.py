@@ -31,7 +31,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 
 from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
-from nnunetv2_rehrseg.checkpoint import load_safe, load_trained_checkpoint, save_atomic
+from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_safe, load_trained_checkpoint, save_atomic
 from nnunetv2_rehrseg.io import copy_atomic
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
@@ -47,8 +47,6 @@ from nnunetv2_rehrseg.selfsr.training import FINAL, network_from_checkpoint
 
 SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
-# the self-SR model inside every checkpoint: nnUNetv2_export_model_to_zip carries fold checkpoints, not extra files
-SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 pretrained.install()   # -pretrained_weights of an LR nnU-Net of the same labels: its LR segmentation layers too
 # the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
 TRAINER_OF_HEAD_FORM = {"linear": "REHRSegTrainer", "subslice": "REHRSegTrainer_subsliceHead",

@@ -1,4 +1,8 @@
-"""rehrseg_super_resolve: the trained self-SR alone, applied to new (unlabelled) LR images."""
+"""rehrseg_super_resolve: the trained self-SR alone, applied to new (unlabelled) LR images.
+
+The self-SR comes from the dataset's stage-1 folder, or from a trained REHRSeg model (every fold checkpoint embeds
+it), so a model installed from a zip super-resolves without the stage-1 folder. Outputs keep the inputs' format.
+"""
 import argparse
 from pathlib import Path
 
@@ -6,36 +10,103 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunetv2_rehrseg.cli.common import add_device_flag, resolve_device, setup_logging
+from nnunetv2_rehrseg.cli.predict import add_model_flags
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
 # the self-SR learned one thick-to-thin ratio: inputs whose slice spacing is further off are refused
 SPACING_TOLERANCE = 0.1
+# the 3D image formats nnU-Net's SimpleITK reader takes
+FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".gipl")
+
+
+def detect_file_ending(folder: Path) -> str:
+    found = [e for e in FILE_ENDINGS if any(folder.glob(f"*_0000{e}"))]
+    if not found:
+        raise InputError(f"{folder}: no *_0000 images in a format nnU-Net reads ({', '.join(FILE_ENDINGS)}); name "
+                         f"inputs as nnU-Net does (CASE_0000.nii.gz)")
+    if len(found) > 1:
+        raise InputError(f"{folder}: images in several formats ({', '.join(found)}); pass -file_ending")
+    return found[0]
+
+
+def selfsr_from_model(folder: Path, checkpoint_name: str, device):
+    """(network, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint, the
+    geometry from the plans' rehrseg block."""
+    import json
+
+    from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_trained_checkpoint
+    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
+    from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
+    from nnunetv2_rehrseg.selfsr.training import network_from_checkpoint
+
+    checkpoints = sorted(folder.glob(f"fold_*/{checkpoint_name}"))
+    if not (folder / "plans.json").is_file() or not checkpoints:
+        raise InputError(f"{folder}: no trained REHRSeg model (plans.json and fold_X/{checkpoint_name}); check -m, "
+                         f"or -d/-tr/-p")
+    try:
+        checkpoint = load_trained_checkpoint(checkpoints[0])
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if SELFSR_CHECKPOINT_KEY not in checkpoint:
+        raise InputError(f"{checkpoints[0]} holds no self-SR model (not a REHRSeg checkpoint, or from a version "
+                         f"before it was embedded); use the dataset's stage-1 folder (-d without a trained model)")
+    plans = json.loads((folder / "plans.json").read_text())
+    block = REHRSegPlanBlock.from_configuration(plans["configurations"][CONFIGURATION], str(folder / "plans.json"))
+    settings = Stage1Settings(r=block.r, lr_axis=block.lr_axis_sitk, slice_spacing=block.lr_spacing[0],
+                              in_plane_spacing=block.hr_spacing[1], hr_spacing=block.hr_spacing[0],
+                              slice_thickness=block.slice_thickness, fwhm=block.fwhm, profile=block.slice_profile,
+                              preset="from the trained model")
+    net, _ = network_from_checkpoint(checkpoint[SELFSR_CHECKPOINT_KEY], device)
+    return net, settings
+
+
+def load_selfsr(args, device):
+    """-m: the model folder; -d: the stage-1 folder if complete, else the trained model (-tr/-p) of that dataset."""
+    from nnunetv2_rehrseg.cli.predict import resolve_model_folder
+    from nnunetv2_rehrseg.selfsr.stage1 import load_stage1
+
+    if args.m is not None:
+        return selfsr_from_model(Path(args.m), args.chk, device)
+    if args.d is None:
+        raise InputError("name the self-SR: -d DATASET (its stage 1 or trained model) or -m MODEL_FOLDER")
+    try:
+        return load_stage1(args.d, device)
+    except InputError as stage1_missing:
+        try:
+            folder = Path(resolve_model_folder(args))
+        except InputError:
+            raise stage1_missing from None
+        if not folder.is_dir():
+            raise InputError(f"{stage1_missing}; no trained model {folder} either") from None
+        return selfsr_from_model(folder, args.chk, device)
 
 
 @exits_cleanly
 def super_resolve_entry(argv=None) -> None:
     from nnunetv2_rehrseg.raw_dataset import LoadedCase, group_channel_files, read_channels
     from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
-    from nnunetv2_rehrseg.selfsr.stage1 import (intensity_range, load_stage1, lr_first, pseudo_hr_paths, to_unit,
-                                                write_super_resolved)
+    from nnunetv2_rehrseg.selfsr.stage1 import intensity_range, lr_first, to_unit, write_super_resolved
 
     parser = argparse.ArgumentParser(description="Super-resolve LR images with a dataset's trained self-SR: writes "
-                                                 "OUT/<id>_0000.nii.gz (pseudo-HR, ready for nnUNetv2_predict) and "
-                                                 "OUT/uncertainty/<id>.nii.gz")
-    parser.add_argument("-i", required=True, help="folder of LR images named <id>_0000.nii.gz")
+                                                 "OUT/<id>_0000<ending> (pseudo-HR, ready for nnUNetv2_predict) and "
+                                                 "OUT/uncertainty/<id><ending>, in the inputs' format")
+    parser.add_argument("-i", required=True, help="folder of LR images named <id>_0000.nii.gz (or .nii/.mha/.nrrd)")
     parser.add_argument("-o", required=True, help="output folder")
-    parser.add_argument("-d", required=True, help="dataset name or id whose stage 1 is trained")
+    add_model_flags(parser)
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="fold checkpoint name (with a trained model)")
+    parser.add_argument("-file_ending", default=None, help="input (and output) file ending; default: detected")
     add_device_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    device = resolve_device(args.device)
-    net, settings = load_stage1(args.d, device)
     in_folder, out_folder = Path(args.i), Path(args.o)
     if not in_folder.is_dir():
         raise InputError(f"{in_folder}: input folder not found; check -i")
     if in_folder.resolve() == out_folder.resolve():
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
-    cases = group_channel_files(in_folder, ".nii.gz", net.image_channels)
+    device = resolve_device(args.device)
+    net, settings = load_selfsr(args, device)
+    ending = args.file_ending or detect_file_ending(in_folder)
+    cases = group_channel_files(in_folder, ending, net.image_channels)
     loaded = []
     for identifier, files in cases.items():  # validate every input before the first write
         image, grid = read_channels([str(f) for f in files], identifier)
@@ -50,9 +121,7 @@ def super_resolve_entry(argv=None) -> None:
         image = lr_first(case.image, settings.lr_axis)
         ranges = intensity_range(image)
         result = super_resolve_volume(net, to_unit(image, ranges), None, device)
-        paths = pseudo_hr_paths(out_folder, case.identifier, net.image_channels)
-        paths["images"] = [out_folder / p.name for p in paths["images"]]
-        paths["label"] = None
-        paths["uncertainty"] = out_folder / "uncertainty" / f"{case.identifier}.nii.gz"
+        paths = {"images": [out_folder / f"{case.identifier}_{c:04d}{ending}" for c in range(net.image_channels)],
+                 "label": None, "uncertainty": out_folder / "uncertainty" / f"{case.identifier}{ending}"}
         write_super_resolved(case, result, ranges, settings, paths)
     print(f"super-resolved {len(loaded)} case(s) into {out_folder}")

@@ -73,6 +73,7 @@ class Pipeline:
         self.peak_rss_gb: Dict[str, float] = {}
         self.command_seconds: Dict[str, float] = {}
         self.current_stage: Optional[str] = None
+        self.model_selection: Dict[str, float] = {}
 
     def run(self, *command: str) -> float:
         """A public command (see run_command); returns its wall time and records its peak memory against the current
@@ -124,8 +125,9 @@ class Pipeline:
         fold = f"nnUNet_results/Dataset{dataset_id:03d}_*/{trainer}__{plans}__3d_fullres/fold_0"
         if any(self.out.glob(f"{fold}/checkpoint_*.pth")):
             flags = ("--c", *_without_option(flags, "-pretrained_weights"))
+        # --npz: validation probabilities, so that nnU-Net's model selection can also ensemble the two models
         self.run("rehrseg_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-p", plans,
-                 "-device", self.device, *flags)
+                 "-device", self.device, "--npz", *flags)
 
     def baseline_checkpoint(self) -> Path:
         """Arm 1's final checkpoint (fold 0)."""
@@ -135,6 +137,20 @@ class Pipeline:
     def train_rehrseg(self) -> None:
         flags = ("-pretrained_weights", str(self.baseline_checkpoint())) if self.preset.rehrseg_from_baseline else ()
         self.train(self.trainer, "REHRSegPlans", DATASET_ID, *flags)
+
+    def select_models(self) -> Dict[str, float]:
+        """nnU-Net's model selection (find_best_configuration, fold 0) over REHRSeg and arm 1: both ranked by the same
+        number, the Dice of fold_0/validation (LR-grid output) against the LR labels, and their ensemble. nnU-Net's
+        command pairs every -tr with every -p, so two models of different plans go through its API."""
+        from nnunetv2.evaluation.find_best_configuration import find_best_configuration
+
+        models = [{"trainer": t, "plans": p, "configuration": "3d_fullres"}
+                  for t, p in ((self.trainer, "REHRSegPlans"), (self.baseline_trainer, BASELINE_PLANS))]
+        found = find_best_configuration(DATASET_ID, models, folds=(0,), num_processes=2)
+        selection = {"all_results": found["all_results"],
+                     "best": found["best_model_or_ensemble"]["selected_model_or_models"]}
+        (self.out / "model_selection.json").write_text(json.dumps(selection, indent=1))
+        return selection["all_results"]
 
     def arm_names(self) -> Dict[str, str]:
         """The demo's arms and their descriptions (REHRSeg's says where it started)."""
@@ -220,6 +236,7 @@ class Pipeline:
         self.timed("stage 1 + planning + preprocessing", self.plan)
         self.timed("train LR nnU-Net (arm 1)", self.train, self.baseline_trainer, BASELINE_PLANS)
         self.timed("train REHRSeg", self.train_rehrseg)
+        self.model_selection = self.timed("model selection (nnUNetv2_find_best_configuration)", self.select_models)
         self.timed("predict test subjects", self.predict)
         results = self.timed("evaluate", self.evaluate)
         self.timings["total"] = time.time() - t0

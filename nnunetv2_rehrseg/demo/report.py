@@ -145,6 +145,8 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
                "segmentation layers; the HR head fresh) and trains its budget on top" if pipeline.preset.rehrseg_from_baseline
                else "; REHRSeg from scratch")
     montages = "\n".join(f"![{i}](montage_{i}.png)" for i in pipeline.data.test_ids)
+    selection = "\n".join(f"| {name} | {dice:.3f} |" for name, dice in
+                           sorted(pipeline.model_selection.items(), key=lambda item: -item[1]))
     (out / "report.md").write_text(f"""# REHRSeg demo report
 
 MNI152 T1 ({pipeline.spacing_mm} mm) subjects, thick slices simulated at r={pipeline.r} along axis {pipeline.axis}
@@ -160,6 +162,13 @@ prediction gets Dice 0 and no surface distance (left out of the HD95/ASSD means)
 ![results](results.png)
 
 {montages}
+
+nnU-Net's model selection (`nnUNetv2_find_best_configuration`'s number: fold 0's validation subject, LR-grid output
+against the LR labels, for every model alike; `model_selection.json`):
+
+| model | cross-validation Dice (LR grid) |
+|---|---|
+{selection}
 
 | stage | wall time | peak memory (largest process) |
 |---|---|---|

@@ -124,9 +124,18 @@ def derive_settings(cases: List[LoadedCase], dataset_json: dict, preset: str, r:
     slice_spacing = float(np.median(spacings[:, lr_axis]))
     in_plane = float(np.median(np.delete(spacings, lr_axis, axis=1)))
     user = dataset_json.get("rehrseg", {})
-    r, hr_spacing, warning = resolve_scale(slice_spacing, in_plane, r or user.get("r"),
-                                           target_spacing or user.get("target_spacing"))
-    thickness = float(slice_thickness or user.get("slice_thickness") or slice_spacing)
+    asked_r = r if r is not None else user.get("r")
+    try:
+        r, hr_spacing, warning = resolve_scale(slice_spacing, in_plane, asked_r,
+                                               target_spacing if target_spacing is not None else
+                                               user.get("target_spacing"))
+    except ValueError as e:
+        raise InputError(f"{source}: {e} (slice spacing {slice_spacing:.4g} mm, in-plane {in_plane:.4g} mm); pass "
+                         f"-r 2 or more, or a -target_spacing below the slice spacing") from None
+    thickness = float(slice_thickness if slice_thickness is not None else
+                      user.get("slice_thickness") or slice_spacing)
+    if thickness <= 0:
+        raise InputError(f"{source}: slice thickness {thickness:g} mm; pass a positive -slice_thickness")
     profile = profile or user.get("slice_profile", "gaussian")
     if profile not in SLICE_PROFILES:
         raise InputError(f"{source}: unknown slice profile '{profile}'; choose one of {SLICE_PROFILES}")
