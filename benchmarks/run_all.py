@@ -1,4 +1,4 @@
-"""The full side-by-side benchmark (DESIGN.md protocol) on the demo's MNI152-derived subjects: arms 1-6, the
+"""The full side-by-side benchmark on the demo's MNI152-derived subjects: arms 1-6, the
 REHRSeg ablations and a wrong-slice-profile run, same width and iteration budget for every learned arm. Writes
 DIR/benchmark_report.md (+ CSV, PNG, timings); rerunning with the same -o resumes after the last finished stage.
 

@@ -20,7 +20,7 @@ def profile_fwhm_in_voxels(slice_thickness: float, target_spacing: float, hr_sli
     """FWHM of the slice profile in HR voxels.
 
     The slice thickness is the FWHM of the excitation profile. When the HR data already carries a profile of its
-    own (thickness `hr_slice_thickness`), only the extra blur sqrt(t^2 - t_hr^2) is applied (method.md R10).
+    own (thickness `hr_slice_thickness`), only the extra blur sqrt(t^2 - t_hr^2) is applied.
     """
     if slice_thickness <= 0 or target_spacing <= 0:
         raise ValueError(f"slice thickness ({slice_thickness}) and target spacing ({target_spacing}) must be > 0")

@@ -35,7 +35,7 @@ def test_kernel_normalised_and_symmetric_about_slice_centre(profile, r):
 
 def test_fwhm_from_thickness():
     assert profile_fwhm_in_voxels(4.0, 1.0) == pytest.approx(4.0)
-    assert profile_fwhm_in_voxels(4.0, 1.0, hr_slice_thickness=1.0) == pytest.approx(np.sqrt(15))  # method.md R10
+    assert profile_fwhm_in_voxels(4.0, 1.0, hr_slice_thickness=1.0) == pytest.approx(np.sqrt(15))
     assert profile_fwhm_in_voxels(6.0, 1.0) == pytest.approx(6.0)  # thickness > spacing: overlapping slices
     with pytest.raises(ValueError):
         profile_fwhm_in_voxels(0.0, 1.0)

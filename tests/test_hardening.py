@@ -64,3 +64,35 @@ def test_multichannel_empty_labels_mixed_spacing_and_thickness_from_dataset_json
     (folder / "pseudo_hr" / "imagesTr" / "case01_0001.nii.gz").unlink()
     selfsr_entry(["-d", "982"] + FAST)
     assert (folder / "summary.json").is_file() and (folder / "pseudo_hr" / "imagesTr" / "case01_0001.nii.gz").is_file()
+
+
+def _save_repeatedly(path: str, value: float, times: int) -> None:
+    import torch
+
+    from nnunetv2_rehrseg.checkpoint import save_atomic
+
+    for _ in range(times):
+        save_atomic({"w": torch.full((256, 256), value)}, path)
+
+
+def test_jobs_writing_the_same_checkpoint_at_once_leave_a_whole_file(tmp_path):
+    """Folds started together each copy the shared self-SR model into the model folder: every writer has its own
+    temporary name, so the file is always one writer's complete content and no temporary file is left."""
+    import multiprocessing
+
+    import torch
+
+    from nnunetv2_rehrseg.checkpoint import load_safe
+
+    path = str(tmp_path / "selfsr_checkpoint.pth")
+    jobs = [multiprocessing.get_context("spawn").Process(target=_save_repeatedly, args=(path, float(v), 30))
+            for v in (1, 2, 3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=120)
+        assert job.exitcode == 0
+    weights = load_safe(path)["w"]
+    assert weights.unique().numel() == 1 and float(weights[0, 0]) in (1.0, 2.0, 3.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["selfsr_checkpoint.pth"]
+    assert torch.equal(weights, torch.full((256, 256), weights[0, 0]))

@@ -1,4 +1,4 @@
-"""REHRSegTrainer: nnU-Net training on pseudo-HR data, LR-grid network with an HR head (method.md R5-R9).
+"""REHRSegTrainer: nnU-Net training on pseudo-HR data, LR-grid network with an HR head.
 
 In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -> pseudo-LR input by slice-profile
 blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid -> pseudo-LR labels (thick-slice majority of the

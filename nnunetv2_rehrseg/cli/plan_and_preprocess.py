@@ -14,7 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path, num_processes: int) -> None:
-    """nnU-Net keeps dataset.json and dataset_fingerprint.json once per dataset and its trainer reads both. Make them
+    """nnU-Net keeps dataset.json, dataset_fingerprint.json and gt_segmentations/ once per dataset; its trainer reads
+    the first two, its final validation and model selection score against the third (the LR labels). Make them
     (stock content, from the LR raw data) only when absent, so stock nnU-Net and REHRSeg coexist in either order."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset
     from nnunetv2.paths import nnUNet_preprocessed
@@ -27,6 +28,17 @@ def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path
         tmp = base / "dataset.json.partial"
         shutil.copyfile(raw_folder / "dataset.json", tmp)
         tmp.replace(base / "dataset.json")
+    if not (base / "gt_segmentations").is_dir():
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        dataset_json = load_json(str(raw_folder / "dataset.json"))
+        tmp = base / "gt_segmentations.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for key, case in get_filenames_of_train_images_and_targets(str(raw_folder), dataset_json).items():
+            shutil.copyfile(case["label"], tmp / f"{key}{dataset_json['file_ending']}")
+        tmp.replace(base / "gt_segmentations")
 
 
 def _refuse_other_stage1_settings(folder, args) -> None:

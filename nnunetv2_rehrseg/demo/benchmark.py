@@ -1,4 +1,4 @@
-"""The side-by-side benchmark of DESIGN.md: the demo's data and arms (1, 2, 5) plus interpolate-then-segment (3),
+"""The side-by-side benchmark: the demo's data and arms (1, 2, 5) plus interpolate-then-segment (3),
 SR-then-segment (4), the REHRSeg ablations, the HR upper bound (6) and REHRSeg told the wrong slice profile. Every
 learned arm uses the same network width, memory budget of nnU-Net's patch search and iteration budget; the stock
 arms are trained by nnU-Net's own trainer and predicted by nnUNetv2_predict.

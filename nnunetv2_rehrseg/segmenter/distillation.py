@@ -1,4 +1,4 @@
-"""Structural knowledge distillation from the frozen self-SR encoder to the segmenter's encoder (method.md R7-R8).
+"""Structural knowledge distillation from the frozen self-SR encoder to the segmenter's encoder (docs/how-it-works.md).
 
 Student: one encoder stage of the planned nnU-Net network on the pseudo-LR patch, (B, Cs, D', H', W').
 Teacher: the self-SR encoder stage with the closest in-plane downsampling, run on the same pseudo-LR patch (image on

@@ -1,4 +1,4 @@
-"""Stage-2 segmentation losses (method.md R5-R6). KD terms live in distillation.py."""
+"""Stage-2 segmentation losses (docs/how-it-works.md). KD terms live in distillation.py."""
 from typing import Optional
 
 import numpy as np

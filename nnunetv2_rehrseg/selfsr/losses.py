@@ -1,4 +1,4 @@
-"""Self-SR losses: R1 (plain phase) and R4 (UASR phase) of method.md, for multi-class labels."""
+"""Self-SR losses: the plain phase's and the UASR phase's, for multi-class labels."""
 from typing import Dict
 
 import torch

@@ -71,7 +71,7 @@ class DecoderStage(nn.Module):
 
 
 class PlainHead(nn.Module):
-    """One prediction per sub-slice (method.md R1)."""
+    """One prediction per sub-slice."""
 
     def __init__(self, in_features: int, r: int, out_channels: int):
         super().__init__()
@@ -85,7 +85,7 @@ class PlainHead(nn.Module):
 
 
 class UASRHead(nn.Module):
-    """K hypotheses mixed by softmax weights; U = sigmoid(1x1 conv of the weights) (method.md R2-R3).
+    """K hypotheses mixed by softmax weights; U = sigmoid(1x1 conv of the weights).
 
     Image hypotheses are residuals to the interpolated window (not tanh-bounded as in R2, which bounds absolute
     [0, 1] intensities); label hypotheses are logits.
