@@ -21,6 +21,7 @@ from nnunetv2_rehrseg.commands import nnunet_tree
 from nnunetv2_rehrseg.demo.arms import DATASET_ID
 from nnunetv2_rehrseg.demo.report import NAMES
 from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes
 
 
@@ -34,23 +35,23 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.o).resolve()
     env = nnunet_tree(out)
-    from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
+    from pseudo_label_scores import score_pseudo_hr_labels
     from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 
     r, axis = 4, 2
     data = build_demo_dataset(out / "nnUNet_raw", out / "truth", DATASET_ID, args.n_train, 0, r, axis,
                               keep_training_truth=True)
-    stage1 = out / "nnUNet_preprocessed" / data.raw_folder.name / "rehrseg"
-    if not (stage1 / "summary.json").is_file():
+    stage1 = Stage1Folder.of(data.raw_folder.name)   # under out/nnUNet_preprocessed (nnunet_tree)
+    if not stage1.summary.is_file():
         subprocess.run([str(Path(sys.executable).parent / "rehrseg_selfsr"), "-d", str(DATASET_ID), "-device",
                         args.device, "-iterations", str(args.iterations), "-np", "2"], env=env, check=True)
-    scores = score_pseudo_hr_labels(data.raw_folder, stage1 / "pseudo_hr" / "labelsTr", out / "truth" / "train" /
+    scores = score_pseudo_hr_labels(data.raw_folder, stage1.pseudo_hr_labels, out / "truth" / "train" /
                                     "labels", data.train_ids, axis, r, out / "scores")
-    qc = json.loads((stage1 / "qc" / "lr_dice.json").read_text())
+    qc = json.loads((stage1.qc / "lr_dice.json").read_text())
     records = qc["pseudo_hr_volumes"].values()
     implied = np.nanmean([v["implied_to_lr_count"] for v in records], 0)
     to_implied = np.nanmean([v["calibrated"] for v in records], 0)
-    to_truth = np.mean([class_volumes(read_image(stage1 / "pseudo_hr" / "labelsTr" / f"{i}.nii.gz")[0], len(NAMES) + 1)
+    to_truth = np.mean([class_volumes(read_image(stage1.pseudo_hr_labels / f"{i}.nii.gz")[0], len(NAMES) + 1)
                         / class_volumes(read_image(out / "truth" / "train" / "labels" / f"{i}.nii.gz")[0],
                                         len(NAMES) + 1) for i in data.train_ids], 0)
     result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_implied": to_implied.tolist(),

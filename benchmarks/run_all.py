@@ -15,7 +15,7 @@ default (a GPU): nnU-Net's default width, 1 mm template, 50 x 250 steps per lear
 import argparse
 from pathlib import Path
 
-from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS
+from benchmark_arms import BENCHMARK_ARMS
 
 
 def main(argv=None):
@@ -37,7 +37,7 @@ def main(argv=None):
     import torch
 
     from nnunetv2_rehrseg.cli.common import setup_logging
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from benchmark import Benchmark, resolve_benchmark_preset
 
     setup_logging()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -75,8 +75,8 @@ def augmentation_samples_per_second(name: str, plans_name: str, batches: int) ->
 
 
 def seconds_per_step_with_loading(pipeline, name: str, plans_name: str, workers: int) -> float:
-    from nnunetv2_rehrseg.selftest import seconds_per_step
-    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch
+    from nnunetv2_rehrseg.step_timing import seconds_per_step
+    from research_trainers import iterations_per_epoch
 
     fold = pipeline.out / "nnUNet_results" / dataset_name() / f"{name}__{plans_name}__3d_fullres" / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():

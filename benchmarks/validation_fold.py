@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from research_trainers import with_research_trainers
 from nnunetv2_rehrseg.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, DATASET_ID
 from nnunetv2_rehrseg.demo.pipeline import shape_based_to_hr, upsample_nearest
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     run = Path(args.run).resolve()
     env = nnunet_tree(run)
-    env["nnUNet_extTrainer"] = str(Path(__import__("nnunetv2_rehrseg").__file__).parent / "nnunet_ext")
+    env["nnUNet_extTrainer"] = with_research_trainers(env.get("nnUNet_extTrainer", ""))
     pre, raw = dataset_folder(run, "nnUNet_preprocessed"), dataset_folder(run, "nnUNet_raw")
     block = plan_block(pre)
     if args.rebuild_truth:

@@ -31,6 +31,7 @@ from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import write_json_atomic
 from nnunetv2_rehrseg.phantom import make_raw_dataset
 from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, save_stock_lr_plans
+from nnunetv2_rehrseg.step_timing import compare_step_times, seconds_per_step
 
 logger = logging.getLogger(__name__)
 DATASET_ID = 989
@@ -128,12 +129,6 @@ def grid_mismatch(image: sitk.Image, expected: Grid) -> Optional[str]:
         if not np.allclose(getattr(got, name), getattr(expected, name), atol=1e-4):
             return f"{name} {getattr(got, name)} != {getattr(expected, name)}"
     return None
-
-
-def seconds_per_step(logging_: Dict[str, list], steps_per_epoch: int) -> float:
-    """Median epoch time (the first left out: start-up) per training step; the epoch's validation steps included."""
-    durations = np.subtract(logging_["epoch_end_timestamps"], logging_["epoch_start_timestamps"])
-    return float(np.median(durations[1:] if len(durations) > 1 else durations) / steps_per_epoch)
 
 
 # ---------------------------------------------------------------- the run
@@ -245,8 +240,6 @@ class SelfTest:
         self.check_training(self.size.stock_trainer, STOCK_PLANS, "stock nnU-Net")
 
     def step_timing(self) -> None:
-        from nnunetv2_rehrseg.step_timing import compare_step_times
-
         timing = compare_step_times(DATASET_ID, self.size.trainer, self.device, self.size.timing_steps)
         self.result.timings["REHRSeg s/step, no data loading"] = timing["rehrseg_s_per_step"]
         self.result.timings["stock nnU-Net s/step, no data loading"] = timing["nnUNetTrainer_s_per_step"]

@@ -92,33 +92,41 @@ def packages_from_report(report: dict) -> Dict[str, Package]:
     return packages
 
 
-def dependencies(package: Package, extras: Iterable[str], environment: Dict[str, str]) -> Set[str]:
-    """Canonical names a package needs on the target with the given extras (markers evaluated there)."""
-    names = set()
+def dependencies(package: Package, extras: Iterable[str], environment: Dict[str, str]) -> Dict[str, Set[str]]:
+    """What a package needs on the target with the given extras (markers evaluated there): {canonical name: the
+    extras it is required with}, e.g. httpx[http2] -> {"httpx": {"http2"}}."""
+    needed: Dict[str, Set[str]] = {}
     for requirement in package.requires:
         marker = requirement.marker
         if marker is None or any(marker.evaluate({**environment, "extra": e}) for e in ("", *extras)):
-            names.add(canonicalize_name(requirement.name))
-    return names
+            needed.setdefault(canonicalize_name(requirement.name), set()).update(requirement.extras)
+    return needed
 
 
 def closure(packages: Dict[str, Package], root: str, extras: Sequence[str], exclude: Set[str],
             environment: Dict[str, str]) -> List[str]:
-    """Names needed by root (with extras), never entering an excluded package, in dependency-first order."""
-    order, state = [], {}
+    """Names needed by root (with extras), never entering an excluded package, in dependency-first order. A package
+    required with extras brings those extras' dependencies too (blosc2 -> httpx[http2] -> h2, hpack, hyperframe),
+    also when it was first reached without them."""
+    order: List[str] = []
+    open_names: Set[str] = set()
+    done_extras: Dict[str, Set[str]] = {}
 
-    def visit(name: str, wanted_extras: Sequence[str]) -> None:
-        if name in exclude or name not in packages or state.get(name) == "done":
+    def visit(name: str, wanted_extras: Set[str]) -> None:
+        if name in exclude or name not in packages or name in open_names:
+            return     # excluded, not part of the resolution, or a cycle (it lands where it was first entered)
+        if name in done_extras and wanted_extras <= done_extras[name]:
             return
-        if state.get(name) == "open":     # a cycle: already on the path, it lands where it was first entered
-            return
-        state[name] = "open"
-        for dependency in sorted(dependencies(packages[name], wanted_extras, environment)):
-            visit(dependency, ())
-        state[name] = "done"
-        order.append(name)
+        extras_now = done_extras.get(name, set()) | set(wanted_extras)
+        open_names.add(name)
+        for dependency, its_extras in sorted(dependencies(packages[name], extras_now, environment).items()):
+            visit(dependency, its_extras)
+        open_names.discard(name)
+        done_extras[name] = extras_now
+        if name not in order:
+            order.append(name)
 
-    visit(canonicalize_name(root), extras)
+    visit(canonicalize_name(root), set(extras))
     return order
 
 

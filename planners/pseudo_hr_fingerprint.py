@@ -8,15 +8,15 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
+from nnunetv2_rehrseg.layout import Stage1Folder
 
 
 class PseudoHRFingerprintExtractor(DatasetFingerprintExtractor):
     def __init__(self, dataset_name_or_id, num_processes: int = 8, verbose: bool = False):
         super().__init__(dataset_name_or_id, num_processes, verbose)
-        folder = stage1_folder(self.dataset_name)
-        self.input_folder = str(folder / "pseudo_hr")
-        self.dataset_json = load_json(str(folder / "pseudo_hr" / "dataset.json"))
+        stage1 = Stage1Folder.of(self.dataset_name)
+        self.input_folder = str(stage1.pseudo_hr)
+        self.dataset_json = load_json(str(stage1.pseudo_hr / "dataset.json"))
         self.dataset = get_filenames_of_train_images_and_targets(self.input_folder, self.dataset_json)
         # run() writes to nnUNet_preprocessed/<dataset_name>/dataset_fingerprint.json
-        self.dataset_name = f"{self.dataset_name}/{folder.name}"
+        self.dataset_name = f"{self.dataset_name}/{stage1.root.name}"

@@ -23,7 +23,8 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import numpy_axis_of
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, HR_SCALE_KWARG, PLANS_NAME, REHRSegPlanBlock
-from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, stage1_folder
+from nnunetv2_rehrseg.layout import Stage1Folder
+from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
 
 
 class REHRSegPlannerMixin:
@@ -33,12 +34,12 @@ class REHRSegPlannerMixin:
         # the base reads the raw LR dataset.json and the stock LR fingerprint (both must exist); the planner then
         # switches to the pseudo-HR dataset and its fingerprint
         super().__init__(dataset_name_or_id, plans_name=plans_name, **kwargs)
-        folder = stage1_folder(self.dataset_name)
-        self.stage1 = Stage1Settings.load(folder / "settings.json")
-        self.raw_dataset_folder = str(folder / "pseudo_hr")
-        self.dataset_json = load_json(str(folder / "pseudo_hr" / "dataset.json"))
+        folder = Stage1Folder.of(self.dataset_name)
+        self.stage1 = Stage1Settings.load(folder.settings)
+        self.raw_dataset_folder = str(folder.pseudo_hr)
+        self.dataset_json = load_json(str(folder.pseudo_hr / "dataset.json"))
         self.dataset = get_filenames_of_train_images_and_targets(self.raw_dataset_folder, self.dataset_json)
-        fingerprint = folder / "dataset_fingerprint.json"
+        fingerprint = folder.fingerprint
         if not fingerprint.is_file():
             raise InputError(f"{fingerprint} is missing: run rehrseg_plan_and_preprocess -d {dataset_name_or_id}")
         self.dataset_fingerprint = load_json(str(fingerprint))

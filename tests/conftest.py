@@ -1,9 +1,15 @@
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
 
-from nnunetv2_rehrseg.phantom import OBLIQUE, make_raw_dataset, phantom, write  # noqa: F401 (the tests' imports)
+# the benchmark's modules (not installed with the plugin: research trainers, harness) for the tests that cover them
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+from nnunetv2_rehrseg.phantom import OBLIQUE, make_raw_dataset, phantom, write  # noqa: E402,F401 (the tests' imports)
 
 
 def tree_checksum(folder: Path) -> str:

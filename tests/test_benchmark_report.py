@@ -1,6 +1,6 @@
 """The benchmark's goal checks on made-up scores: each goal is computed from the right arms, a missing arm reads
 'not run' instead of failing the report."""
-from nnunetv2_rehrseg.demo.benchmark_report import goals
+from benchmark_report import goals
 
 
 def summary(dice, hd95=10.0, lr_dice=None, csf=None):
@@ -48,7 +48,7 @@ def test_missing_arms_read_not_run():
 
 
 def test_presets_follow_the_device_and_overrides():
-    from nnunetv2_rehrseg.demo.benchmark import resolve_benchmark_preset
+    from benchmark import resolve_benchmark_preset
     from nnunetv2_rehrseg.demo.pipeline import resolve_preset
 
     assert resolve_preset(None, "cuda").trainer == "REHRSegTrainer_50epochs"
@@ -62,12 +62,15 @@ def test_presets_follow_the_device_and_overrides():
     converged = resolve_benchmark_preset("converged", "cpu")
     assert converged.demo.trainer == "REHRSegTrainer_3000steps" and converged.ablations.keys() == bench.ablations.keys()
     assert all(t.endswith("_3000steps") for t in (*converged.ablations.values(), converged.from_lr_trainer))
+    import research_trainers
+    from benchmark import BENCHMARK_PRESETS
+
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.demo.benchmark import BENCHMARK_PRESETS
 
     named = {t for p in BENCHMARK_PRESETS.values()
              for t in (p.demo.trainer, p.demo.baseline_trainer, p.from_lr_trainer, *p.ablations.values())}
-    assert {t for t in named if not t.startswith("nnUNetTrainer_") or "rehrseg" in t} <= set(trainers.__all__)
+    findable = set(trainers.__all__) | set(research_trainers.__all__)   # the plugin's and the benchmark's shim
+    assert {t for t in named if not t.startswith("nnUNetTrainer_") or "rehrseg" in t} <= findable
 
 
 def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
@@ -76,7 +79,7 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     import numpy as np
     import pytest
 
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from benchmark import Benchmark, resolve_benchmark_preset
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
     from nnunetv2_rehrseg.io import read_image, write_image
@@ -118,8 +121,8 @@ def test_pseudo_hr_labels_are_scored_beside_interpolation_of_the_annotation(tmp_
     import numpy as np
 
     from nnunetv2_rehrseg.degradation import majority_labels
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
-    from nnunetv2_rehrseg.demo.benchmark_report import pseudo_label_rows
+    from benchmark import Benchmark, resolve_benchmark_preset
+    from benchmark_report import pseudo_label_rows
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
     from nnunetv2_rehrseg.io import write_image
@@ -161,7 +164,7 @@ def test_selected_arms_run_only_the_stages_they_need(tmp_path):
     refused with the list of arms."""
     import pytest
 
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from benchmark import Benchmark, resolve_benchmark_preset
 
     def stages_of(arms):
         bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("converged", "cpu"), seed=0, arms=arms)
@@ -189,7 +192,7 @@ def test_montage_of_a_partial_run_leaves_out_the_panels_it_has_not_made(tmp_path
     import numpy as np
 
     from nnunetv2_rehrseg.demo import report
-    from nnunetv2_rehrseg.demo.benchmark import Benchmark, resolve_benchmark_preset
+    from benchmark import Benchmark, resolve_benchmark_preset
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
     from nnunetv2_rehrseg.io import write_image

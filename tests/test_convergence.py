@@ -1,7 +1,7 @@
 """The benchmark's convergence rule on synthetic learning curves, and the learning-curve picture."""
 import numpy as np
 
-from nnunetv2_rehrseg.demo.convergence import change_over_last_part, is_converged, plot_learning_curves
+from convergence import change_over_last_part, is_converged, plot_learning_curves
 
 
 def test_plateau_converges_and_rising_curve_does_not():

@@ -25,3 +25,58 @@ def test_console_scripts_resolve():
         name, target = (s.strip() for s in line.split("="))
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_the_plugin_offers_the_users_trainers_and_no_research_code():
+    """`-tr` of an installed plugin sees the user's trainers only; the benchmark's harness, research trainers and
+    timing tools stay in benchmarks/ (not installed)."""
+    import nnunetv2_rehrseg.trainers as trainers
+
+    assert set(trainers.__all__) == {
+        "REHRSegTrainer", "REHRSegTrainer_fromLR", "REHRSegTrainer_fast", "REHRSegTrainer_5epochs",
+        "REHRSegTrainer_50epochs", "REHRSegTrainer_tiny", "nnUNetTrainer_rehrsegFastBudget",
+        "nnUNetTrainer_rehrsegTinyBudget", "REHRSegTrainer_selftest", "REHRSegTrainer_selftestCPU",
+        "nnUNetTrainer_rehrsegSelftestBudget", "nnUNetTrainer_rehrsegSelftestCPUBudget"}
+    package = ROOT / "nnunetv2_rehrseg"
+    for name in ("benchmark.py", "benchmark_report.py", "convergence.py", "pseudo_label_scores.py"):
+        assert not list(package.rglob(name)), name
+    research = (ROOT / "benchmarks" / "research_trainers.py").read_text()
+    assert "class REHRSegTrainer_noKD(" in research and "class REHRSegTrainer_transposedHead(" in research
+
+
+def test_imports_flow_one_way_without_circles():
+    """No module of the package imports a module that (directly or not) imports it back."""
+    import ast
+
+    package = ROOT / "nnunetv2_rehrseg"
+    modules = {}
+    for path in list(package.rglob("*.py")) + [p for d in ("trainers", "planners") for p in (ROOT / d).glob("*.py")]:
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[0] in ("trainers", "planners"):
+            parts = ["nnunetv2_rehrseg"] + parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnunetv2_rehrseg"):
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("nnunetv2_rehrseg")}
+        graph[name] = {t for t in targets if t in modules and t != name}
+
+    def reaches(start, goal, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
+                return True
+        return False
+
+    circles = sorted(name for name in graph if reaches(name, name, set()))
+    # a package's __init__ importing its own submodules is how packages re-export; every other circle is a bug
+    circles = [c for c in circles if not any(c == m or c.startswith(m + ".") for m in
+                                             ("nnunetv2_rehrseg.trainers", "nnunetv2_rehrseg.planners"))]
+    assert not circles, circles

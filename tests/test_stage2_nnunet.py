@@ -46,7 +46,10 @@ def planned(tmp_path_factory):
              for p in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json", "nnUNetPlans_3d_fullres",
                        "gt_segmentations", "splits_final.json")}
     run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-iterations", "12", "-np", "1", env=env)
-    env["nnUNet_extTrainer"] = run("rehrseg_env", env=env).stdout.strip().split("=", 1)[1]
+    from research_trainers import with_research_trainers
+
+    # the plugin's trainers (rehrseg_env) and the benchmark's research trainers (an ablation below)
+    env["nnUNet_extTrainer"] = with_research_trainers(run("rehrseg_env", env=env).stdout.strip().split("=", 1)[1])
     return {"root": root, "env": env, "raw": raw, "raw_checksum": raw_checksum, "pre": pre, "stock": stock}
 
 
@@ -245,7 +248,9 @@ def make(planned, monkeypatch):
 
 def test_distillation_runs_every_nth_step_at_n_times_its_weights(make):
     from nnunetv2_rehrseg.selfsr.training import load_network
-    from nnunetv2_rehrseg.trainers import REHRSegTrainer, REHRSegTrainer_kdEveryStep
+    from research_trainers import REHRSegTrainer_kdEveryStep
+
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer
 
     trainer = make(REHRSegTrainer)
     trainer.initialize()
@@ -275,10 +280,11 @@ def test_distillation_runs_every_nth_step_at_n_times_its_weights(make):
 
 
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
-    from nnunetv2_rehrseg.trainers import (REHRSegTrainer_fast, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
-                                           REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
-                                           REHRSegTrainer_paperR5, REHRSegTrainer_tiny,
-                                           REHRSegTrainer_annotatedLR)
+    from research_trainers import (REHRSegTrainer_annotatedLR, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
+                                   REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
+                                   REHRSegTrainer_paperR5)
+
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer_fast, REHRSegTrainer_tiny
 
     fast = make(REHRSegTrainer_fast)
     assert (fast.num_epochs, fast.num_iterations_per_epoch, fast.num_val_iterations_per_epoch) == (16, 50, 5)
@@ -329,7 +335,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))
     assert torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
     # a checkpoint of the other HR head form is refused by name, with the trainer to continue it with
-    from nnunetv2_rehrseg.trainers import REHRSegTrainer_transposedHead
+    from research_trainers import REHRSegTrainer_transposedHead
 
     transposed = make(REHRSegTrainer_transposedHead)
     transposed.initialize()
@@ -342,7 +348,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     import nnunetv2.run.run_training as run_training
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunetv2_rehrseg.trainers import REHRSegTrainer_fromLRSkipSegLayers
+    from research_trainers import REHRSegTrainer_fromLRSkipSegLayers
 
     stock_arch = json.loads((planned["pre"] / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"][
         "architecture"]

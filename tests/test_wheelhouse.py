@@ -138,3 +138,24 @@ def test_split_and_platform_tags(tmp_path):
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
     assert "manylinux_2_29_x86_64" not in tags
     assert compatible_platform_tags("macosx_11_0_arm64") == ["macosx_11_0_arm64"]
+
+
+def test_a_dependency_required_with_extras_brings_the_extras_dependencies():
+    """blosc2 needs httpx[http2]; httpx's http2 extra needs h2. Another package reaching httpx first without the extra
+    must not hide h2 (the offline install failed with 'No matching distribution found for h2')."""
+    from packaging.requirements import Requirement
+
+    from nnunetv2_rehrseg.wheelhouse import Package, closure
+
+    def package(name, *requires):
+        return Package(name, "1.0", [Requirement(r) for r in requires])
+
+    packages = {p.name: p for p in (
+        package("project", "aaa", "blosc2"), package("aaa", "httpx"), package("blosc2", "httpx[http2]"),
+        package("httpx", "anyio", 'h2<5,>=3; extra == "http2"'), package("h2", "hpack"), package("hpack"),
+        package("anyio"))}
+    order = closure(packages, "project", (), set(), {"python_version": "3.12", "sys_platform": "linux"})
+    assert set(order) == set(packages)
+    position = {name: i for i, name in enumerate(order)}
+    assert position["hpack"] < position["h2"] < position["blosc2"] < position["project"]
+    assert position["anyio"] < position["httpx"] < position["aaa"]

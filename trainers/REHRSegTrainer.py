@@ -33,6 +33,7 @@ from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
 from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_safe, load_trained_checkpoint, save_atomic
 from nnunetv2_rehrseg.io import copy_atomic
+from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
@@ -43,7 +44,7 @@ from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
 from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, lr_training_targets, margin_slices
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
-from nnunetv2_rehrseg.selfsr.training import FINAL, network_from_checkpoint
+from nnunetv2_rehrseg.selfsr.training import network_from_checkpoint
 
 SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
@@ -103,11 +104,9 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def selfsr_checkpoint(self) -> str:
         """The stage-1 model: from the dataset's stage-1 folder, else the copy in the trained model's folder."""
-        from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
-
         candidates = []
         if self.preprocessed_dataset_folder_base is not None:
-            candidates.append(stage1_folder(self.plans_manager.dataset_name) / "selfsr" / FINAL)
+            candidates.append(Stage1Folder.of(self.plans_manager.dataset_name).selfsr_final)
         if self.output_folder_base is not None:
             candidates.append(Path(self.output_folder_base) / SELFSR_COPY)
         for path in candidates:
@@ -363,13 +362,11 @@ class REHRSegTrainer(nnUNetTrainer):
             self.teacher, _ = network_from_checkpoint(self.load_selfsr(), self.device)
             self.teacher.requires_grad_(False)
         if self.local_rank == 0:
-            from nnunetv2_rehrseg.selfsr.stage1 import stage1_folder
-
-            stage1 = stage1_folder(self.plans_manager.dataset_name)
+            stage1 = Stage1Folder.of(self.plans_manager.dataset_name)
             base = Path(self.output_folder_base)
             # the plans come from the pseudo-HR fingerprint; the stock trainer copied the LR one
-            copy_atomic(stage1 / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
-            copy_atomic(stage1 / "settings.json", base / "rehrseg_settings.json")
+            copy_atomic(stage1.fingerprint, base / "dataset_fingerprint.json")
+            copy_atomic(stage1.settings, base / "rehrseg_settings.json")
             save_atomic(self.load_selfsr(), base / SELFSR_COPY)
 
     def on_epoch_end(self):

@@ -48,7 +48,7 @@ def _refuse_other_stage1_settings(folder, args) -> None:
     from nnunetv2_rehrseg.errors import InputError
     from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
 
-    used = Stage1Settings.load(folder / "settings.json")
+    used = Stage1Settings.load(folder.settings)
     asked = {"-r": (args.r, used.r), "-target_spacing": (args.target_spacing, used.hr_spacing),
              "-slice_thickness": (args.slice_thickness, used.slice_thickness),
              "-slice_profile": (args.slice_profile, used.profile)}
@@ -56,19 +56,20 @@ def _refuse_other_stage1_settings(folder, args) -> None:
                  if given is not None and not (given == done or (isinstance(given, float) and
                                                                  math.isclose(given, done, rel_tol=1e-4)))]
     if differing:
-        raise InputError(f"{folder} holds a finished stage 1 made with other settings: {'; '.join(differing)}. "
-                         f"Drop those flags to reuse it, or delete {folder} to redo stage 1 with them")
+        raise InputError(f"{folder.root} holds a finished stage 1 made with other settings: {'; '.join(differing)}. "
+                         f"Drop those flags to reuse it, or delete {folder.root} to redo stage 1 with them")
 
 
-def _require_pseudo_hr_foreground(stage1: Path) -> None:
+def _require_pseudo_hr_foreground(stage1) -> None:
     """Pseudo-HR labels without any foreground (a self-SR stopped far too early) would only crash nnU-Net's
     fingerprinting; say what happened instead."""
     from nnunetv2_rehrseg.io import read_image
+    from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING
 
-    labels = sorted((stage1 / "pseudo_hr" / "labelsTr").glob("*.nii.gz"))
+    labels = sorted(stage1.pseudo_hr_labels.glob(f"*{PSEUDO_HR_ENDING}"))
     if labels and all(read_image(p)[0].max() == 0 for p in labels):
-        raise InputError(f"{stage1 / 'pseudo_hr' / 'labelsTr'}: the pseudo-HR labels of every case are background "
-                         f"only (see {stage1 / 'qc' / 'lr_dice.json'}): the self-SR is undertrained; delete {stage1} "
+        raise InputError(f"{stage1.pseudo_hr_labels}: the pseudo-HR labels of every case are background "
+                         f"only (see {stage1.qc / 'lr_dice.json'}): the self-SR is undertrained; delete {stage1.root} "
                          f"and rerun with more -iterations (or -preset default)")
 
 
@@ -100,7 +101,8 @@ def plan_and_preprocess_entry(argv=None) -> None:
     from nnunetv2_rehrseg.planners.rehrseg_planner import plan_dataset, rehrseg_planner_class
     from nnunetv2_rehrseg.segmenter.preprocessing import preprocess_pseudo_hr
     from nnunetv2_rehrseg.raw_dataset import open_raw_dataset
-    from nnunetv2_rehrseg.selfsr.stage1 import run_stage1, stage1_folder
+    from nnunetv2_rehrseg.layout import Stage1Folder
+    from nnunetv2_rehrseg.selfsr.stage1 import run_stage1
 
     t0 = time.time()
     dataset = open_raw_dataset(args.d)
@@ -108,9 +110,9 @@ def plan_and_preprocess_entry(argv=None) -> None:
     planner_class = rehrseg_planner_class(args.pl)
     if args.verify_dataset_integrity:
         verify_dataset_integrity(str(dataset.folder), args.np)
-    folder = stage1_folder(dataset.name)
-    if (folder / "summary.json").is_file():
-        logger.info("stage 1 found in %s", folder)
+    folder = Stage1Folder.of(dataset.name)
+    if folder.summary.is_file():
+        logger.info("stage 1 found in %s", folder.root)
         _refuse_other_stage1_settings(folder, args)
     else:
         run_stage1(dataset.name, resolve_device(args.device), **stage1_kwargs(args))

@@ -7,11 +7,17 @@ EXT_TRAINER_FOLDER = Path(__file__).resolve().parent.parent / "nnunet_ext"
 DEFAULTS = {"-tr": "REHRSegTrainer", "-p": "REHRSegPlans"}
 
 
+def with_plugin_trainers(ext_trainer: str) -> str:
+    """An nnUNet_extTrainer value with our shim folder listed (other plugins' folders stay listed)."""
+    folders = [f for f in (ext_trainer or "").split(os.pathsep) if f]
+    if str(EXT_TRAINER_FOLDER) in folders:
+        return os.pathsep.join(folders)
+    return os.pathsep.join([str(EXT_TRAINER_FOLDER)] + folders)
+
+
 def register_ext_trainers() -> None:
-    """Add our shim folder to nnUNet_extTrainer (kept: other plugins' folders stay listed)."""
-    folders = [f for f in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if f]
-    if str(EXT_TRAINER_FOLDER) not in folders:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(EXT_TRAINER_FOLDER)] + folders)
+    """Add our shim folder to this process's nnUNet_extTrainer."""
+    os.environ["nnUNet_extTrainer"] = with_plugin_trainers(os.environ.get("nnUNet_extTrainer", ""))
 
 
 def train_entry(argv=None) -> None:

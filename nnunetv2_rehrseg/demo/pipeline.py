@@ -165,7 +165,9 @@ class Pipeline:
 
     def predict_stock(self, images: str, arm: str, dataset_id: int, trainer: str, plans: str,
                       probabilities: bool = False) -> None:
-        self.env["nnUNet_extTrainer"] = str(Path(__file__).resolve().parent.parent / "nnunet_ext")
+        from nnunetv2_rehrseg.cli.train import with_plugin_trainers
+
+        self.env["nnUNet_extTrainer"] = with_plugin_trainers(self.env.get("nnUNet_extTrainer", ""))
         self.command_seconds[arm] = self.run(
             "nnUNetv2_predict", "-i", images, "-o", str(self.out / "predictions" / arm), "-d", str(dataset_id), "-c",
             "3d_fullres", "-f", "0", "-tr", trainer, "-p", plans, "-device", self.device, "-npp", "1", "-nps", "1",

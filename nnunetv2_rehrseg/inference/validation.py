@@ -27,7 +27,7 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
 from nnunetv2_rehrseg.segmenter.network import unwrap
-from nnunetv2_rehrseg.selfsr.stage1 import lr_images_of, stage1_folder
+from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING, Stage1Folder
 
 HR_FOLDER = "validation_hr"
 HR_SUMMARY = "summary_vs_pseudo_hr_labels.json"
@@ -63,7 +63,8 @@ def validate_fold(trainer, save_probabilities: bool = False) -> Dict[str, float]
                                     trainer.inference_allowed_mirroring_axes)
     dataset_name = trainer.plans_manager.dataset_name
     _, val_keys = trainer.do_split()
-    images = lr_images_of(dataset_name, trainer.dataset_json)
+    stage1 = Stage1Folder.of(dataset_name)
+    images = stage1.lr_images_of(trainer.dataset_json)
     fold = Path(trainer.output_folder)
     out_lr, out_hr = fold / "validation", fold / HR_FOLDER
     out_lr.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,8 @@ def validate_fold(trainer, save_probabilities: bool = False) -> Dict[str, float]
         lr_metrics = compute_metrics_on_folder(str(Path(trainer.preprocessed_dataset_folder_base) / "gt_segmentations"),
                                                str(out_lr), str(out_lr / "summary.json"), reader, ending, regions,
                                                labels.ignore_label, processes, chill=True)
-        pseudo_labels = stage1_folder(dataset_name) / "pseudo_hr" / "labelsTr"
-        pairs = [(str(pseudo_labels / f"{key}.nii.gz"), str(out_hr / f"{key}{ending}")) for key in sorted(val_keys)]
+        pairs = [(str(stage1.pseudo_hr_labels / f"{key}{PSEUDO_HR_ENDING}"), str(out_hr / f"{key}{ending}"))
+                 for key in sorted(val_keys)]
         hr_metrics = score_pairs(pairs, reader, regions, labels.ignore_label, str(out_hr / HR_SUMMARY), processes)
         results = {"LR grid vs the LR labels (validation/summary.json)": lr_metrics["foreground_mean"]["Dice"],
                    f"HR grid vs the pseudo-HR labels ({HR_FOLDER}/{HR_SUMMARY})": hr_metrics["foreground_mean"]["Dice"]}

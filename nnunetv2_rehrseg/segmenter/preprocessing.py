@@ -35,7 +35,7 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION
-from nnunetv2_rehrseg.selfsr.stage1 import LR_IMAGES, stage1_folder
+from nnunetv2_rehrseg.layout import Stage1Folder
 
 STAMP = "rehrseg_stamp.pkl"
 UNCERTAINTY_SUFFIX = "_uncertainty.npy"
@@ -115,11 +115,11 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
     plans_file = os.path.join(base, plans_name + ".json")
     plans = load_json(plans_file)
     configuration = PlansManager(plans).get_configuration(CONFIGURATION)
-    stage1 = stage1_folder(dataset_name)
-    pseudo_folder = str(stage1 / "pseudo_hr")
+    stage1 = Stage1Folder.of(dataset_name)
+    pseudo_folder = str(stage1.pseudo_hr)
     dataset_json = load_json(os.path.join(pseudo_folder, "dataset.json"))
     dataset = get_filenames_of_train_images_and_targets(pseudo_folder, dataset_json)
-    uncertainty = {k: str(stage1 / "pseudo_hr" / "uncertaintyTr" / f"{k}.nii.gz") for k in dataset}
+    uncertainty = {k: str(stage1.pseudo_hr_case(k, 1)["uncertainty"]) for k in dataset}
     missing = [p for p in uncertainty.values() if not os.path.isfile(p)]
     if missing:
         raise InputError(f"{missing[0]} is missing: stage 1 is incomplete; rerun rehrseg_selfsr -d {dataset_name}")
@@ -141,7 +141,7 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
                                 desc="preprocessing pseudo-HR cases"))
     _keep_lr_images(stage1, lr_dataset, load_json(os.path.join(raw_folder, "dataset.json"))["file_ending"])
     stamp = {"plans_name": plans_name, "data_identifier": configuration.data_identifier,
-             "stage1_settings": load_json(str(stage1 / "settings.json")),
+             "stage1_settings": load_json(str(stage1.settings)),
              "cases": dict(zip(dataset.keys(), results))}
     write_pickle(stamp, os.path.join(tmp_folder, STAMP))
     shutil.rmtree(output_folder, ignore_errors=True)
@@ -149,11 +149,11 @@ def preprocess_pseudo_hr(dataset_name: str, plans_name: str, num_processes: int 
     return output_folder
 
 
-def _keep_lr_images(stage1: Path, lr_dataset: dict, file_ending: str) -> None:
+def _keep_lr_images(stage1: Stage1Folder, lr_dataset: dict, file_ending: str) -> None:
     """Copies of the LR images beside the pseudo-HR data: the trainer's final validation reads them from
     nnUNet_preprocessed alone, as stock nnU-Net needs no nnUNet_raw on a compute node."""
-    folder = stage1 / LR_IMAGES
-    tmp = folder.with_name(LR_IMAGES + ".partial")
+    folder = stage1.lr_images
+    tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for key, case in lr_dataset.items():

@@ -1,19 +1,10 @@
-"""Stage 1 end to end: raw LR dataset -> self-SR fit -> pseudo-HR images, labels and uncertainty + QC.
-
-Everything is written under nnUNet_preprocessed/<dataset>/rehrseg/ (nnUNet_raw is only read):
-  settings.json            r, LR axis, slice thickness, profile (written first; a rerun must match it)
-  selfsr/                  self-SR checkpoints (latest, plain, final) and training log
-  pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
-                           (labels made to agree with the annotation: their thick-slice majority is the LR label)
-  qc/                      lr_dice.json (the network's labels degraded back to LR vs the real LR labels, and the
-                           fraction of HR voxels relabelled to agree), montage.png
-  lr_images/                copies of the LR training images (<id>_000C + the dataset's file ending), written with the
-                           preprocessed data: final validation reads them without nnUNet_raw
-  summary.json             written last: stage 1 is complete
+"""Stage 1 end to end: raw LR dataset -> self-SR fit -> pseudo-HR images, labels and uncertainty + QC, written
+under nnUNet_preprocessed/<dataset>/rehrseg/ (the layout: nnunetv2_rehrseg.layout; nnUNet_raw is only read).
+The pseudo-HR labels are made to agree with the annotation (their thick-slice majority is the LR label); qc/lr_dice.json
+holds the network's labels degraded back to LR vs the real LR labels and the fraction of HR voxels relabelled.
 """
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,13 +20,14 @@ from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majori
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import write_image, write_json_atomic
+from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING, Stage1Folder
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import volume_calibrated_labels
-from nnunetv2_rehrseg.selfsr.training import FINAL, load_network, train_selfsr
+from nnunetv2_rehrseg.selfsr.training import load_network, train_selfsr
 
 logger = logging.getLogger(__name__)
 
@@ -55,30 +47,6 @@ class Stage1Settings:
     @classmethod
     def load(cls, path) -> "Stage1Settings":
         return cls(**json.loads(Path(path).read_text()))
-
-
-def stage1_folder(dataset_name: str) -> Path:
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    if not nnUNet_preprocessed.is_set():
-        raise InputError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-    return Path(str(nnUNet_preprocessed)) / dataset_name / "rehrseg"
-
-
-LR_IMAGES = "lr_images"
-
-
-def lr_images_of(dataset_name: str, dataset_json: dict) -> Dict[str, List[str]]:
-    """The training cases' LR image files {id: [channel files]}: the copies kept under nnUNet_preprocessed (written
-    with the preprocessed data, so validation needs no nnUNet_raw), else the raw dataset's own."""
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
-
-    folder = stage1_folder(dataset_name) / LR_IMAGES
-    ending = dataset_json["file_ending"]
-    if folder.is_dir():
-        lists = create_lists_from_splitted_dataset_folder(str(folder), ending)
-        return {os.path.basename(files[0])[:-len(ending) - 5]: files for files in lists}
-    return {key: [str(f) for f in case.images] for key, case in open_raw_dataset(dataset_name).cases.items()}
 
 
 def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
@@ -143,8 +111,8 @@ def derive_settings(cases: List[LoadedCase], dataset_json: dict, preset: str, r:
     return Stage1Settings(r, lr_axis, slice_spacing, in_plane, hr_spacing, thickness, fwhm, profile, preset), warning
 
 
-def _check_settings(folder: Path, settings: Stage1Settings) -> None:
-    settings_file = folder / "settings.json"
+def _check_settings(stage1: Stage1Folder, settings: Stage1Settings) -> None:
+    folder, settings_file = stage1.root, stage1.settings
     if settings_file.is_file():
         previous = Stage1Settings.load(settings_file)
         if previous != settings:
@@ -155,13 +123,6 @@ def _check_settings(folder: Path, settings: Stage1Settings) -> None:
         tmp = settings_file.with_suffix(".partial")
         tmp.write_text(json.dumps(asdict(settings), indent=1))
         tmp.replace(settings_file)
-
-
-def pseudo_hr_paths(folder: Path, identifier: str, num_channels: int) -> Dict[str, object]:
-    base = folder / "pseudo_hr"
-    return {"images": [base / "imagesTr" / f"{identifier}_{c:04d}.nii.gz" for c in range(num_channels)],
-            "label": base / "labelsTr" / f"{identifier}.nii.gz",
-            "uncertainty": base / "uncertaintyTr" / f"{identifier}.nii.gz"}
 
 
 def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges: np.ndarray,
@@ -205,8 +166,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                              f"pairs at r={settings.r} (needs >= {window * settings.r} voxels)")
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise InputError(f"{init_checkpoint}: initialisation checkpoint not found; check -init_checkpoint")
-    folder = stage1_folder(dataset.name)
-    _check_settings(folder, settings)
+    stage1 = Stage1Folder.of(dataset.name)
+    _check_settings(stage1, settings)
     logger.info("stage 1 on %s: %d cases, LR axis %d, r=%d, HR spacing %.4g mm, profile %s (FWHM %.3g HR voxels)",
                 dataset.name, len(cases), settings.lr_axis, settings.r, settings.hr_spacing, settings.profile,
                 settings.fwhm)
@@ -219,14 +180,14 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     config = configure(preset, device.type, dataset.num_channels, num_classes, settings.r, settings.fwhm,
                        settings.profile, frame_planes, **config_overrides)
     t_train = time.time()
-    checkpoint = train_selfsr(sr_cases, config, folder / "selfsr", device, init_checkpoint)
+    checkpoint = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint)
     train_seconds = time.time() - t_train
     net, _ = load_network(checkpoint, device)
 
     t_infer = time.time()
     qc, relabelled, volumes, montage_rows = {}, {}, {}, []
     for case, sr_case, rng in tqdm(list(zip(cases, sr_cases, ranges)), desc="pseudo-HR data"):
-        paths = pseudo_hr_paths(folder, case.identifier, dataset.num_channels)
+        paths = stage1.pseudo_hr_case(case.identifier, dataset.num_channels)
         result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
         # QC of the network itself: its labels degraded back against the annotation; then the written labels are
         # made to agree with the annotation on the annotated thick slices
@@ -243,22 +204,22 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     infer_seconds = time.time() - t_infer
 
     mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
-    (folder / "qc").mkdir(exist_ok=True)
-    write_json_atomic(folder / "qc" / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
+    stage1.qc.mkdir(exist_ok=True)
+    write_json_atomic(stage1.qc / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
                                                  "mean": float(np.mean(list(mean_dice.values()))),
                                                  "hr_fraction_relabelled_to_agree": relabelled,
                                                  "pseudo_hr_volumes": volumes})
     for identifier, scores in qc.items():
         logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
-    save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], folder / "qc" / "montage.png",
+    save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], stage1.qc / "montage.png",
                  title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
-    _write_pseudo_dataset_json(folder, dataset, settings, len(cases))
-    write_json_atomic(folder / "summary.json", {"settings": asdict(settings), "selfsr": config.to_dict(),
+    _write_pseudo_dataset_json(stage1, dataset, settings, len(cases))
+    write_json_atomic(stage1.summary, {"settings": asdict(settings), "selfsr": config.to_dict(),
                                           "cases": len(cases), "qc_mean_lr_dice": mean_dice,
                                           "seconds": {"train": train_seconds, "pseudo_data": infer_seconds,
                                                       "total": time.time() - t0}})
-    return folder
+    return stage1.root
 
 
 def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: str):
@@ -273,13 +234,14 @@ def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: s
     return row, name
 
 
-def _write_pseudo_dataset_json(folder: Path, dataset: RawDataset, settings: Stage1Settings, num_cases: int) -> None:
+def _write_pseudo_dataset_json(stage1: Stage1Folder, dataset: RawDataset, settings: Stage1Settings,
+                               num_cases: int) -> None:
     dataset_json = {k: v for k, v in dataset.dataset_json.items() if k not in ("dataset", "rehrseg")}
-    dataset_json.update({"numTraining": num_cases, "file_ending": ".nii.gz",
+    dataset_json.update({"numTraining": num_cases, "file_ending": PSEUDO_HR_ENDING,
                          "name": f"{dataset.name} pseudo-HR (REHRSeg stage 1)",
                          "rehrseg": {**asdict(settings), "source_dataset": dataset.name}})
-    (folder / "pseudo_hr").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "pseudo_hr" / "dataset.json", dataset_json)
+    stage1.pseudo_hr.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage1.pseudo_hr / "dataset.json", dataset_json)
 
 
 def load_stage1(dataset_name_or_id, device: torch.device):
@@ -290,9 +252,8 @@ def load_stage1(dataset_name_or_id, device: torch.device):
         name = maybe_convert_to_dataset_name(dataset_name_or_id)
     except (RuntimeError, ValueError) as e:
         raise InputError(f"dataset {dataset_name_or_id}: {e}; check -d") from None
-    folder = stage1_folder(name)
-    checkpoint = folder / "selfsr" / FINAL
-    if not checkpoint.is_file() or not (folder / "settings.json").is_file():
-        raise InputError(f"{checkpoint} not found: run rehrseg_selfsr -d {dataset_name_or_id} first")
-    net, _ = load_network(checkpoint, device)
-    return net, Stage1Settings.load(folder / "settings.json")
+    stage1 = Stage1Folder.of(name)
+    if not stage1.selfsr_final.is_file() or not stage1.settings.is_file():
+        raise InputError(f"{stage1.selfsr_final} not found: run rehrseg_selfsr -d {dataset_name_or_id} first")
+    net, _ = load_network(stage1.selfsr_final, device)
+    return net, Stage1Settings.load(stage1.settings)

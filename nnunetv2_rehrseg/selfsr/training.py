@@ -11,6 +11,8 @@ import torch
 from tqdm import tqdm
 
 from nnunetv2_rehrseg.checkpoint import load_matching, load_safe, save_atomic
+# the checkpoint names (the stage-1 folder's layout); re-exported for the modules that name them
+from nnunetv2_rehrseg.layout import SELFSR_FINAL as FINAL, SELFSR_LATEST as LATEST, SELFSR_PLAIN as PLAIN  # noqa: F401
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
 from nnunetv2_rehrseg.selfsr.losses import plain_sr_loss, uasr_loss
 from nnunetv2_rehrseg.selfsr.network import SelfSRNet
@@ -18,7 +20,6 @@ from nnunetv2_rehrseg.selfsr.pairs import PairSampler, SRCase
 
 logger = logging.getLogger(__name__)
 
-LATEST, PLAIN, FINAL = "checkpoint_latest.pth", "checkpoint_plain.pth", "checkpoint_final.pth"
 
 
 def build_network(config: SelfSRConfig, uasr: bool = True) -> SelfSRNet:

@@ -39,7 +39,7 @@ def learning_curves(results_root: Path) -> Dict[str, dict]:
     training step (median epoch wall time / iterations; the epoch's few validation iterations are included), from
     fold 0's checkpoint."""
     from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
-    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch
+    from research_trainers import iterations_per_epoch
 
     curves = {}
     for checkpoint in sorted(Path(results_root).glob("*/*/fold_0/checkpoint_final.pth")):

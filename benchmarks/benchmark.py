@@ -21,9 +21,11 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, BENCHMARK_ARMS, DATASET_ID, WRONG_PROFILE
-from nnunetv2_rehrseg.demo.benchmark_report import write_benchmark_report
-from nnunetv2_rehrseg.demo.convergence import learning_curves
+from benchmark_arms import BENCHMARK_ARMS, WRONG_PROFILE
+from research_trainers import with_research_trainers
+from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID
+from benchmark_report import write_benchmark_report
+from convergence import learning_curves
 from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_spread,
                                             argmax_resampled, resample_to)
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
@@ -87,6 +89,7 @@ class Benchmark(Pipeline):
                  arms: Optional[Iterable[str]] = None):
         """arms: run only the stages these arms need (stage 1 always; arm 1 for 1c and 5b); None: every arm."""
         super().__init__(out, device, r, axis, preset.demo, seed)
+        self.env["nnUNet_extTrainer"] = with_research_trainers(self.env.get("nnUNet_extTrainer", ""))
         self.benchmark = preset
         self.selected_arms = None if arms is None else set(arms)   # read once: arms may be a one-pass iterable
         unknown = sorted((self.selected_arms or set()) - set(BENCHMARK_ARMS))
@@ -160,7 +163,9 @@ class Benchmark(Pipeline):
 
     def pseudo_hr_folder(self) -> Path:
         """Stage 1's pseudo-HR images and labels of the training subjects."""
-        return self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / "rehrseg" / "pseudo_hr"
+        from nnunetv2_rehrseg.layout import Stage1Folder
+
+        return Stage1Folder.of(self.data.raw_folder.name).pseudo_hr   # the run's nnUNet_preprocessed (nnunet_tree)
 
     def build_pseudo_hr_dataset(self) -> None:
         """Arm 4: stage 1's pseudo-HR images and labels for training, the self-SR of the test LR images for testing
@@ -283,7 +288,7 @@ class Benchmark(Pipeline):
     def pseudo_label_scores(self) -> Dict[str, dict]:
         """Stage 1's pseudo-HR labels of the training subjects against their HR truth, beside nearest and shape-based
         interpolation of the same annotation (empty before stage 1 has run)."""
-        from nnunetv2_rehrseg.demo.pseudo_label_scores import score_pseudo_hr_labels
+        from pseudo_label_scores import score_pseudo_hr_labels
 
         pseudo = self.pseudo_hr_folder() / "labelsTr"
         if not all((pseudo / f"{i}.nii.gz").is_file() for i in self.data.train_ids):

@@ -2,8 +2,9 @@
 import json
 from typing import Dict, List
 
-from nnunetv2_rehrseg.demo.arms import BENCHMARK_ARMS, DATASET_ID, LR_ONLY_ARMS
-from nnunetv2_rehrseg.demo.convergence import convergence_rows, plot_learning_curves
+from benchmark_arms import BENCHMARK_ARMS, LR_ONLY_ARMS
+from nnunetv2_rehrseg.demo.arms import DATASET_ID
+from convergence import convergence_rows, plot_learning_curves
 from nnunetv2_rehrseg.demo.report import (NAMES, markdown_table, plot_results, score_row, timing_rows, write_csv,
                                           write_montage)
 
