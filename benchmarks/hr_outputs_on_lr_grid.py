@@ -17,7 +17,7 @@ from nnunetv2_rehrseg.degradation import majority_labels
 from nnunetv2_rehrseg.evaluation import evaluate_folders
 from nnunetv2_rehrseg.geometry import numpy_axis_of
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
 
 
 def hr_grid_arms(run: Path) -> list:

@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
 
     from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
     from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network
-    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, stock_lr_plans
+    from nnunetv2_rehrseg.planners.plans import load_dataset_plans, stock_lr_plans
     from nnunetv2_rehrseg.raw_dataset import group_channel_files
 
     device = torch.device(args.device)

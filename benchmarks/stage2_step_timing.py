@@ -41,7 +41,7 @@ def compare_epoch_times(dataset_id, trainer_name: str, stock_plans_name: str, de
     preprocessed with `stock_plans_name` (stock_lr_plans of the same REHRSegPlans, see save_stock_lr_plans)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, load_dataset_plans, stock_lr_plans
+    from nnunetv2_rehrseg.planners.plans import CONFIGURATION, load_dataset_plans, stock_lr_plans
 
     plans, dataset_json = load_dataset_plans(dataset_id)
     stock_plans, _ = load_dataset_plans(dataset_id, stock_plans_name)

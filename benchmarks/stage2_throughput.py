@@ -49,7 +49,7 @@ def dataset_name() -> str:
 
 def trainer_instance(name: str, plans_name: str, device: torch.device):
     import nnunetv2_rehrseg.trainers as trainers
-    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans
+    from nnunetv2_rehrseg.planners.plans import load_dataset_plans
     from nnunetv2_rehrseg.step_timing import initialized_trainer
 
     plans, dataset_json = load_dataset_plans(DATASET_ID, plans_name)

@@ -26,7 +26,7 @@ from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders
 from nnunetv2_rehrseg.geometry import hr_grid
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
 
 
 

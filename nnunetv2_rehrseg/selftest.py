@@ -30,7 +30,7 @@ from nnunetv2_rehrseg.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import write_json_atomic
 from nnunetv2_rehrseg.phantom import make_raw_dataset
-from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, save_stock_lr_plans
+from nnunetv2_rehrseg.planners.plans import load_dataset_plans, save_stock_lr_plans
 from nnunetv2_rehrseg.step_timing import compare_step_times, seconds_per_step
 
 logger = logging.getLogger(__name__)

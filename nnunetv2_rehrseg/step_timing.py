@@ -71,7 +71,7 @@ def trainer_class(trainer: Union[str, type]) -> type:
 def compare_step_times(dataset_id, trainer: Union[str, type], device: torch.device, steps: int = 12) -> dict:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_rehrseg.segmenter.plans import load_dataset_plans, stock_lr_plans
+    from nnunetv2_rehrseg.planners.plans import load_dataset_plans, stock_lr_plans
     from nnunetv2_rehrseg.selfsr.training import load_network
 
     plans, dataset_json = load_dataset_plans(dataset_id)

@@ -22,7 +22,7 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import numpy_axis_of
-from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, HR_SCALE_KWARG, PLANS_NAME, REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import CONFIGURATION, HR_SCALE_KWARG, PLANS_NAME, REHRSegPlanBlock
 from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
 

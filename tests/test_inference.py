@@ -17,7 +17,7 @@ from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_m
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "outer": 1, "inner": 2},
                 "numTraining": 1, "file_ending": ".nii.gz"}

@@ -90,7 +90,7 @@ def test_pseudo_hr_data_is_normalised_like_the_lr_input(planned):
     import blosc2
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-    from nnunetv2_rehrseg.segmenter.preprocessing import zscore_statistics
+    from nnunetv2_rehrseg.planners.preprocessing import zscore_statistics
 
     pre, raw = planned["pre"], planned["raw"]
     plans = json.loads((pre / "REHRSegPlans.json").read_text())

@@ -16,7 +16,7 @@ from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all
 from nnunetv2_rehrseg.segmenter.losses import UncertaintyWeightedCE, deep_supervision_weights
 from nnunetv2_rehrseg.segmenter.network import (HR_GATE_KEY, HR_HEAD_FORMS, STOCK_INFERENCE_MESSAGE, DepthToSpace,
                                                build_rehrseg_network)
-from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, lr_training_targets, margin_slices
 
 ARCH = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
@@ -456,7 +456,7 @@ def test_adapter_gradients_are_averaged_across_ddp_workers(tmp_path):
 
 
 def test_zscore_statistics_follow_nnunet_cropping_and_mask():
-    from nnunetv2_rehrseg.segmenter.preprocessing import zscore_statistics
+    from nnunetv2_rehrseg.planners.preprocessing import zscore_statistics
 
     rng = np.random.default_rng(0)
     inner = rng.uniform(1, 5, (6, 10, 10)).astype(np.float32)

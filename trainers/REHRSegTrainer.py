@@ -38,9 +38,9 @@ from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDat
 from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
-from nnunetv2_rehrseg.segmenter.plans import REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter import pretrained
-from nnunetv2_rehrseg.segmenter.preprocessing import load_stamp
+from nnunetv2_rehrseg.planners.preprocessing import load_stamp
 from nnunetv2_rehrseg.progress import plot_loss_terms
 from nnunetv2_rehrseg.segmenter.pseudo_lr import PseudoLRBatch, lr_training_targets, margin_slices
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig

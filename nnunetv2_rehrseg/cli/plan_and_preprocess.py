@@ -8,7 +8,7 @@ from pathlib import Path
 from nnunetv2_rehrseg.cli.common import add_device_flag, add_stage1_flags, resolve_device, setup_logging
 from nnunetv2_rehrseg.cli.selfsr import stage1_kwargs
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
-from nnunetv2_rehrseg.segmenter.plans import PLANS_NAME
+from nnunetv2_rehrseg.planners.plans import PLANS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def plan_and_preprocess_entry(argv=None) -> None:
 
     from nnunetv2_rehrseg.planners.pseudo_hr_fingerprint import PseudoHRFingerprintExtractor
     from nnunetv2_rehrseg.planners.rehrseg_planner import plan_dataset, rehrseg_planner_class
-    from nnunetv2_rehrseg.segmenter.preprocessing import preprocess_pseudo_hr
+    from nnunetv2_rehrseg.planners.preprocessing import preprocess_pseudo_hr
     from nnunetv2_rehrseg.raw_dataset import open_raw_dataset
     from nnunetv2_rehrseg.layout import Stage1Folder
     from nnunetv2_rehrseg.selfsr.stage1 import run_stage1

@@ -35,7 +35,7 @@ def selfsr_from_model(folder: Path, checkpoint_name: str, device):
     import json
 
     from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_trained_checkpoint
-    from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
+    from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
     from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
     from nnunetv2_rehrseg.selfsr.training import network_from_checkpoint
 
@@ -52,12 +52,8 @@ def selfsr_from_model(folder: Path, checkpoint_name: str, device):
                          f"before it was embedded); use the dataset's stage-1 folder (-d without a trained model)")
     plans = json.loads((folder / "plans.json").read_text())
     block = REHRSegPlanBlock.from_configuration(plans["configurations"][CONFIGURATION], str(folder / "plans.json"))
-    settings = Stage1Settings(r=block.r, lr_axis=block.lr_axis_sitk, slice_spacing=block.lr_spacing[0],
-                              in_plane_spacing=block.hr_spacing[1], hr_spacing=block.hr_spacing[0],
-                              slice_thickness=block.slice_thickness, fwhm=block.fwhm, profile=block.slice_profile,
-                              preset="from the trained model")
     net, _ = network_from_checkpoint(checkpoint[SELFSR_CHECKPOINT_KEY], device)
-    return net, settings
+    return net, Stage1Settings.from_plan_block(block)
 
 
 def load_selfsr(args, device):

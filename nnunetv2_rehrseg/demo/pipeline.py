@@ -27,7 +27,7 @@ from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.segmenter.plans import save_stock_lr_plans
+from nnunetv2_rehrseg.planners.plans import save_stock_lr_plans
 
 logger = logging.getLogger(__name__)
 

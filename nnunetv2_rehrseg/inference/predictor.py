@@ -37,7 +37,7 @@ from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of
-from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION, REHRSegPlanBlock
+from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
 
 logger = logging.getLogger(__name__)
 PARTIAL = ".rehrseg_partial"      # per-case temporary folder inside the output folder

@@ -22,7 +22,7 @@ from threadpoolctl import ThreadpoolController
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
-from nnunetv2_rehrseg.segmenter.preprocessing import uncertainty_file
+from nnunetv2_rehrseg.planners.preprocessing import uncertainty_file
 from nnunetv2_rehrseg.segmenter.pseudo_lr import degrade_patch, lr_training_targets
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 
-from nnunetv2_rehrseg.segmenter.plans import HR_SCALE_KWARG
+from nnunetv2_rehrseg.planners.plans import HR_SCALE_KWARG
 
 STOCK_INFERENCE_MESSAGE = (
     "this is a REHRSeg model: it takes LR volumes and returns HR segmentations, which stock nnUNetv2_predict cannot "

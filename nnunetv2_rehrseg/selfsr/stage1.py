@@ -48,6 +48,15 @@ class Stage1Settings:
     def load(cls, path) -> "Stage1Settings":
         return cls(**json.loads(Path(path).read_text()))
 
+    @classmethod
+    def from_plan_block(cls, block) -> "Stage1Settings":
+        """The settings a trained model's plans carry (REHRSegPlanBlock: array order after nnU-Net's transpose, the
+        thick axis first), for a model used without its stage-1 folder."""
+        return cls(r=block.r, lr_axis=block.lr_axis_sitk, slice_spacing=block.lr_spacing[0],
+                   in_plane_spacing=block.hr_spacing[1], hr_spacing=block.hr_spacing[0],
+                   slice_thickness=block.slice_thickness, fwhm=block.fwhm, profile=block.slice_profile,
+                   preset="from the trained model")
+
 
 def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
     """Move the thick axis (sitk index order) of a (C,) z, y, x array to the front of the spatial axes."""

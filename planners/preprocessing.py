@@ -34,7 +34,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunetv2_rehrseg.errors import InputError
-from nnunetv2_rehrseg.segmenter.plans import CONFIGURATION
+from nnunetv2_rehrseg.planners.plans import CONFIGURATION
 from nnunetv2_rehrseg.layout import Stage1Folder
 
 STAMP = "rehrseg_stamp.pkl"
