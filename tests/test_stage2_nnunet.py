@@ -279,6 +279,45 @@ def test_distillation_runs_every_nth_step_at_n_times_its_weights(make):
     assert make(REHRSegTrainer_kdEveryStep).kd_every_n_steps == 1
 
 
+def test_mixed_precision_steps_and_the_grad_scaler_path_on_the_cpu(make):
+    """The GPU-only paths run here: training steps under autocast (bfloat16, the CPU's half type) give finite,
+    falling losses; with a GradScaler an inf gradient skips the step for the network and the KD adapter alike, and
+    the next clean step updates both."""
+    from nnunetv2_rehrseg.selfsr.training import load_network
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer
+
+    trainer = make(REHRSegTrainer)
+    trainer.initialize()
+    trainer.teacher, _ = load_network(trainer.selfsr_checkpoint(), torch.device("cpu"))
+    trainer._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    batch = trainer.synthetic_batch(torch.Generator().manual_seed(0))
+    outputs = [trainer.train_step(batch) for _ in range(8)]
+    segmentation = [float(o["loss_lr"] + o["loss_hr"]) for o in outputs]
+    assert np.all(np.isfinite(segmentation)) and np.mean(segmentation[-2:]) < np.mean(segmentation[:2])
+    assert all(np.isfinite(outputs[i]["kd_spatial"]) for i in (0, 4))
+
+    trainer.grad_scaler = torch.amp.GradScaler("cpu")
+    scale = trainer.grad_scaler.get_scale()
+
+    def parameters():
+        return [p.detach().clone() for p in trainer.trainable_parameters()]
+
+    before = parameters()
+    first = next(trainer.network.parameters())
+    hook = first.register_hook(lambda g: g * float("inf"))
+    trainer.steps_this_epoch = 0          # a distilling step: the adapter has gradients too
+    trainer.train_step(batch)
+    hook.remove()
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters()))
+    assert trainer.grad_scaler.get_scale() < scale
+    trainer.steps_this_epoch = 0
+    trainer.train_step(batch)
+    after = parameters()
+    adapter = len(list(trainer.distillation.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before[:-adapter], after[:-adapter]))
+    assert any(not torch.equal(a, b) for a, b in zip(before[-adapter:], after[-adapter:]))
+
+
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
     from research_trainers import (REHRSegTrainer_annotatedLR, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                    REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,

@@ -322,9 +322,11 @@ class REHRSegTrainer(nnUNetTrainer):
             scaler.update()
         else:
             self.optimizer.step()
-        # every key on every step (nnU-Net collates by the first step's keys): NaN for a term this step left out
-        return {"loss": total.detach().cpu().numpy(),
-                **{k: terms[k].detach().cpu().numpy() if k in terms else np.float32(np.nan) for k in self.loss_weights()}}
+        # every key on every step (nnU-Net collates by the first step's keys): NaN for a term this step left out;
+        # float32 first, as a term computed under autocast may be bfloat16, which numpy cannot hold
+        return {"loss": total.detach().float().cpu().numpy(),
+                **{k: terms[k].detach().float().cpu().numpy() if k in terms else np.float32(np.nan)
+                   for k in self.loss_weights()}}
 
     def _mean_over_workers(self, values) -> float:
         if self.is_ddp:
@@ -353,7 +355,7 @@ class REHRSegTrainer(nnUNetTrainer):
             total = self.weighted_total(terms)
         prediction = torch.zeros_like(hr_logits, dtype=torch.float16).scatter_(1, hr_logits.argmax(1, keepdim=True), 1)
         tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, pseudo.hr_labels, axes=[0, 2, 3, 4])
-        return {"loss": total.detach().cpu().numpy(), "tp_hard": tp.cpu().numpy()[1:], "fp_hard": fp.cpu().numpy()[1:],
+        return {"loss": total.detach().float().cpu().numpy(), "tp_hard": tp.cpu().numpy()[1:], "fp_hard": fp.cpu().numpy()[1:],
                 "fn_hard": fn.cpu().numpy()[1:]}
 
     def on_train_start(self):
