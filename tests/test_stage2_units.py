@@ -468,3 +468,31 @@ def test_zscore_statistics_follow_nnunet_cropping_and_mask():
     (mean, std), = zscore_statistics(image, [True])    # non-zero mask only
     assert mean == pytest.approx(inner[inner != 0].mean(), rel=1e-5)
     assert std == pytest.approx(inner[inner != 0].std(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_the_network_under_torch_compile_matches_eager_and_trains():
+    """nnU-Net compiles the network by default on CUDA; here inductor compiles it for the CPU: both heads give eager's
+    outputs, and training steps through the compiled network lower the loss with finite gradients."""
+    torch.manual_seed(0)
+    net = _network(deep_supervision=True, hr_head_form="linear").enable_rehrseg_forward()
+    x = torch.randn(2, 1, 4, 32, 32)
+    target = torch.randint(0, 3, (2, 16, 32, 32))
+    compiled = torch.compile(net)
+    with torch.no_grad():
+        eager_lr, eager_hr, _ = net(x)
+        lr, hr, _ = compiled(x)
+    torch.testing.assert_close(hr, eager_hr, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lr[0], eager_lr[0], atol=1e-4, rtol=1e-4)
+    optimizer = torch.optim.SGD(net.parameters(), 0.01, momentum=0.9)
+    losses = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        lr, hr, _ = compiled(x)
+        loss = torch.nn.functional.cross_entropy(hr, target) + torch.nn.functional.cross_entropy(
+            lr[0], target[:, ::4])
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
