@@ -318,6 +318,83 @@ def test_mixed_precision_steps_and_the_grad_scaler_path_on_the_cpu(make):
     assert any(not torch.equal(a, b) for a, b in zip(before[-adapter:], after[-adapter:]))
 
 
+def _ddp_train_steps(rank: int, world: int, port: int, env: dict, steps: int, out: str) -> None:
+    """A REHRSegTrainer on `world` gloo ranks (rank r takes its share of one fixed batch), `steps` training steps;
+    rank 0 saves every trainable parameter. nnU-Net's DDP is CUDA-only (NCCL, device_ids): for the CPU the trainer's
+    device and the wrapper's device_ids are set here, everything else is the trainer's own code."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world > 1:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as nnunet_trainer
+
+    from nnunetv2_rehrseg.segmenter.network import unwrap
+    from nnunetv2_rehrseg.selfsr.training import load_network
+    from nnunetv2_rehrseg.trainers import REHRSegTrainer
+
+    nnunet_trainer.DDP = lambda module, device_ids=None: DistributedDataParallel(module)
+    # float64: in float32 the convolutions' backward over one sample or two differs by about 1e-3 (cancellation in
+    # the sums), which would hide what this test is about
+    torch.set_default_dtype(torch.float64)
+    pre = Path(env["nnUNet_preprocessed"]) / "Dataset990_Tiny"
+    plans = json.loads((pre / "REHRSegPlans.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    trainer = REHRSegTrainer({**plans, "continue_training": False}, "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    trainer.device = torch.device("cpu")
+    torch.manual_seed(rank)            # the ranks start apart: DDP and the adapter broadcast must align them
+    trainer.initialize()
+    trainer.teacher, _ = load_network(trainer.selfsr_checkpoint(), trainer.device)
+    batch = trainer.synthetic_batch(torch.Generator().manual_seed(0))
+    share = len(batch["data"]) // world
+
+    def parameters():
+        state = {f"network.{k}": v for k, v in unwrap(trainer.network).named_parameters()}
+        state.update({f"adapter.{k}": v for k, v in trainer.distillation.named_parameters()})
+        return {k: v.detach().clone() for k, v in state.items()}
+    start = parameters()
+
+    def part(x):
+        return [part(t) for t in x] if isinstance(x, list) else x[rank * share:(rank + 1) * share]
+    mine = {k: part(v) for k, v in batch.items()}
+    for _ in range(steps):
+        trainer.train_step(mine)
+    if rank == 0:
+        torch.save({"start": start, "end": parameters()}, out)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_with_half_batches_train_exactly_as_one_process(planned, tmp_path):
+    """nnUNetv2_train -num_gpus 2: two ranks with half batches take the same steps as one process with the whole
+    batch (network, HR head and KD adapter), the adapter included though it lives outside the DDP wrapper."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    env = {k: v for k, v in planned["env"].items() if k.startswith(("nnUNet_", "OMP_"))}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    steps = 5          # steps 0 and 4 distil
+    mp.spawn(_ddp_train_steps, args=(2, port, env, steps, str(tmp_path / "ddp.pt")), nprocs=2)
+    mp.spawn(_ddp_train_steps, args=(1, port, env, steps, str(tmp_path / "one.pt")), nprocs=1)
+    ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
+    assert ddp["end"].keys() == one["end"].keys() and any(k.startswith("network.hr_head") for k in ddp["end"])
+    assert any(k.startswith("adapter.") for k in ddp["end"])
+    for name, end in one["end"].items():
+        # the same start on both sides (rank 1 was seeded apart: DDP's and the adapter's broadcast aligned it) ...
+        torch.testing.assert_close(ddp["start"][name], one["start"][name], atol=0, rtol=0, msg=name)
+        # ... and the same steps, up to the losses' float32 parts and nnU-Net's 1e-6 DDP weight on the lowest deep
+        # supervision output (the KD adapter without its all-reduce is 7% off); parameters a step does not move
+        # (biases before instance norm, that lowest output's layer) are left out
+        moved = (end - one["start"][name]).norm()
+        if moved > 1e-6:
+            assert (ddp["end"][name] - end).norm() <= 1e-4 * moved, name
+
+
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
     from research_trainers import (REHRSegTrainer_annotatedLR, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                    REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,

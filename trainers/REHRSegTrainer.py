@@ -35,7 +35,8 @@ from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_safe, load_t
 from nnunetv2_rehrseg.io import copy_atomic
 from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
-from nnunetv2_rehrseg.segmenter.distillation import StructuralDistillation, all_reduce_gradients, teacher_stage_for
+from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients,
+                                                      broadcast_parameters, teacher_stage_for)
 from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
@@ -152,6 +153,7 @@ class REHRSegTrainer(nnUNetTrainer):
         params = list(self.network.parameters())
         if self.kd_enabled:
             self.distillation = self._build_distillation().to(self.device)
+            broadcast_parameters(self.distillation)   # outside the DDP-wrapped network: one start for every rank
             params += list(self.distillation.parameters())
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
                                     nesterov=True)

@@ -65,6 +65,15 @@ class StructuralDistillation(nn.Module):
                 "kd_correlation": correlation_kd_loss(student, teacher)}
 
 
+def broadcast_parameters(module: nn.Module, source: int = 0) -> None:
+    """Give every DDP worker rank `source`'s parameters (DDP does this for the wrapped network only)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for p in module.parameters():
+            dist.broadcast(p.data, source)
+
+
 def all_reduce_gradients(module: nn.Module) -> None:
     """Average a module's gradients over DDP workers (for parameters that live outside the DDP-wrapped network)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -149,7 +149,7 @@ class SelfSRNet(nn.Module):
         positions = self.centre + (torch.arange(r, dtype=torch.float32) - (r - 1) / 2.0) / r
         lower = positions.floor().long().clamp(0, window - 2)
         frac = positions - lower
-        interp = torch.zeros(r, window)
+        interp = torch.zeros(r, window, dtype=torch.float32)   # float32 like the positions, whatever the default
         interp[torch.arange(r), lower] = 1 - frac
         interp[torch.arange(r), lower + 1] = frac
         self.register_buffer("interp", interp, persistent=False)
