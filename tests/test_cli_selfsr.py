@@ -60,6 +60,19 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     lr = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTs" / "case02_0000.nii.gz")))
     assert abs(sr.mean() - lr.mean()) < 0.2 * lr.std()  # written on the input's intensity scale
 
+    # split over two machines (-num_parts/-part_id): together the same files as one call
+    two = tmp_path / "two_cases"
+    two.mkdir()
+    for source in (raw / "imagesTs" / "case02_0000.nii.gz", raw / "imagesTr" / "case00_0000.nii.gz"):
+        (two / source.name).write_bytes(source.read_bytes())
+    for part in ("0", "1"):
+        super_resolve_entry(["-i", str(two), "-o", str(tmp_path / "parts"), "-d", "990", "-device", "cpu",
+                             "-num_parts", "2", "-part_id", part])
+    super_resolve_entry(["-i", str(two), "-o", str(tmp_path / "whole"), "-d", "990", "-device", "cpu"])
+    for name in ("case00_0000.nii.gz", "case02_0000.nii.gz", "uncertainty/case00.nii.gz"):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "parts" / name))),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "whole" / name))))
+
     wrong = tmp_path / "wrong_spacing"
     write(lr, (1.0, 1.0, 2.0), wrong / "case09_0000.nii.gz")  # r would be 2, the model was trained for 4
     with pytest.raises(SystemExit) as exit_info:

@@ -91,9 +91,13 @@ def super_resolve_entry(argv=None) -> None:
     add_model_flags(parser)
     parser.add_argument("-chk", default="checkpoint_final.pth", help="fold checkpoint name (with a trained model)")
     parser.add_argument("-file_ending", default=None, help="input (and output) file ending; default: detected")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this call super-resolves (0 .. num_parts-1)")
     add_device_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
+    if not 0 <= args.part_id < args.num_parts:
+        raise InputError(f"-part_id {args.part_id}: must lie in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts})")
     in_folder, out_folder = Path(args.i), Path(args.o)
     if not in_folder.is_dir():
         raise InputError(f"{in_folder}: input folder not found; check -i")
@@ -103,6 +107,7 @@ def super_resolve_entry(argv=None) -> None:
     net, settings = load_selfsr(args, device)
     ending = args.file_ending or detect_file_ending(in_folder)
     cases = group_channel_files(in_folder, ending, net.image_channels)
+    cases = {k: cases[k] for k in sorted(cases)[args.part_id::args.num_parts]}   # nnU-Net's split over machines
     loaded = []
     for identifier, files in cases.items():  # validate every input before the first write
         image, grid = read_channels([str(f) for f in files], identifier)
