@@ -9,6 +9,7 @@ The segmenter runs on the LR grid, so its topology is planned for an LR patch at
 get_plans_for_configuration, any planner's network class); the configuration's spacing and patch size describe the
 HR data the loader crops (r x the LR patch along the LR axis).
 """
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Type, Union
@@ -24,7 +25,11 @@ from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import numpy_axis_of
 from nnunetv2_rehrseg.planners.plans import CONFIGURATION, HR_SCALE_KWARG, PLANS_NAME, REHRSegPlanBlock
 from nnunetv2_rehrseg.layout import Stage1Folder
+from nnunetv2_rehrseg.segmenter.network import hr_head_feature_map_size
 from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
+
+
+logger = logging.getLogger(__name__)
 
 
 class REHRSegPlannerMixin:
@@ -43,6 +48,23 @@ class REHRSegPlannerMixin:
         if not fingerprint.is_file():
             raise InputError(f"{fingerprint} is missing: run rehrseg_plan_and_preprocess -d {dataset_name_or_id}")
         self.dataset_fingerprint = load_json(str(fingerprint))
+
+    def report_hr_head_memory(self, lr_patch, plan: dict) -> float:
+        """nnU-Net sized the LR patch and batch for the LR network; the HR head and its loss (r x the patch's voxels,
+        per class) come on top. The plan is kept as nnU-Net makes it for the LR data, so that an LR nnU-Net's
+        checkpoint fits (-pretrained_weights); the extra share is reported, with the -gpu_memory_target that leaves
+        room for it (a smaller patch, whose topology may then differ from a stock LR model's)."""
+        arch = plan["architecture"]
+        classes = len(self.dataset_json["labels"])
+        lr_network = self.static_estimate_VRAM_usage(lr_patch, len(self.dataset_json["channel_names"]), classes,
+                                                     arch["network_class_name"], arch["arch_kwargs"],
+                                                     arch["_kw_requires_import"])
+        factor = 1 + hr_head_feature_map_size(lr_patch, classes, self.stage1.r) / lr_network
+        if factor > 1.1:
+            logger.warning("the HR head and its loss add about %.0f%% to nnU-Net's memory estimate of the planned LR "
+                           "patch %s; if training runs out of GPU memory, plan with -gpu_memory_target %.1f", 100 *
+                           (factor - 1), lr_patch, self.UNet_vram_target_GB / factor)
+        return factor
 
     def determine_transpose(self):
         """The LR axis goes first, as nnU-Net does with the largest spacing of anisotropic data."""
@@ -76,6 +98,7 @@ class REHRSegPlannerMixin:
         plan = self.get_plans_for_configuration(lr_spacing, lr_median_shape,
                                                 self.generate_data_identifier(CONFIGURATION), n_voxels, {})
         lr_patch = [int(i) for i in plan["patch_size"]]
+        self.report_hr_head_memory(lr_patch, plan)
         block = REHRSegPlanBlock(r=r, lr_axis=0, lr_axis_sitk=self.stage1.lr_axis, slice_profile=self.stage1.profile,
                                  slice_thickness=self.stage1.slice_thickness, fwhm=self.stage1.fwhm,
                                  hr_spacing=[float(i) for i in hr_spacing], lr_spacing=[float(i) for i in lr_spacing],

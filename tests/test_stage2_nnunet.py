@@ -140,6 +140,39 @@ def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch
     assert hr.shape == (1, 3, 4 * lr_patch[0], *lr_patch[1:])
 
 
+def test_the_planner_reports_the_hr_heads_share_of_memory(planned, monkeypatch, caplog):
+    """nnU-Net's VRAM estimate counts the LR network only; the planner adds the HR head and its loss (r x the LR
+    patch's voxels, per class) and says which -gpu_memory_target leaves room for them."""
+    import logging
+
+    import numpy as np
+
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
+    from nnunetv2_rehrseg.segmenter.network import HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS
+
+    for k, v in planned["env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    planner = rehrseg_planner_class("ExperimentPlanner")(990, gpu_memory_target_in_gb=0.05)
+    config = json.loads((planned["pre"] / "REHRSegPlans.json").read_text())["configurations"]["3d_fullres"]
+    arch = config["architecture"]
+    plan = {"architecture": {"network_class_name": arch["network_class_name"], "arch_kwargs":
+                             {k: v for k, v in arch["arch_kwargs"].items() if k != "hr_scale"},
+                             "_kw_requires_import": arch["_kw_requires_import"]}}
+    patch = config["rehrseg"]["lr_patch_size"]
+    lr_network = ExperimentPlanner.static_estimate_VRAM_usage(patch, 1, 3, plan["architecture"]["network_class_name"],
+                                                              plan["architecture"]["arch_kwargs"],
+                                                              arch["_kw_requires_import"])
+    with caplog.at_level(logging.WARNING):
+        factor = planner.report_hr_head_memory(patch, plan)
+    assert factor == pytest.approx(1 + HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS * 4 * 3 * np.prod(patch) / lr_network)
+    if factor > 1.1:
+        assert "-gpu_memory_target" in caplog.text
+
+
 TRAIN_TINY = ("nnUNetv2_train", "990", "3d_fullres", "0", "-tr", "REHRSegTrainer_tiny", "-p", "REHRSegPlans",
               "-device", "cpu")
 

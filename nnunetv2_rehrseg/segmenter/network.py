@@ -15,6 +15,7 @@ import functools
 from types import SimpleNamespace
 from typing import List, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -223,6 +224,17 @@ class REHRSegNetwork(nn.Module):
         lr_logits, features = decode(self.decoder, skips)
         highest = lr_logits[0] if isinstance(lr_logits, (list, tuple)) else lr_logits
         return lr_logits, self.hr_head(features, highest), skips
+
+
+# feature-map elements the HR head and its loss keep per HR voxel and class during a training step: the head's
+# output, the upsampled LR logits, their sum (the HR logits), and the loss's softmax and one-hot target
+HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS = 5
+
+
+def hr_head_feature_map_size(lr_patch_size, num_classes: int, r: int) -> float:
+    """What the HR head adds to nnU-Net's VRAM estimate (compute_conv_feature_map_size: feature-map elements per
+    sample) for an LR patch: r x the LR voxels, per class."""
+    return float(HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS * r * num_classes * np.prod(lr_patch_size, dtype=np.float64))
 
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,
