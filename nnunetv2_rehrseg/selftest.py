@@ -39,8 +39,8 @@ DATASET = "Dataset989_SelfTest"
 STOCK_PLANS = "nnUNetPlans_rehrsegLR"
 LOSS_TERMS = ("train_losses", "train_loss_lr", "train_loss_hr", "train_kd_spatial", "train_kd_correlation")
 # terms whose trend is reported but not required to fall in a few dozen steps: the correlation KD matches affinity
-# graphs of student features that the segmentation terms are still moving (measured on the CPU self-check: 0.054 ->
-# 0.073 over 4 x 5 steps while every other term fell)
+# graphs of student features that the segmentation terms are still moving (it can rise over a few dozen steps while
+# every other term falls)
 TREND_ONLY = ("train_kd_correlation",)
 
 

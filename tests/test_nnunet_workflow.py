@@ -85,6 +85,12 @@ def test_mha_dataset_trains_and_validates_in_nnunet_layout(trained):
         assert {Path(c["reference_file"]).parent.name for c in summary["metric_per_case"]} == {"gt_segmentations"}
         hr_summary = json.loads((folder / "validation_hr" / "summary_vs_pseudo_hr_labels.json").read_text())
         assert len(hr_summary["metric_per_case"]) == 2 and 0 <= hr_summary["foreground_mean"]["Dice"] <= 1
+    # rehrseg_evaluate reads the references' format (.mha here) and agrees with nnU-Net's summary
+    run("rehrseg_evaluate", "-ref", trained["raw"] / "labelsTr", "-pred", model / "fold_0" / "validation", "-o",
+        trained["root"] / "fold0_lr.json", "--chill", env=trained["env"])
+    ours = json.loads((trained["root"] / "fold0_lr.json").read_text())["summary"]
+    nnunet = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    assert ours["cases"] == 2 and ours["mean"]["Dice"] == pytest.approx(nnunet)
 
 
 def test_find_best_configuration_ranks_rehrseg_and_stock_lr_by_the_same_number(trained):
@@ -128,9 +134,14 @@ def predict(trained, inputs, out, *flags, env=None, wait=True):
                "-npp", 1, "-nps", 1, "--disable_tta", *flags, env=env or trained["env"], check=False, wait=wait)
 
 
-def test_predict_skips_the_bad_case_splits_over_processes_and_continues(trained, test_inputs):
+@pytest.fixture(scope="module")
+def full(trained, test_inputs):
+    """rehrseg_predict with both folds on the mixed folder: the reference the other predictions are compared to."""
+    return predict(trained, test_inputs, trained["root"] / "full", "-f", 0, 1, "--save_probabilities", "--lr_output")
+
+
+def test_predict_skips_the_bad_case_splits_over_processes_and_continues(trained, test_inputs, full):
     root = trained["root"]
-    full = predict(trained, test_inputs, root / "full", "-f", 0, 1, "--save_probabilities", "--lr_output")
     assert full.returncode == 2 and "iso_0000.mha" in full.stderr and "Traceback" not in full.stderr
     good = sorted(p.name.replace("_0000", "") for p in test_inputs.glob("case*_0000.mha"))
     assert len(good) == 2 and all((root / "full" / name).is_file() for name in good)
@@ -160,7 +171,7 @@ def test_predict_skips_the_bad_case_splits_over_processes_and_continues(trained,
     assert not (root / "parts" / ".rehrseg_partial").exists()
 
 
-def test_ensemble_and_postprocessing_of_hr_predictions(trained, test_inputs):
+def test_ensemble_and_postprocessing_of_hr_predictions(trained, test_inputs, full):
     root, env = trained["root"], trained["env"]
     for fold in (0, 1):
         predict(trained, test_inputs, root / f"fold{fold}", "-f", fold, "--save_probabilities")
@@ -170,23 +181,22 @@ def test_ensemble_and_postprocessing_of_hr_predictions(trained, test_inputs):
     ensembled = sitk.ReadImage(str(root / "ensemble" / "case04.mha"))
     assert ensembled.GetSize() == (lr.GetSize()[0], lr.GetSize()[1], 4 * lr.GetSize()[2])
     assert np.allclose(ensembled.GetSpacing(), (*lr.GetSpacing()[:2], lr.GetSpacing()[2] / 4))
-    # nnU-Net's probability averaging of the two folds agrees with rehrseg_predict's own fold ensemble (logits)
-    both = predict(trained, test_inputs, root / "both", "-f", 0, 1)
-    assert both.returncode == 2
-    agreement = np.mean(read(root / "ensemble" / "case04.mha") == read(root / "both" / "case04.mha"))
+    # nnU-Net's probability averaging of the two folds agrees with rehrseg_predict's own fold ensemble (logits;
+    # "full" is -f 0 1)
+    agreement = np.mean(read(root / "ensemble" / "case04.mha") == read(root / "full" / "case04.mha"))
     assert agreement > 0.95
 
     pp = trained["results"] / REHRSEG / "crossval_results_folds_0_1" / "postprocessing.pkl"
     if not pp.is_file():
         pytest.skip("needs test_find_best_configuration_ranks_rehrseg_and_stock_lr_by_the_same_number first")
-    run("nnUNetv2_apply_postprocessing", "-i", root / "both", "-o", root / "postprocessed", "-pp_pkl_file", pp,
+    run("nnUNetv2_apply_postprocessing", "-i", root / "full", "-o", root / "postprocessed", "-pp_pkl_file", pp,
         "-np", 1, env=env)
     processed = sitk.ReadImage(str(root / "postprocessed" / "case04.mha"))
     assert processed.GetSize() == ensembled.GetSize()
     assert np.allclose(processed.GetOrigin(), ensembled.GetOrigin())
 
 
-def test_exported_model_installed_elsewhere_predicts_and_super_resolves(trained, test_inputs):
+def test_exported_model_installed_elsewhere_predicts_and_super_resolves(trained, test_inputs, full):
     root, env = trained["root"], trained["env"]
     run("nnUNetv2_export_model_to_zip", "-d", 980, "-o", root / "model.zip", "-c", "3d_fullres", "-tr",
         "REHRSegTrainer_tiny", "-p", "REHRSegPlans", "-f", 0, 1, env=env)
@@ -202,7 +212,7 @@ def test_exported_model_installed_elsewhere_predicts_and_super_resolves(trained,
     run("rehrseg_predict", "-i", test_inputs, "-o", root / "installed_pred_m", "-m", installed, "-f", 0, 1, "-device",
         "cpu", "-npp", 1, "-nps", 1, "--disable_tta", env=elsewhere, check=False)
     for folder in ("installed_pred", "installed_pred_m"):
-        np.testing.assert_array_equal(read(root / folder / "case04.mha"), read(root / "both" / "case04.mha"))
+        np.testing.assert_array_equal(read(root / folder / "case04.mha"), read(root / "full" / "case04.mha"))
 
     good_only = root / "lr_good"
     good_only.mkdir()

@@ -282,8 +282,8 @@ class REHRSegTrainer(nnUNetTrainer):
 
     def lr_head_loss(self, lr_logits, targets, uncertainties, phase: Optional[torch.Tensor]) -> torch.Tensor:
         """The LR-head loss; with lr_loss_annotated_phase_only, over the batch's phase-0 samples alone: at other
-        phases the pseudo-LR labels are thick-slice majorities of the pseudo-HR labels, not the annotation (measured
-        on the benchmark's training subjects: Dice 0.78-0.84 against the true LR labels of those phases)."""
+        phases the pseudo-LR labels are thick-slice majorities of the pseudo-HR labels, not the annotation (a lead
+        measured on the benchmark and not adopted, docs/training.md)."""
         if not self.lr_loss_annotated_phase_only or phase is None:
             return self.loss(lr_logits, targets, uncertainties)
         keep = (phase == 0).to(self.device)

@@ -28,6 +28,23 @@ def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-seed", type=int, default=None)
 
 
+# the 3D image formats nnU-Net's SimpleITK reader takes
+FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".gipl")
+
+
+def detect_file_ending(folder, stem_suffix: str = "") -> str:
+    """The one image format of a folder (files named <stem><stem_suffix><ending>), or a clear error."""
+    from pathlib import Path
+
+    found = [e for e in FILE_ENDINGS if any(Path(folder).glob(f"*{stem_suffix}{e}"))]
+    if not found:
+        raise InputError(f"{folder}: no *{stem_suffix} images in a format nnU-Net reads ({', '.join(FILE_ENDINGS)}); "
+                         f"name them as nnU-Net does (CASE{stem_suffix}.nii.gz)")
+    if len(found) > 1:
+        raise InputError(f"{folder}: images in several formats ({', '.join(found)}); pass -file_ending")
+    return found[0]
+
+
 def resolve_device(name) -> torch.device:
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"

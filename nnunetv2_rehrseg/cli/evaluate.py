@@ -1,7 +1,7 @@
 """rehrseg_evaluate: Dice, HD95 and ASSD per label in millimetres, per case and summarised (JSON + CSV)."""
 import argparse
 
-from nnunetv2_rehrseg.cli.common import setup_logging
+from nnunetv2_rehrseg.cli.common import detect_file_ending, setup_logging
 from nnunetv2_rehrseg.errors import exits_cleanly
 
 
@@ -17,11 +17,12 @@ def evaluate_entry(argv=None) -> None:
                         help="labels to score (default: every non-zero label found)")
     parser.add_argument("-o", required=True, help="metrics JSON; a CSV is written beside it")
     parser.add_argument("-csv", default=None, help="CSV path (default: the JSON path with .csv)")
-    parser.add_argument("-file_ending", default=".nii.gz")
+    parser.add_argument("-file_ending", default=None, help="default: the references' format (.nii.gz, .mha, ...)")
     parser.add_argument("--chill", action="store_true", help="score only the references that have a prediction")
     args = parser.parse_args(argv)
     setup_logging()
-    result = evaluate_folders(args.ref, args.pred, args.l, args.file_ending, args.chill)
+    ending = args.file_ending or detect_file_ending(args.ref)
+    result = evaluate_folders(args.ref, args.pred, args.l, ending, args.chill)
     write_metrics(result, args.o, args.csv)
     summary = result["summary"]
     print(f"{summary['cases']} case(s); mean Dice {summary['mean']['Dice']:.4f}, HD95 {summary['mean']['HD95']:.3f} "

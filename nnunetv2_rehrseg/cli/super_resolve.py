@@ -9,26 +9,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.cli.common import add_device_flag, resolve_device, setup_logging
+from nnunetv2_rehrseg.cli.common import add_device_flag, detect_file_ending, resolve_device, setup_logging
 from nnunetv2_rehrseg.cli.predict import add_model_flags
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
 # the self-SR learned one thick-to-thin ratio: inputs whose slice spacing is further off are refused
 SPACING_TOLERANCE = 0.1
-# the 3D image formats nnU-Net's SimpleITK reader takes
-FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".gipl")
-
-
-def detect_file_ending(folder: Path) -> str:
-    found = [e for e in FILE_ENDINGS if any(folder.glob(f"*_0000{e}"))]
-    if not found:
-        raise InputError(f"{folder}: no *_0000 images in a format nnU-Net reads ({', '.join(FILE_ENDINGS)}); name "
-                         f"inputs as nnU-Net does (CASE_0000.nii.gz)")
-    if len(found) > 1:
-        raise InputError(f"{folder}: images in several formats ({', '.join(found)}); pass -file_ending")
-    return found[0]
-
-
 def selfsr_from_model(folder: Path, checkpoint_name: str, device):
     """(network, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint, the
     geometry from the plans' rehrseg block."""
@@ -105,7 +91,7 @@ def super_resolve_entry(argv=None) -> None:
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
     device = resolve_device(args.device)
     net, settings = load_selfsr(args, device)
-    ending = args.file_ending or detect_file_ending(in_folder)
+    ending = args.file_ending or detect_file_ending(in_folder, "_0000")
     cases = group_channel_files(in_folder, ending, net.image_channels)
     cases = {k: cases[k] for k in sorted(cases)[args.part_id::args.num_parts]}   # nnU-Net's split over machines
     loaded = []

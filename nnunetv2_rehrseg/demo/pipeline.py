@@ -42,7 +42,7 @@ class DemoPreset:
     selfsr_iterations: Optional[int]   # None: the self-SR preset's own budget
     trainer: str                # REHRSeg
     baseline_trainer: str       # arm 1: the same iteration budget
-    # REHRSeg starts from arm 1's final checkpoint (-pretrained_weights, the paper's protocol and the README's
+    # REHRSeg starts from arm 1's final checkpoint (-pretrained_weights, the paper's protocol and the documented
     # recommendation for users who have an LR nnU-Net) and trains its own budget on top; False: from scratch
     rehrseg_from_baseline: bool = False
 

@@ -6,8 +6,8 @@ mirroring flips each tensor along its own axes, so both take tensors of differen
 replaced:
 - the label resampling of the spatial transform: the same rule (bilinear interpolation of every label's indicator,
   argmax, the nearest neighbour settling ties, outside = the padding label), computed as a weighted vote of the four
-  neighbours for all r*D label slices at once instead of one grid_sample per slice and label (measured: that loop
-  was half of REHRSeg's loader time);
+  neighbours for all r*D label slices at once instead of one grid_sample per slice and label (that loop dominated
+  REHRSeg's loader time);
 - the masking of `use_mask_for_norm`, which reads the labels at the image's voxels: here the mask comes from the HR
   labels' own thick-slice majority (a thick voxel lies outside when most of its r sub-slices do).
 """

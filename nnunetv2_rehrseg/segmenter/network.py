@@ -127,7 +127,7 @@ class HRHead(nn.Module):
     head starts at the LR head's answer and learns only what the thin slices add; gate 0 is the original head that
     predicts HR logits from the features alone (an ablation; it starts with He-initialised weights).
 
-    The forms (README: their cost and their scores on the benchmark's validation subject, all alike):
+    The forms (docs/results-speed.md: their cost; their scores on the benchmark's validation subject are alike):
     "linear" (the default): a (3, 1, 1) conv of the decoder features across each thick slice and its neighbours
     straight to r x the classes on the LR grid, then depth-to-space. The decoder's last stage has already mixed the
     in-plane context into the features; what a sub-slice adds is where along the thick axis a boundary lies between

@@ -3,7 +3,7 @@
 Two rules, both pure numpy on (K, rZ, Y, X) probabilities and (Z, Y, X) annotated LR labels (LR axis first, phase 0):
 - consistency: the thick-slice majority of the HR labels reproduces the annotated LR label exactly;
 - volume calibration: each class's HR volume matches the volume the annotation implies (`implied_hr_volumes`).
-  A network that under-predicts a thin class (measured on the demo: CSF at 0.55x the annotated volume) is then not
+  A network that under-predicts a thin class (the demo's CSF, docs/results-stage1.md) is then not
   kept at the minimum the majority allows: per-class offsets on the log-probabilities, found by a few damped
   updates, shift every decision toward the classes it under-predicts before the consistency step.
 """
