@@ -167,3 +167,28 @@ def test_scale_and_thickness_flags_out_of_range_give_one_line(nnunet_env, capsys
     err = run_expecting_error(capsys, ["-d", "994"] + flags + FAST)
     assert hint in err and "Dataset994_Flags" in err
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
+
+
+def test_stage1_in_parts_equals_one_run(nnunet_env, capsys):
+    """rehrseg_selfsr -num_parts 2: part 0 trains the self-SR once and both parts generate their cases; together they
+    write what one call writes (same data, same seed: the CPU fit is deterministic)."""
+    for dataset_id, name in ((996, "Whole"), (997, "Parts")):
+        make_raw_dataset(nnunet_env["nnUNet_raw"], dataset_id, name, n_cases=3)
+    selfsr_entry(["-d", "996"] + FAST)
+    err = run_expecting_error(capsys, ["-d", "997", "-num_parts", "2", "-part_id", "1"] + FAST)
+    assert "part 0" in err
+    selfsr_entry(["-d", "997", "-num_parts", "2", "-part_id", "0"] + FAST)
+    parts = nnunet_env["nnUNet_preprocessed"] / "Dataset997_Parts" / "rehrseg"
+    assert not (parts / "summary.json").exists()
+    assert sorted(p.name for p in (parts / "pseudo_hr" / "labelsTr").iterdir()) == ["case00.nii.gz", "case02.nii.gz"]
+    selfsr_entry(["-d", "997", "-num_parts", "2", "-part_id", "1"] + FAST)
+    assert (parts / "summary.json").is_file()
+    whole = nnunet_env["nnUNet_preprocessed"] / "Dataset996_Whole" / "rehrseg"
+    for case in ("case00", "case01", "case02"):
+        for sub in (f"labelsTr/{case}.nii.gz", f"imagesTr/{case}_0000.nii.gz", f"uncertaintyTr/{case}.nii.gz"):
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(whole / "pseudo_hr" / sub)))
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(parts / "pseudo_hr" / sub)))
+            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=sub)
+    qc_whole = json.loads((whole / "qc" / "lr_dice.json").read_text())
+    qc_parts = json.loads((parts / "qc" / "lr_dice.json").read_text())
+    assert qc_parts["per_case"] == qc_whole["per_case"] and qc_parts["mean"] == pytest.approx(qc_whole["mean"])

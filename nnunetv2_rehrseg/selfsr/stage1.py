@@ -151,8 +151,11 @@ def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges
 def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r: Optional[int] = None,
                target_spacing: Optional[float] = None, slice_thickness: Optional[float] = None,
                profile: Optional[str] = None, num_processes: int = 2, init_checkpoint: Optional[str] = None,
-               **config_overrides) -> Path:
-    """Run (or resume) stage 1; returns the stage-1 folder."""
+               num_parts: int = 1, part_id: int = 0, **config_overrides) -> Path:
+    """Run (or resume) stage 1; returns the stage-1 folder. With num_parts > 1 the self-SR is trained once (by part
+    0) and each part generates the pseudo-HR data of its share of the cases (nnU-Net's cases[part_id::num_parts]);
+    the call that finds every case done writes the QC summary, dataset.json and summary.json: parts together equal
+    one run."""
     t0 = time.time()
     dataset: RawDataset = open_raw_dataset(dataset_name_or_id)
     # validate and read everything before the first write
@@ -188,29 +191,50 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     frame_planes = [(settings.r * c.image.shape[1], min(c.image.shape[2:])) for c in sr_cases]
     config = configure(preset, device.type, dataset.num_channels, num_classes, settings.r, settings.fwhm,
                        settings.profile, frame_planes, **config_overrides)
+    if part_id > 0 and not stage1.selfsr_final.is_file():
+        raise InputError(f"{stage1.selfsr_final} not found: the self-SR is trained once, by part 0 (rehrseg_selfsr "
+                         f"-d {dataset_name_or_id} -num_parts {num_parts} -part_id 0, or without -num_parts); run "
+                         f"the other parts after it")
     t_train = time.time()
     checkpoint = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint)
     train_seconds = time.time() - t_train
     net, _ = load_network(checkpoint, device)
 
     t_infer = time.time()
-    qc, relabelled, volumes, montage_rows = {}, {}, {}, []
-    for case, sr_case, rng in tqdm(list(zip(cases, sr_cases, ranges)), desc="pseudo-HR data"):
+    montage_rows = []
+    mine = list(zip(cases, sr_cases, ranges))[part_id::num_parts]
+    for case, sr_case, rng in tqdm(mine, desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})"):
         paths = stage1.pseudo_hr_case(case.identifier, dataset.num_channels)
+        case_qc = stage1.qc / "cases" / f"{case.identifier}.json"
+        written = [Path(p) for p in paths["images"] + [paths["label"], paths["uncertainty"]]]
+        if case_qc.is_file() and all(p.is_file() for p in written):
+            continue
         result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
         # QC of the network itself: its labels degraded back against the annotation; then the written labels are
         # made to agree with the annotation on the annotated thick slices
         back_to_lr = majority_labels(result["labels"], 0, settings.r, num_classes=num_classes)
-        qc[case.identifier] = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
-        consistent, volumes[case.identifier] = volume_calibrated_labels(result["probabilities"], sr_case.labels,
-                                                                        settings.r)
-        relabelled[case.identifier] = float(np.mean(consistent != result["labels"]))
+        dice = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
+        consistent, volumes = volume_calibrated_labels(result["probabilities"], sr_case.labels, settings.r)
+        relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
-        if not all(Path(p).is_file() for p in paths["images"] + [paths["label"], paths["uncertainty"]]):
-            write_super_resolved(case, result, rng, settings, paths)
+        write_super_resolved(case, result, rng, settings, paths)
+        # the case's QC, written after its files: its presence marks the case done (resume, parts)
+        case_qc.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
+                                    "volumes": volumes})
         if len(montage_rows) < 4:
             montage_rows.append(_montage_row(sr_case, result, settings.r, case.identifier))
     infer_seconds = time.time() - t_infer
+
+    per_case = {c.identifier: stage1.qc / "cases" / f"{c.identifier}.json" for c in cases}
+    if not all(f.is_file() for f in per_case.values()):
+        logger.info("part %d of %d done; stage 1 completes when every part has run (the last writes summary.json)",
+                    part_id + 1, num_parts)
+        return stage1.root
+    records = {k: json.loads(f.read_text()) for k, f in per_case.items()}
+    qc = {k: {int(label): v for label, v in r["lr_dice"].items()} for k, r in records.items()}
+    relabelled = {k: r["relabelled"] for k, r in records.items()}
+    volumes = {k: r["volumes"] for k, r in records.items()}
 
     mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
     stage1.qc.mkdir(exist_ok=True)
@@ -221,8 +245,9 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     for identifier, scores in qc.items():
         logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
-    save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], stage1.qc / "montage.png",
-                 title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
+    if montage_rows:   # the cases this call generated (a resumed or last part: its own)
+        save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], stage1.qc / "montage.png",
+                     title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
     _write_pseudo_dataset_json(stage1, dataset, settings, len(cases))
     write_json_atomic(stage1.summary, {"settings": asdict(settings), "selfsr": config.to_dict(),
                                           "cases": len(cases), "qc_mean_lr_dice": mean_dice,
