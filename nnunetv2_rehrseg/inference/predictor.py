@@ -97,12 +97,14 @@ def fold_hr_into_channels(lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
 
 
 def split_folded(folded: Union[torch.Tensor, np.ndarray], num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(K + K*r, D, ...) -> LR logits (K, D, ...) and HR logits (K, r*D, ...), float32."""
+    """(K + K*r, D, ...) -> LR logits (K, D, ...) and HR logits (K, r*D, ...), in the accumulators' dtype (nnU-Net's
+    half precision: its export takes them as they are, and a float32 copy of K x the HR voxels is what big volumes
+    with many classes cannot afford)."""
     folded = torch.as_tensor(folded)
     k, d = num_classes, folded.shape[1]
     r = (folded.shape[0] - k) // k
     hr = folded[k:].reshape(k, r, d, *folded.shape[2:]).transpose(1, 2).reshape(k, r * d, *folded.shape[2:])
-    return folded[:k].float(), hr.float()
+    return folded[:k], hr
 
 
 def export_case(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
