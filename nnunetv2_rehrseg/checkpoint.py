@@ -1,6 +1,5 @@
 """Safe checkpoint IO: atomic writes, weights-only loading (a checkpoint never executes code)."""
 import os
-import uuid
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
@@ -12,12 +11,13 @@ SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 
 
 def save_atomic(obj, path: Union[str, Path]) -> None:
-    """torch.save to a temporary name, then rename: an interrupted write never leaves a file that looks complete.
-    The temporary name is unique to the writer, so jobs writing the same file at once (folds started together
-    copying the shared self-SR model) never interleave; the last rename wins with a complete file."""
+    """torch.save to a writer-unique temporary name (io.writer_unique_partial), then rename: an interrupted write
+    never leaves a file that looks complete, and folds copying the shared self-SR model at once never interleave."""
+    from nnunetv2_rehrseg.io import writer_unique_partial
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    tmp = writer_unique_partial(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
 

@@ -51,14 +51,20 @@ def write_image(array: np.ndarray, grid: Grid, path) -> None:
     os.replace(tmp, path)
 
 
-def copy_atomic(source, target) -> None:
-    """Copy through a name unique to this writer, then rename: jobs copying the same file at once (folds started
-    together) never leave a mixed or truncated file."""
-    import shutil
+def writer_unique_partial(path) -> Path:
+    """A temporary name beside `path` that no other writer uses: jobs writing the same file at once (folds started
+    together) never interleave, and the last rename wins with a complete file."""
     import uuid
 
-    target = Path(target)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def copy_atomic(source, target) -> None:
+    """Copy through a writer-unique temporary name, then rename."""
+    import shutil
+
+    tmp = writer_unique_partial(target)
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
 

@@ -8,7 +8,7 @@ nnUNet_preprocessed/<dataset>/rehrseg/
   lr_images/               copies of the LR training images (<id>_000C + the dataset's file ending), written with the
                            preprocessed data: final validation reads them without nnUNet_raw
   dataset_fingerprint.json nnU-Net's fingerprint of the pseudo-HR data
-  qc/                      lr_dice.json, montage.png
+  qc/                      lr_dice.json, cases/<id>.json (one per finished case), montage.png
   summary.json             written last: stage 1 is complete
 """
 import os
@@ -64,6 +64,10 @@ class Stage1Folder:
     @property
     def lr_images(self) -> Path:
         return self.root / "lr_images"
+
+    def case_qc(self, identifier: str) -> Path:
+        """A case's QC record, written after its pseudo-HR files: its presence marks the case done."""
+        return self.qc / "cases" / f"{identifier}.json"
 
     @property
     def fingerprint(self) -> Path:

@@ -28,6 +28,17 @@ def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-seed", type=int, default=None)
 
 
+def add_parts_flags(parser: argparse.ArgumentParser, does: str, note: str = "") -> None:
+    """nnU-Net's split of a job over machines: -num_parts N, -part_id I (cases[I::N])."""
+    parser.add_argument("-num_parts", type=int, default=1, help=f"split the cases into this many parts (machines){note}")
+    parser.add_argument("-part_id", type=int, default=0, help=f"which part this call {does} (0 .. num_parts-1)")
+
+
+def check_part(args: argparse.Namespace) -> None:
+    if not 0 <= args.part_id < args.num_parts:
+        raise InputError(f"-part_id {args.part_id}: must lie in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts})")
+
+
 # the 3D image formats nnU-Net's SimpleITK reader takes
 FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".gipl")
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from nnunetv2_rehrseg.cli.common import add_device_flag, resolve_device, setup_logging
+from nnunetv2_rehrseg.cli.common import add_device_flag, add_parts_flags, check_part, resolve_device, setup_logging
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ def predict_entry(argv=None) -> None:
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     parser.add_argument("-npp", type=int, default=3, help="processes preprocessing inputs")
     parser.add_argument("-nps", type=int, default=3, help="processes resampling and writing outputs")
-    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines)")
-    parser.add_argument("-part_id", type=int, default=0, help="which part this call predicts (0 .. num_parts-1)")
+    add_parts_flags(parser, "predicts")
     parser.add_argument("--continue_prediction", "--c", action="store_true",
                         help="skip cases whose outputs are already there (an interrupted run goes on)")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation")
@@ -81,8 +80,7 @@ def predict_entry(argv=None) -> None:
     setup_logging()
     if not 0 < args.step_size <= 1:
         raise InputError(f"-step_size {args.step_size}: must lie in (0, 1]")
-    if not 0 <= args.part_id < args.num_parts:
-        raise InputError(f"-part_id {args.part_id}: must lie in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts})")
+    check_part(args)
     in_folder, out_folder = Path(args.i), Path(args.o)
     if not in_folder.is_dir():
         raise InputError(f"{in_folder}: input folder not found; check -i")

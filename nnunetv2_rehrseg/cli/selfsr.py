@@ -1,8 +1,9 @@
 """rehrseg_selfsr: stage 1 alone (self-SR fit -> pseudo-HR dataset + QC)."""
 import argparse
 
-from nnunetv2_rehrseg.cli.common import add_device_flag, add_stage1_flags, resolve_device, setup_logging
-from nnunetv2_rehrseg.errors import InputError, exits_cleanly
+from nnunetv2_rehrseg.cli.common import (add_device_flag, add_parts_flags, add_stage1_flags, check_part,
+                                         resolve_device, setup_logging)
+from nnunetv2_rehrseg.errors import exits_cleanly
 
 
 def stage1_kwargs(args: argparse.Namespace) -> dict:
@@ -19,15 +20,12 @@ def selfsr_entry(argv=None) -> None:
                                                  "cases and write the pseudo-HR dataset under nnUNet_preprocessed")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-np", type=int, default=2, help="processes for reading and writing images")
-    parser.add_argument("-num_parts", type=int, default=1,
-                        help="generate the pseudo-HR data in this many parts (machines); part 0 trains the self-SR")
-    parser.add_argument("-part_id", type=int, default=0, help="which part this call generates (0 .. num_parts-1)")
+    add_parts_flags(parser, "generates pseudo-HR data for", "; part 0 trains the self-SR")
     add_stage1_flags(parser)
     add_device_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    if not 0 <= args.part_id < args.num_parts:
-        raise InputError(f"-part_id {args.part_id}: must lie in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts})")
+    check_part(args)
     folder = run_stage1(args.d, resolve_device(args.device), num_parts=args.num_parts, part_id=args.part_id,
                         **stage1_kwargs(args))
     complete = (folder / "summary.json").is_file()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.cli.common import add_device_flag, detect_file_ending, resolve_device, setup_logging
+from nnunetv2_rehrseg.cli.common import (add_device_flag, add_parts_flags, check_part, detect_file_ending,
+                                         resolve_device, setup_logging)
 from nnunetv2_rehrseg.cli.predict import add_model_flags
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
@@ -77,13 +78,11 @@ def super_resolve_entry(argv=None) -> None:
     add_model_flags(parser)
     parser.add_argument("-chk", default="checkpoint_final.pth", help="fold checkpoint name (with a trained model)")
     parser.add_argument("-file_ending", default=None, help="input (and output) file ending; default: detected")
-    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (machines)")
-    parser.add_argument("-part_id", type=int, default=0, help="which part this call super-resolves (0 .. num_parts-1)")
+    add_parts_flags(parser, "super-resolves")
     add_device_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    if not 0 <= args.part_id < args.num_parts:
-        raise InputError(f"-part_id {args.part_id}: must lie in 0 .. {args.num_parts - 1} (-num_parts {args.num_parts})")
+    check_part(args)
     in_folder, out_folder = Path(args.i), Path(args.o)
     if not in_folder.is_dir():
         raise InputError(f"{in_folder}: input folder not found; check -i")

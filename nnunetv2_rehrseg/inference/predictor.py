@@ -107,34 +107,43 @@ def split_folded(folded: Union[torch.Tensor, np.ndarray], num_classes: int) -> T
     return folded[:k], hr
 
 
-def export_case(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
-                hr_configuration: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
-                hr_file_truncated: str, lr_file_truncated: Optional[str], save_probabilities: bool) -> Optional[str]:
+def write_case(lr_logits, hr_logits, properties: dict, plans_manager: PlansManager,
+               hr_configuration: ConfigurationManager, lr_configuration_manager: ConfigurationManager,
+               block: REHRSegPlanBlock, dataset_json: dict, hr_file_truncated: str, lr_file_truncated: Optional[str],
+               save_probabilities: bool) -> None:
     """Write one case (HR segmentation; LR too if asked; probabilities if asked) through a per-case temporary folder
-    and rename the files into place, HR segmentation last: its presence means the case is complete. Returns None,
-    or the reason the case failed (one bad case must not stop the others)."""
+    and rename the files into place, HR segmentation last: its presence means the case is complete."""
+    partial = Path(hr_file_truncated).parent / PARTIAL / Path(hr_file_truncated).name
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    moves = []
+    if lr_file_truncated is not None:
+        export_prediction_from_logits(lr_logits, properties, lr_configuration_manager, plans_manager, dataset_json,
+                                      str(partial / "lr"), save_probabilities)
+        moves.append(("lr", Path(lr_file_truncated)))
+    export_prediction_from_logits(hr_logits, hr_properties(properties, block, plans_manager.transpose_backward),
+                                  hr_configuration, plans_manager, dataset_json, str(partial / "hr"),
+                                  save_probabilities)
+    moves.append(("hr", Path(hr_file_truncated)))
+    endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
+    for stem, target in moves:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for ending in endings:
+            os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
+    shutil.rmtree(partial, ignore_errors=True)
+
+
+def export_case(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
+                hr_configuration: ConfigurationManager, lr_configuration_manager: ConfigurationManager,
+                block: REHRSegPlanBlock, dataset_json: dict, hr_file_truncated: str, lr_file_truncated: Optional[str],
+                save_probabilities: bool) -> Optional[str]:
+    """write_case for the folded logits of nnU-Net's sliding window, in an export worker. Returns None, or the reason
+    the case failed (one bad case must not stop the others)."""
     try:
-        lr_logits, hr_logits = split_folded(folded, plans_manager.get_label_manager(dataset_json).num_segmentation_heads)
-        out = Path(hr_file_truncated).parent
-        name = Path(hr_file_truncated).name
-        partial = out / PARTIAL / name
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        moves = []
-        if lr_file_truncated is not None:
-            export_prediction_from_logits(lr_logits, properties, lr_configuration(hr_configuration, block),
-                                          plans_manager, dataset_json, str(partial / "lr"), save_probabilities)
-            moves.append(("lr", Path(lr_file_truncated)))
-        export_prediction_from_logits(hr_logits, hr_properties(properties, block, plans_manager.transpose_backward),
-                                      hr_configuration, plans_manager, dataset_json, str(partial / "hr"),
-                                      save_probabilities)
-        moves.append(("hr", Path(hr_file_truncated)))
-        endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
-        for stem, target in moves:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            for ending in endings:
-                os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
-        shutil.rmtree(partial, ignore_errors=True)
+        num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        write_case(*split_folded(folded, num_classes), properties, plans_manager, hr_configuration,
+                   lr_configuration_manager, block, dataset_json, hr_file_truncated, lr_file_truncated,
+                   save_probabilities)
         return None
     except Exception as e:   # reported per case by the caller
         return f"{type(e).__name__}: {e}"
@@ -256,11 +265,9 @@ class REHRSegPredictor(nnUNetPredictor):
     def export(self, lr_logits: torch.Tensor, hr_logits: torch.Tensor, properties: dict, hr_file_truncated: str,
                lr_file_truncated: Optional[str] = None, save_probabilities: bool = False) -> None:
         """Write one case from its LR and HR logits (as predict_logits returns them); raises if it cannot."""
-        folded = fold_hr_into_channels(lr_logits[None], hr_logits[None])[0].numpy()
-        failure = export_case(folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
-                              self.dataset_json, hr_file_truncated, lr_file_truncated, save_probabilities)
-        if failure:
-            raise RuntimeError(f"{hr_file_truncated}: {failure}")
+        write_case(lr_logits, hr_logits, properties, self.plans_manager, self.hr_configuration_manager,
+                   self.configuration_manager, self.block, self.dataset_json, hr_file_truncated, lr_file_truncated,
+                   save_probabilities)
 
     def preprocess(self, image_files: List[str]) -> Tuple[np.ndarray, dict]:
         """nnU-Net's preprocessing of one case's LR image files on the LR grid: (data, properties)."""
@@ -270,25 +277,23 @@ class REHRSegPredictor(nnUNetPredictor):
         return data, properties
 
     # ---------------------------------------------------------------- files
-    def screen_inputs(self, list_of_lists: List[List[str]]) -> List[List[str]]:
-        """The cases this model can take; the others go to self.failures with the reason (one line each)."""
+    def accepts(self, files: List[str]) -> bool:
+        """Whether this model can take the case; if not, the reason goes to self.failures (one line)."""
         from nnunetv2_rehrseg.raw_dataset import read_channels
 
-        good = []
-        for files in list_of_lists:
-            try:
-                missing = [f for f in files if not os.path.isfile(f)]
-                if missing:
-                    raise InputError(f"{missing[0]}: missing channel; the model needs "
-                                     f"{len(self.dataset_json['channel_names'])} per case")
-                _, grid = read_channels(list(files), os.path.basename(files[0]))
-                warning = check_input_grid(grid, self.block, files[0])
-                if warning:
-                    logger.warning(warning)
-                good.append(files)
-            except InputError as e:
-                self.failures[files[0]] = str(e)
-        return good
+        try:
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                raise InputError(f"{missing[0]}: missing channel; the model needs "
+                                 f"{len(self.dataset_json['channel_names'])} per case")
+            _, grid = read_channels(list(files), os.path.basename(files[0]))
+            warning = check_input_grid(grid, self.block, files[0])
+            if warning:
+                logger.warning(warning)
+            return True
+        except InputError as e:
+            self.failures[files[0]] = str(e)
+            return False
 
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                                        folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
@@ -296,8 +301,7 @@ class REHRSegPredictor(nnUNetPredictor):
         inputs, outputs, previous = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
-        good = self.screen_inputs(inputs)
-        keep = [i for i, files in enumerate(inputs) if files in good]
+        keep = [i for i, files in enumerate(inputs) if self.accepts(files)]
         return ([inputs[i] for i in keep], None if outputs is None else [outputs[i] for i in keep],
                 [previous[i] for i in keep])
 
@@ -359,8 +363,9 @@ class REHRSegPredictor(nnUNetPredictor):
                     continue
                 if ofile is not None:
                     job = export_pool.apply_async(export_case, (
-                        folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
-                        self.dataset_json, ofile, self.lr_target(ofile), save_probabilities))
+                        folded, properties, self.plans_manager, self.hr_configuration_manager,
+                        self.configuration_manager, self.block, self.dataset_json, ofile, self.lr_target(ofile),
+                        save_probabilities))
                 else:
                     job = export_pool.apply_async(hr_segmentation_from_folded, (
                         folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,

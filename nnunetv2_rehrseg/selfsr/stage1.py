@@ -205,7 +205,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     mine = list(zip(cases, sr_cases, ranges))[part_id::num_parts]
     for case, sr_case, rng in tqdm(mine, desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})"):
         paths = stage1.pseudo_hr_case(case.identifier, dataset.num_channels)
-        case_qc = stage1.qc / "cases" / f"{case.identifier}.json"
+        case_qc = stage1.case_qc(case.identifier)
         written = [Path(p) for p in paths["images"] + [paths["label"], paths["uncertainty"]]]
         if case_qc.is_file() and all(p.is_file() for p in written):
             continue
@@ -218,7 +218,6 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
         write_super_resolved(case, result, rng, settings, paths)
-        # the case's QC, written after its files: its presence marks the case done (resume, parts)
         case_qc.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
                                     "volumes": volumes})
@@ -226,7 +225,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
             montage_rows.append(_montage_row(sr_case, result, settings.r, case.identifier))
     infer_seconds = time.time() - t_infer
 
-    per_case = {c.identifier: stage1.qc / "cases" / f"{c.identifier}.json" for c in cases}
+    per_case = {c.identifier: stage1.case_qc(c.identifier) for c in cases}
     if not all(f.is_file() for f in per_case.values()):
         logger.info("part %d of %d done; stage 1 completes when every part has run (the last writes summary.json)",
                     part_id + 1, num_parts)
