@@ -3,7 +3,8 @@
 Stage 1 + planning, REHRSegTrainer (AMP on CUDA) and stock nnUNetTrainer on the same LR plans through nnU-Net's own
 training command, `--c` resume and `--val`, rehrseg_predict LR -> HR with test-time augmentation. Checks: every loss
 term finite and falling (the correlation KD's trend reported only), the HR output on the grid derived from the LR header, resume restoring the saved state
-exactly, the time limit. Timings: self-SR iterations/s, seconds per training step with the real data-loading workers
+exactly, the time limit; on CUDA: the training compiled, the compiled and the autocast network against eager float32,
+and DDP over two GPUs when present. Timings: self-SR iterations/s, seconds per training step with the real data-loading workers
 (nnU-Net's epoch times) and without data loading (synthetic batches), inference per case.
 
 DIR/
@@ -42,6 +43,9 @@ LOSS_TERMS = ("train_losses", "train_loss_lr", "train_loss_hr", "train_kd_spatia
 # graphs of student features that the segmentation terms are still moving (it can rise over a few dozen steps while
 # every other term falls)
 TREND_ONLY = ("train_kd_correlation",)
+COMPILE_CHECK = "REHRSeg network under torch.compile (nnU-Net's default on CUDA)"
+AMP_CHECK = "REHRSeg network under autocast (AMP)"
+DDP_CHECK = "DDP over 2 GPUs (-num_gpus 2)"
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class SelfTestResult:
     timings: Dict[str, float] = field(default_factory=dict)
     not_run: List[str] = field(default_factory=list)
     trends: Dict[str, str] = field(default_factory=dict)     # reported, not checked (TREND_ONLY)
+    skipped: Dict[str, str] = field(default_factory=dict)    # checks this device cannot run: name -> why
 
     @property
     def passed(self) -> bool:
@@ -195,6 +200,60 @@ class SelfTest:
                           == (self.device.type == "cuda"),
                           f"grad_scaler_state {'saved' if checkpoint.get('grad_scaler_state') else 'absent'}")
 
+    def gpu_paths(self) -> None:
+        """The paths nnU-Net takes on CUDA only: the training ran under torch.compile (nnU-Net's default there), the
+        compiled REHRSeg network gives eager's outputs, autocast's outputs follow float32's; DDP over two GPUs
+        (`-num_gpus 2`) trains with finite, falling losses when two are present."""
+        fold = self.fold(self.size.trainer, "REHRSegPlans")
+        if self.device.type != "cuda":
+            for name in (COMPILE_CHECK, AMP_CHECK, DDP_CHECK):
+                self.result.skipped[name] = "CUDA only (nnU-Net's choice); the CPU paths are tests"
+            return
+        logs = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+        compiled = "torch.compile" in logs
+        network, x = self.trained_network(fold)
+        with torch.no_grad():
+            eager = network(x)[1].float()
+            with torch.autocast("cuda"):
+                amp = network(x)[1].float()
+            compiled_out = torch.compile(network)(x)[1].float()
+        scale = eager.abs().max().item() + 1e-6
+        compile_error, amp_error = ((compiled_out - eager).abs().max().item() / scale,
+                                    (amp - eager).abs().max().item() / scale)
+        self.result.check(COMPILE_CHECK, compiled and compile_error < 1e-3,
+                          f"training log {'says' if compiled else 'does not say'} torch.compile; compiled vs eager "
+                          f"HR logits: max error {compile_error:.2g} of the largest")
+        self.result.check(AMP_CHECK, amp_error < 5e-2, f"autocast vs float32 HR logits: max error {amp_error:.2g} "
+                                                       f"of the largest")
+        if torch.cuda.device_count() < 2:
+            self.result.skipped[DDP_CHECK] = f"{torch.cuda.device_count()} GPU here"
+            return
+        self.result.timings["train REHRSeg on 2 GPUs, fold all (s)"] = self.run(
+            "rehrseg_train", str(DATASET_ID), "3d_fullres", "all", "-tr", self.size.trainer, "-p", "REHRSegPlans",
+            "-num_gpus", "2")
+        logged = load_trained_checkpoint(fold.parent / "fold_all" / "checkpoint_final.pth")["logging"]
+        finite_falling = losses_finite_and_falling(logged, ("train_losses",))["train_losses"]
+        self.result.check(DDP_CHECK, finite_falling[0] and finite_falling[1],
+                          f"train_losses {finite_falling[2]:.4g} -> {finite_falling[3]:.4g}")
+
+    def trained_network(self, fold: Path):
+        """The trained REHRSeg network in eval mode on the device, and an LR input of its patch size."""
+        from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of
+
+        plans = json.loads((fold.parent / "plans.json").read_text())
+        dataset = json.loads((fold.parent / "dataset.json").read_text())
+        config = plans["configurations"]["3d_fullres"]
+        checkpoint = load_trained_checkpoint(fold / "checkpoint_final.pth")
+        arch = config["architecture"]
+        network = build_rehrseg_network(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                        len(dataset["channel_names"]), len(dataset["labels"]), False,
+                                        hr_head_form_of(checkpoint["network_weights"])).enable_rehrseg_forward()
+        network.load_state_dict(checkpoint["network_weights"])
+        network.to(self.device).eval()
+        x = torch.randn(2, len(dataset["channel_names"]), *config["rehrseg"]["lr_patch_size"], device=self.device,
+                        generator=torch.Generator(self.device).manual_seed(0))
+        return network, x
+
     def resume_and_validate(self) -> None:
         fold = self.fold(self.size.trainer, "REHRSegPlans")
         before = load_trained_checkpoint(fold / "checkpoint_final.pth")
@@ -249,8 +308,8 @@ class SelfTest:
             self.result.timings["REHRSeg / stock step time, with data loading"] = with_loading[0] / with_loading[1]
 
     # ------------------------------------------------------------ everything
-    STAGES = ("make_data", "stage1_and_planning", "train_rehrseg", "resume_and_validate", "predict", "train_stock",
-              "step_timing")
+    STAGES = ("make_data", "stage1_and_planning", "train_rehrseg", "gpu_paths", "resume_and_validate", "predict",
+              "train_stock", "step_timing")
 
     def __call__(self) -> SelfTestResult:
         t0 = time.time()
@@ -274,6 +333,7 @@ def summary_table(result: SelfTestResult) -> str:
              f"Python {result.python}", "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.detail} |" for c in result.checks]
     lines += [f"| stage {s} | not run | an earlier stage failed |" for s in result.not_run]
+    lines += [f"| {name} | not run | {why} |" for name, why in result.skipped.items()]
     lines += [f"| {name} (trend, not checked) | {'-'} | {trend} |" for name, trend in result.trends.items()]
     lines += ["", "| timing | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3g} |" for k, v in result.timings.items()]

@@ -171,7 +171,8 @@ def test_scale_and_thickness_flags_out_of_range_give_one_line(nnunet_env, capsys
 
 def test_stage1_in_parts_equals_one_run(nnunet_env, capsys):
     """rehrseg_selfsr -num_parts 2: part 0 trains the self-SR once and both parts generate their cases; together they
-    write what one call writes (same data, same seed: the CPU fit is deterministic)."""
+    write what one call writes (same data, same seed: the CPU fit is deterministic). The whole run generates in two
+    worker processes (-np 2), part 1's single case in the main process: the two ways write the same data."""
     for dataset_id, name in ((996, "Whole"), (997, "Parts")):
         make_raw_dataset(nnunet_env["nnUNet_raw"], dataset_id, name, n_cases=3)
     selfsr_entry(["-d", "996"] + FAST)

@@ -15,40 +15,10 @@ from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_metrics, write_metrics_csv
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
-from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid
+from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid, slabs
 from nnunetv2_rehrseg.io import read_image, write_image
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
-
-DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "outer": 1, "inner": 2},
-                "numTraining": 1, "file_ending": ".nii.gz"}
-
-
-def make_plans(lr_axis_sitk: int, r: int, hr_spacing_sitk, lr_patch):
-    lr_numpy = numpy_axis_of(lr_axis_sitk)
-    forward = [lr_numpy] + [i for i in range(3) if i != lr_numpy]
-    spacing_zyx = list(hr_spacing_sitk[::-1])
-    hr_spacing = [spacing_zyx[i] for i in forward]
-    block = REHRSegPlanBlock(r=r, lr_axis=0, lr_axis_sitk=lr_axis_sitk, slice_profile="gaussian",
-                             slice_thickness=r * hr_spacing[0], fwhm=float(r), hr_spacing=hr_spacing,
-                             lr_spacing=[r * hr_spacing[0], *hr_spacing[1:]], lr_patch_size=list(lr_patch))
-    resampling = {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}
-    config = {"data_identifier": "REHRSegPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-              "batch_size": 2, "patch_size": [r * lr_patch[0], *lr_patch[1:]], "median_image_size_in_voxels": [1, 1, 1],
-              "spacing": hr_spacing, "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
-              "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": resampling,
-              "resampling_fn_seg": "resample_data_or_seg_to_shape",
-              "resampling_fn_seg_kwargs": {**resampling, "is_seg": True},
-              "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-              "resampling_fn_probabilities_kwargs": resampling, "batch_dice": False, "rehrseg": block.to_dict(),
-              "architecture": {"network_class_name": "unused", "arch_kwargs": {}, "_kw_requires_import": []}}
-    return {"dataset_name": "Dataset999_Geometry", "plans_name": "REHRSegPlans",
-            "original_median_spacing_after_transp": hr_spacing, "original_median_shape_after_transp": [1, 1, 1],
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": forward,
-            "transpose_backward": [forward.index(i) for i in range(3)], "configurations": {"3d_fullres": config},
-            "experiment_planner_used": "REHRSegPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {"0": {"mean": 0, "std": 1, "percentile_00_5": 0,
-                                                                  "percentile_99_5": 1}}}
-
+from synthetic_model import DATASET_JSON, StandInNetwork, make_plans
 
 class Upsampler(torch.nn.Module):
     """Stand-in network: LR logits = (x, -x), HR logits = the same repeated r times along the LR axis."""
@@ -112,6 +82,36 @@ def test_phantom_from_lr_lands_on_the_derived_hr_grid_at_the_right_world_coordin
     np.testing.assert_allclose(grid.index_to_world(centre), hr.index_to_world(expected), atol=1e-5)
     lr_written, lr_written_grid = read_image(tmp_path / "lr" / "case.nii.gz")
     assert lr_written_grid.size == lr.size and np.allclose(lr_written_grid.origin, lr.origin)
+
+
+def test_a_case_too_big_for_the_logits_budget_is_predicted_in_slabs_with_the_same_result(tmp_path):
+    """max_logits_gb below the case's logits: three slabs along the last axis, only labels kept; the written LR and
+    HR segmentations (geometry included) match the whole-volume prediction."""
+    r, lr_axis = 4, 2
+    hr = Grid((40, 20, 32), (0.9, 0.9, 0.9), (12.0, -40.0, 7.5), OBLIQUE)
+    image, _ = phantom((32, 20, 40), 3)
+    write_image(blur_subsample(image, numpy_axis_of(lr_axis), r, float(r)).astype(np.float32),
+                lr_grid(hr, lr_axis, r), tmp_path / "in" / "case_0000.nii.gz")
+    plans = make_plans(lr_axis, r, (0.9, 0.9, 0.9), (8, 16, 16))
+    written = {}
+    for name, budget in (("whole", 10.0), ("slabs", 1e-6)):
+        predictor = _predictor(plans, StandInNetwork(r), mirror_axes=None)
+        predictor.max_logits_gb, predictor.lr_output = budget, True
+        data, properties = predictor.preprocess([str(tmp_path / "in" / "case_0000.nii.gz")])
+        assert predictor.needs_slabs(data.shape[1:], properties, False) == (name == "slabs")
+        assert not predictor.needs_slabs(data.shape[1:], properties, True)     # probabilities: always whole
+        failures = predictor.predict_from_files([[str(tmp_path / "in" / "case_0000.nii.gz")]],
+                                                [str(tmp_path / name / "case")], num_processes_preprocessing=1,
+                                                num_processes_segmentation_export=1)
+        assert failures == {}
+        written[name] = [read_image(tmp_path / name / sub / "case.nii.gz") for sub in ("", "lr")]
+    assert [len(b) for b in slabs(40, 16, 8)] == [4, 4, 4]
+    assert slabs(40, 16, 8) == [(0, 16, 0, 24), (16, 32, 8, 40), (32, 40, 24, 40)]
+    for (whole, whole_grid), (sliced, sliced_grid) in zip(written["whole"], written["slabs"]):
+        assert whole_grid == sliced_grid and len(np.unique(whole)) >= 2
+        # the same logits at every voxel; only half-precision sums over differently laid out tiles can part them
+        assert (whole == sliced).mean() > 0.999
+    assert written["whole"][0][0].shape == (32, 20, 40) and len(np.unique(written["whole"][0][0])) == 3
 
 
 def test_inputs_that_do_not_fit_the_model_are_refused():

@@ -30,6 +30,9 @@ def test_selftest_on_cpu_passes_and_writes_json(tmp_path, isolated_env, capsys):
         assert f"REHRSeg: {term} falling" in names
     assert "REHRSeg: train_kd_correlation finite" in names and "REHRSeg: train_kd_correlation" in result["trends"]
     assert "resume (--c) restores the saved state" in names and "stock nnU-Net: train_losses falling" in names
+    # compile, AMP and DDP are nnU-Net's CUDA paths: named as not run here, not counted as passed
+    assert len(result["skipped"]) == 3 and all("CUDA" in why for why in result["skipped"].values())
+    assert not names & set(result["skipped"])
     timings = result["timings"]
     for key in ("self-SR iterations/s", "REHRSeg s/step, with data loading", "stock nnU-Net s/step, no data loading",
                 "REHRSeg / stock step time, no data loading",

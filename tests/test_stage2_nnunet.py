@@ -336,9 +336,10 @@ def test_mixed_precision_steps_and_the_grad_scaler_path_on_the_cpu(make):
     assert any(not torch.equal(a, b) for a, b in zip(before[-adapter:], after[-adapter:]))
 
 
-def _ddp_train_steps(rank: int, world: int, port: int, env: dict, steps: int, out: str) -> None:
-    """A REHRSegTrainer on `world` gloo ranks (rank r takes its share of one fixed batch), `steps` training steps;
-    rank 0 saves every trainable parameter. nnU-Net's DDP is CUDA-only (NCCL, device_ids): for the CPU the trainer's
+def _ddp_train_steps(rank: int, world: int, port: int, env: dict, steps: int, steps_after_resume: int,
+                     out: str) -> None:
+    """A REHRSegTrainer on `world` gloo ranks (rank r takes its share of one fixed batch): `steps` training steps, a
+    checkpoint, every rank resumed from it, `steps_after_resume` more; rank 0 saves every trainable parameter. nnU-Net's DDP is CUDA-only (NCCL, device_ids): for the CPU the trainer's
     device and the wrapper's device_ids are set here, everything else is the trainer's own code."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -378,6 +379,17 @@ def _ddp_train_steps(rank: int, world: int, port: int, env: dict, steps: int, ou
     mine = {k: part(v) for k, v in batch.items()}
     for _ in range(steps):
         trainer.train_step(mine)
+    # checkpoint by rank 0 only; then every rank resumes from it (--c) with its weights scrambled first, so that
+    # whatever the checkpoint did not restore on some rank shows in the steps after it
+    trainer.save_checkpoint(f"{out}.rank{rank}.pth")
+    if world > 1:
+        dist.barrier()
+    with torch.no_grad():
+        for parameter in [*unwrap(trainer.network).parameters(), *trainer.distillation.parameters()]:
+            parameter.normal_()
+    trainer.load_checkpoint(f"{out}.rank0.pth")
+    for _ in range(steps_after_resume):
+        trainer.train_step(mine)
     if rank == 0:
         torch.save({"start": start, "end": parameters()}, out)
     if world > 1:
@@ -387,7 +399,8 @@ def _ddp_train_steps(rank: int, world: int, port: int, env: dict, steps: int, ou
 @pytest.mark.slow
 def test_two_ddp_ranks_with_half_batches_train_exactly_as_one_process(planned, tmp_path):
     """nnUNetv2_train -num_gpus 2: two ranks with half batches take the same steps as one process with the whole
-    batch (network, HR head and KD adapter), the adapter included though it lives outside the DDP wrapper."""
+    batch (network, HR head and KD adapter), the adapter included though it lives outside the DDP wrapper; the
+    checkpoint comes from rank 0 alone and resuming from it (--c) on both ranks keeps them exact."""
     import socket
 
     import torch.multiprocessing as mp
@@ -396,12 +409,16 @@ def test_two_ddp_ranks_with_half_batches_train_exactly_as_one_process(planned, t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    steps = 5          # steps 0 and 4 distil
-    runs = [mp.spawn(_ddp_train_steps, args=(world, port, env, steps, str(tmp_path / name)), nprocs=world, join=False)
+    steps, steps_after_resume = 4, 2          # steps 0 and 4 (the first after the resume) distil
+    runs = [mp.spawn(_ddp_train_steps, args=(world, port + world, env, steps, steps_after_resume,
+                                             str(tmp_path / name)), nprocs=world, join=False)
             for world, name in ((2, "ddp.pt"), (1, "one.pt"))]
     for run_ in runs:
         while not run_.join():
             pass
+    # checkpoints are written by rank 0 only, and carry the KD adapter
+    assert (tmp_path / "ddp.pt.rank0.pth").is_file() and not (tmp_path / "ddp.pt.rank1.pth").exists()
+    assert "rehrseg_kd_adapter" in torch.load(tmp_path / "ddp.pt.rank0.pth", weights_only=False)
     ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
     assert ddp["end"].keys() == one["end"].keys() and any(k.startswith("network.hr_head") for k in ddp["end"])
     assert any(k.startswith("adapter.") for k in ddp["end"])

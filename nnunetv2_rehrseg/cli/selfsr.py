@@ -19,7 +19,9 @@ def selfsr_entry(argv=None) -> None:
     parser = argparse.ArgumentParser(description="REHRSeg stage 1: fit the self-supervised SR on the LR training "
                                                  "cases and write the pseudo-HR dataset under nnUNet_preprocessed")
     parser.add_argument("-d", required=True, help="dataset name or id")
-    parser.add_argument("-np", type=int, default=2, help="processes for reading and writing images")
+    parser.add_argument("-np", type=int, default=2,
+                        help="processes for reading images and, on the CPU, for generating the pseudo-HR data (the "
+                             "cores shared among them)")
     add_parts_flags(parser, "generates pseudo-HR data for", "; part 0 trains the self-SR")
     add_stage1_flags(parser)
     add_device_flag(parser)

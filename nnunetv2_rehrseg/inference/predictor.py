@@ -21,8 +21,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
@@ -42,6 +44,9 @@ from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
 logger = logging.getLogger(__name__)
 PARTIAL = ".rehrseg_partial"      # per-case temporary folder inside the output folder
 LR_SUBFOLDER = "lr"
+# the accumulator of a whole 512 x 512 x 40 case at r = 4 with 50 classes would be 5.2 GB (and nnU-Net's inf check
+# briefly adds half as much again): above this, a case is predicted in slabs
+DEFAULT_MAX_LOGITS_GB = 1.0
 
 
 def check_input_grid(grid: Grid, block: REHRSegPlanBlock, source: str) -> Optional[str]:
@@ -107,46 +112,87 @@ def split_folded(folded: Union[torch.Tensor, np.ndarray], num_classes: int) -> T
     return folded[:k], hr
 
 
-def write_case(lr_logits, hr_logits, properties: dict, plans_manager: PlansManager,
+def segmentation_in_input_space(segmentation: Union[np.ndarray, torch.Tensor], properties: dict,
+                                plans_manager: PlansManager, label_manager) -> np.ndarray:
+    """A segmentation on the case's preprocessed grid, with no resampling between that grid and the image's (the slab
+    path), as nnU-Net's export gives it: cropping reverted, axes transposed back."""
+    dtype = segmentation_dtype(label_manager)
+    full = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+    full = insert_crop_into_image(full, np.asarray(segmentation).astype(dtype, copy=False),
+                                  properties["bbox_used_for_cropping"])
+    return full.transpose(plans_manager.transpose_backward)
+
+
+def segmentation_dtype(label_manager):
+    return np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
+
+
+def write_case(lr, hr, properties: dict, plans_manager: PlansManager,
                hr_configuration: ConfigurationManager, lr_configuration_manager: ConfigurationManager,
                block: REHRSegPlanBlock, dataset_json: dict, hr_file_truncated: str, lr_file_truncated: Optional[str],
                save_probabilities: bool) -> None:
     """Write one case (HR segmentation; LR too if asked; probabilities if asked) through a per-case temporary folder
-    and rename the files into place, HR segmentation last: its presence means the case is complete."""
+    and rename the files into place, HR segmentation last: its presence means the case is complete. `lr` and `hr`
+    are logits (K, ...), or segmentations (integer arrays, from the slab path) that are written as they are."""
     partial = Path(hr_file_truncated).parent / PARTIAL / Path(hr_file_truncated).name
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    moves = []
+    outputs = [("hr", hr, hr_properties(properties, block, plans_manager.transpose_backward), hr_configuration,
+                Path(hr_file_truncated))]
     if lr_file_truncated is not None:
-        export_prediction_from_logits(lr_logits, properties, lr_configuration_manager, plans_manager, dataset_json,
-                                      str(partial / "lr"), save_probabilities)
-        moves.append(("lr", Path(lr_file_truncated)))
-    export_prediction_from_logits(hr_logits, hr_properties(properties, block, plans_manager.transpose_backward),
-                                  hr_configuration, plans_manager, dataset_json, str(partial / "hr"),
-                                  save_probabilities)
-    moves.append(("hr", Path(hr_file_truncated)))
+        outputs.insert(0, ("lr", lr, properties, lr_configuration_manager, Path(lr_file_truncated)))
+    for stem, array, its_properties, configuration, _ in outputs:
+        if is_segmentation(array):
+            segmentation = segmentation_in_input_space(array, its_properties, plans_manager,
+                                                       plans_manager.get_label_manager(dataset_json))
+            plans_manager.image_reader_writer_class().write_seg(
+                segmentation, str(partial / stem) + dataset_json["file_ending"], its_properties)
+        else:
+            export_prediction_from_logits(array, its_properties, configuration, plans_manager, dataset_json,
+                                          str(partial / stem), save_probabilities)
     endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
-    for stem, target in moves:
+    for stem, _, _, _, target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
         for ending in endings:
             os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def export_case(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
-                hr_configuration: ConfigurationManager, lr_configuration_manager: ConfigurationManager,
-                block: REHRSegPlanBlock, dataset_json: dict, hr_file_truncated: str, lr_file_truncated: Optional[str],
-                save_probabilities: bool) -> Optional[str]:
-    """write_case for the folded logits of nnU-Net's sliding window, in an export worker. Returns None, or the reason
-    the case failed (one bad case must not stop the others)."""
+def is_segmentation(array: Union[np.ndarray, torch.Tensor]) -> bool:
+    if isinstance(array, torch.Tensor):
+        return not array.is_floating_point()
+    return np.issubdtype(array.dtype, np.integer)
+
+
+def slabs(width: int, core: int, margin: int) -> List[Tuple[int, int, int, int]]:
+    """Cover [0, width) with slabs of at most `core` voxels, each predicted with `margin` voxels of context on both
+    sides: [(keep_from, keep_to, predict_from, predict_to)]."""
+    bounds = []
+    for start in range(0, width, core):
+        stop = min(start + core, width)
+        bounds.append((start, stop, max(0, start - margin), min(width, stop + margin)))
+    return bounds
+
+
+def export_case(prediction: Union[np.ndarray, Tuple[np.ndarray, np.ndarray]], properties: dict,
+                plans_manager: PlansManager, hr_configuration: ConfigurationManager,
+                lr_configuration_manager: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
+                hr_file_truncated: str, lr_file_truncated: Optional[str], save_probabilities: bool) -> Optional[str]:
+    """write_case in an export worker, for what `REHRSegPredictor.predict_case` returns (folded logits, or LR and HR
+    segmentations). Returns None, or the reason the case failed (one bad case must not stop the others)."""
     try:
-        num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        write_case(*split_folded(folded, num_classes), properties, plans_manager, hr_configuration,
-                   lr_configuration_manager, block, dataset_json, hr_file_truncated, lr_file_truncated,
-                   save_probabilities)
+        write_case(*unfold_prediction(prediction, plans_manager, dataset_json), properties, plans_manager,
+                   hr_configuration, lr_configuration_manager, block, dataset_json, hr_file_truncated,
+                   lr_file_truncated, save_probabilities)
         return None
     except Exception as e:   # reported per case by the caller
         return f"{type(e).__name__}: {e}"
+
+
+def unfold_prediction(prediction, plans_manager: PlansManager, dataset_json: dict):
+    if isinstance(prediction, tuple):
+        return prediction
+    return split_folded(prediction, plans_manager.get_label_manager(dataset_json).num_segmentation_heads)
 
 
 class _OutputChannels:
@@ -167,12 +213,17 @@ class REHRSegPredictor(nnUNetPredictor):
         seg = predictor.predict_single_npy_array(image, properties)                    # HR segmentation as an array
     """
 
-    def __init__(self, *args, lr_output: bool = False, **kwargs):
-        """nnUNetPredictor's arguments; lr_output: also write the LR-grid segmentations (OUT/lr/)."""
+    def __init__(self, *args, lr_output: bool = False, max_logits_gb: float = DEFAULT_MAX_LOGITS_GB, **kwargs):
+        """nnUNetPredictor's arguments; lr_output: also write the LR-grid segmentations (OUT/lr/); max_logits_gb: the
+        largest logits accumulator (LR + HR logits of one piece of a case, half precision) held at once: a bigger case
+        is predicted in slabs along an in-plane axis and only its segmentations are kept (unless probabilities are
+        asked for, or the case is resampled on export: then it is predicted whole). A slab is at least two patches
+        wide, which sets a floor on the accumulator for many classes."""
         super().__init__(*args, **kwargs)
         self.block: Optional[REHRSegPlanBlock] = None
         self.hr_configuration_manager: Optional[ConfigurationManager] = None
         self.lr_output = lr_output
+        self.max_logits_gb = max_logits_gb
         self.failures = {}   # case file or id -> reason, for the last predict_from_files call
 
     # ---------------------------------------------------------------- set-up
@@ -252,15 +303,65 @@ class REHRSegPredictor(nnUNetPredictor):
         finally:
             self.label_manager = labels
 
+    def predict_case(self, data: Union[np.ndarray, torch.Tensor], properties: dict, save_probabilities: bool):
+        """One preprocessed case (folds averaged): its folded logits (numpy), or, when its logits would not fit in
+        max_logits_gb, its LR and HR segmentations, predicted slab by slab."""
+        if self.needs_slabs(data.shape[1:], properties, save_probabilities):
+            return self.predict_segmentations_by_slabs(torch.as_tensor(data))
+        return self.predict_folded(torch.as_tensor(data)).numpy()
+
+    def predict_folded(self, data: torch.Tensor) -> torch.Tensor:
+        """Folded logits of preprocessed data on the CPU, averaged over the folds (or from the network's current
+        weights when no fold parameters were given: a trainer's final validation)."""
+        if self.list_of_parameters is None:
+            return self.predict_sliding_window_return_logits(data).cpu()
+        return self.predict_logits_from_preprocessed_data(data).cpu()
+
+    def logits_gb(self, spatial_shape: Sequence[int]) -> float:
+        """Size of the LR + HR logits accumulator (half precision) for an LR region of this shape."""
+        channels = self.label_manager.num_segmentation_heads * (1 + self.block.r)
+        return channels * float(np.prod(spatial_shape)) * 2 / 1e9
+
+    def needs_slabs(self, spatial_shape: Sequence[int], properties: dict, save_probabilities: bool) -> bool:
+        # probabilities are written whole; a case resampled on export needs its whole logits for the resampling
+        resampled = tuple(properties["shape_after_cropping_and_before_resampling"]) != tuple(spatial_shape)
+        return not save_probabilities and not resampled and self.logits_gb(spatial_shape) > self.max_logits_gb
+
+    def predict_segmentations_by_slabs(self, data: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """LR (D, H, W) and HR (r*D, H, W) segmentations of preprocessed data, predicted in slabs along the last
+        (in-plane) axis, each with half a patch of context on both sides (every kept voxel has a tile centred on it,
+        as in the whole-volume sliding window); only one slab's logits are held at a time, and the HR ones are reduced
+        to labels straight from their folded layout (no unfolded copy)."""
+        k, r = self.label_manager.num_segmentation_heads, self.block.r
+        patch = self.configuration_manager.patch_size[-1]
+        margin = patch // 2
+        per_column = self.logits_gb((*data.shape[1:-1], 1))
+        # at least half a patch kept per slab (a slab is then two patches wide, two tiles at nnU-Net's step of half a
+        # patch): narrower slabs would not lower the accumulator below that, only add tiles
+        core = max(patch // 2, int(self.max_logits_gb / per_column) - 2 * margin)
+        dtype = segmentation_dtype(self.label_manager)
+        depth = data.shape[1]
+        lr_seg = np.zeros(data.shape[1:], dtype)
+        hr_seg = np.zeros((r * depth, *data.shape[2:]), dtype)
+        bounds = slabs(data.shape[-1], core, margin)
+        for keep_from, keep_to, lo, hi in tqdm(bounds, desc="slabs", disable=not self.allow_tqdm or len(bounds) < 2):
+            folded = self.predict_folded(data[..., lo:hi])
+            keep = slice(keep_from - lo, keep_to - lo)
+            lr_seg[..., keep_from:keep_to] = self.labels_of(folded[:k, ..., keep])
+            for j in range(r):      # HR sub-slice j of every LR slice: channels k + c*r + j, c = 0..K-1
+                hr_seg[j::r, ..., keep_from:keep_to] = self.labels_of(folded[k + j::r, ..., keep])
+            del folded
+        return lr_seg, hr_seg
+
+    def labels_of(self, logits: torch.Tensor) -> np.ndarray:
+        segmentation = self.label_manager.convert_logits_to_segmentation(logits)
+        return segmentation.numpy() if isinstance(segmentation, torch.Tensor) else segmentation
+
     def predict_logits(self, data: Union[np.ndarray, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed LR data (C, D, H, W) -> LR logits (K, D, H, W) and HR logits (K, r*D, H, W) on the CPU,
         averaged over the folds."""
-        data = torch.as_tensor(np.asarray(data, dtype=np.float32))
-        if self.list_of_parameters is None:   # the network's current weights (a trainer's final validation)
-            folded = self.predict_sliding_window_return_logits(data)
-        else:
-            folded = self.predict_logits_from_preprocessed_data(data)
-        return split_folded(folded.cpu(), self.label_manager.num_segmentation_heads)
+        folded = self.predict_folded(torch.as_tensor(np.asarray(data, dtype=np.float32)))
+        return split_folded(folded, self.label_manager.num_segmentation_heads)
 
     def export(self, lr_logits: torch.Tensor, hr_logits: torch.Tensor, properties: dict, hr_file_truncated: str,
                lr_file_truncated: Optional[str] = None, save_probabilities: bool = False) -> None:
@@ -356,19 +457,19 @@ class REHRSegPredictor(nnUNetPredictor):
                 while check_workers_alive_and_busy(export_pool, workers, [p for _, p in pending], allowed_num_queued=2):
                     sleep(0.1)
                 try:
-                    folded = self.predict_logits_from_preprocessed_data(data).cpu().numpy()
+                    prediction = self.predict_case(data, properties, save_probabilities)
                 except RuntimeError as e:   # e.g. out of memory on the CPU too: this case only
                     self.failures[ofile or f"array {len(results)}"] = f"prediction failed: {e}"
                     empty_cache(self.device)
                     continue
                 if ofile is not None:
                     job = export_pool.apply_async(export_case, (
-                        folded, properties, self.plans_manager, self.hr_configuration_manager,
+                        prediction, properties, self.plans_manager, self.hr_configuration_manager,
                         self.configuration_manager, self.block, self.dataset_json, ofile, self.lr_target(ofile),
                         save_probabilities))
                 else:
-                    job = export_pool.apply_async(hr_segmentation_from_folded, (
-                        folded, properties, self.plans_manager, self.hr_configuration_manager, self.block,
+                    job = export_pool.apply_async(hr_segmentation_from_prediction, (
+                        prediction, properties, self.plans_manager, self.hr_configuration_manager, self.block,
                         self.dataset_json, save_probabilities))
                 pending.append((ofile, job))
             for ofile, job in pending:
@@ -400,23 +501,26 @@ class REHRSegPredictor(nnUNetPredictor):
                                            self.configuration_manager, num_threads_in_multithreaded=1,
                                            verbose=self.verbose)
         item = next(adapter)
-        folded = self.predict_logits_from_preprocessed_data(item["data"]).cpu().numpy()
+        prediction = self.predict_case(item["data"], item["data_properties"], save_or_return_probabilities)
         if output_file_truncated is not None:
-            lr, hr = split_folded(folded, self.label_manager.num_segmentation_heads)
+            lr, hr = unfold_prediction(prediction, self.plans_manager, self.dataset_json)
             self.export(lr, hr, item["data_properties"], output_file_truncated, self.lr_target(output_file_truncated),
                         save_or_return_probabilities)
             return None
-        return hr_segmentation_from_folded(folded, item["data_properties"], self.plans_manager,
-                                           self.hr_configuration_manager, self.block, self.dataset_json,
-                                           save_or_return_probabilities)
+        return hr_segmentation_from_prediction(prediction, item["data_properties"], self.plans_manager,
+                                               self.hr_configuration_manager, self.block, self.dataset_json,
+                                               save_or_return_probabilities)
 
 
-def hr_segmentation_from_folded(folded: np.ndarray, properties: dict, plans_manager: PlansManager,
-                                hr_configuration: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
-                                return_probabilities: bool = False):
-    """The HR segmentation (and probabilities) as arrays on the HR grid, in the input's axis order."""
+def hr_segmentation_from_prediction(prediction, properties: dict, plans_manager: PlansManager,
+                                    hr_configuration: ConfigurationManager, block: REHRSegPlanBlock,
+                                    dataset_json: dict, return_probabilities: bool = False):
+    """The HR segmentation (and probabilities) as arrays on the HR grid, in the input's axis order, from what
+    `REHRSegPredictor.predict_case` returns."""
     label_manager = plans_manager.get_label_manager(dataset_json)
-    _, hr_logits = split_folded(folded, label_manager.num_segmentation_heads)
+    _, hr = unfold_prediction(prediction, plans_manager, dataset_json)
+    properties = hr_properties(properties, block, plans_manager.transpose_backward)
+    if is_segmentation(hr):
+        return segmentation_in_input_space(hr, properties, plans_manager, label_manager)
     return convert_predicted_logits_to_segmentation_with_correct_shape(
-        hr_logits, plans_manager, hr_configuration, label_manager,
-        hr_properties(properties, block, plans_manager.transpose_backward), return_probabilities)
+        hr, plans_manager, hr_configuration, label_manager, properties, return_probabilities)

