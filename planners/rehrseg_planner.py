@@ -59,7 +59,8 @@ class REHRSegPlannerMixin:
         lr_network = self.static_estimate_VRAM_usage(lr_patch, len(self.dataset_json["channel_names"]), classes,
                                                      arch["network_class_name"], arch["arch_kwargs"],
                                                      arch["_kw_requires_import"])
-        factor = 1 + hr_head_feature_map_size(lr_patch, classes, self.stage1.r) / lr_network
+        top_features = arch["arch_kwargs"]["features_per_stage"][0]
+        factor = 1 + hr_head_feature_map_size(lr_patch, classes, self.stage1.r, top_features) / lr_network
         if factor > 1.1:
             logger.warning("the HR head and its loss add about %.0f%% to nnU-Net's memory estimate of the planned LR "
                            "patch %s; if training runs out of GPU memory, plan with -gpu_memory_target %.1f", 100 *

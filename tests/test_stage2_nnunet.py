@@ -149,7 +149,7 @@ def test_the_planner_reports_the_hr_heads_share_of_memory(planned, monkeypatch, 
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     from nnunetv2_rehrseg.planners.rehrseg_planner import rehrseg_planner_class
-    from nnunetv2_rehrseg.segmenter.network import HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS
+    from nnunetv2_rehrseg.segmenter.network import hr_head_feature_map_size
 
     for k, v in planned["env"].items():
         if k.startswith("nnUNet_"):
@@ -167,7 +167,8 @@ def test_the_planner_reports_the_hr_heads_share_of_memory(planned, monkeypatch, 
                                                               arch["_kw_requires_import"])
     with caplog.at_level(logging.WARNING):
         factor = planner.report_hr_head_memory(patch, plan)
-    assert factor == pytest.approx(1 + HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS * 4 * 3 * np.prod(patch) / lr_network)
+    top_features = plan["architecture"]["arch_kwargs"]["features_per_stage"][0]
+    assert factor == pytest.approx(1 + hr_head_feature_map_size(patch, 3, 4, top_features) / lr_network)
     if factor > 1.1:
         assert "-gpu_memory_target" in caplog.text
 

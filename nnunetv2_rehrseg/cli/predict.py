@@ -74,10 +74,16 @@ def predict_entry(argv=None) -> None:
     parser.add_argument("--lr_output", action="store_true", help="also write the LR-grid segmentation to OUT/lr/")
     parser.add_argument("--not_on_device", action="store_true",
                         help="keep the sliding-window accumulators in CPU memory (very large cases)")
+    parser.add_argument("-max_logits_gb", type=float, default=None,
+                        help="largest logits accumulator held at once (GB, half precision, LR + HR logits); cases "
+                             "above it are predicted in slabs keeping only their labels (not with "
+                             "--save_probabilities). Default 1.0; lower it for many classes on little memory")
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's detailed prediction log")
     add_device_flag(parser)
     args = parser.parse_args(argv)
     setup_logging()
+    if args.max_logits_gb is not None and args.max_logits_gb <= 0:
+        raise InputError(f"-max_logits_gb {args.max_logits_gb}: must be positive")
     if not 0 < args.step_size <= 1:
         raise InputError(f"-step_size {args.step_size}: must lie in (0, 1]")
     check_part(args)
@@ -92,7 +98,8 @@ def predict_entry(argv=None) -> None:
     device = resolve_device(args.device)
     predictor = REHRSegPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
                                  perform_everything_on_device=not args.not_on_device, device=device,
-                                 verbose=args.verbose, allow_tqdm=True, lr_output=args.lr_output)
+                                 verbose=args.verbose, allow_tqdm=True, lr_output=args.lr_output,
+                                 **({} if args.max_logits_gb is None else {"max_logits_gb": args.max_logits_gb}))
     folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
     predictor.initialize_from_trained_model_folder(resolve_model_folder(args), folds, args.chk)
     t0 = time.time()

@@ -226,15 +226,22 @@ class REHRSegNetwork(nn.Module):
         return lr_logits, self.hr_head(features, highest), skips
 
 
-# feature-map elements the HR head and its loss keep per HR voxel and class during a training step: the head's
-# output, the upsampled LR logits, their sum (the HR logits), and the loss's softmax and one-hot target
-HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS = 5
+# What a training step keeps for the backward pass beyond the LR network (autograd's saved tensors with nnU-Net's
+# Dice + CE on both heads, measured in tests/test_stage2_units.py), in elements: per LR voxel the decoder's top
+# features (the HR head's correction reads them); per HR voxel the loss's target; per HR voxel and class the HR head's
+# output, the upsampled LR logits, their sum and the loss's softmax. nnU-Net's VRAM estimate counts about 0.32 of its
+# units per saved element of the default planner's PlainConvUNet (ResEnc networks save more per unit: there the HR
+# share comes out conservative).
+SAVED_PER_HR_VOXEL = 1.5
+SAVED_PER_HR_VOXEL_AND_CLASS = 3.5
+NNUNET_UNITS_PER_SAVED_ELEMENT = 0.32
 
 
-def hr_head_feature_map_size(lr_patch_size, num_classes: int, r: int) -> float:
-    """What the HR head adds to nnU-Net's VRAM estimate (compute_conv_feature_map_size: feature-map elements per
-    sample) for an LR patch: r x the LR voxels, per class."""
-    return float(HR_HEAD_MAPS_PER_HR_VOXEL_AND_CLASS * r * num_classes * np.prod(lr_patch_size, dtype=np.float64))
+def hr_head_feature_map_size(lr_patch_size, num_classes: int, r: int, top_features: int) -> float:
+    """What the HR head and its loss add to nnU-Net's VRAM estimate (static_estimate_VRAM_usage's units, per
+    sample) for an LR patch."""
+    per_lr_voxel = top_features + r * (SAVED_PER_HR_VOXEL + SAVED_PER_HR_VOXEL_AND_CLASS * num_classes)
+    return float(NNUNET_UNITS_PER_SAVED_ELEMENT * per_lr_voxel * np.prod(lr_patch_size, dtype=np.float64))
 
 
 def build_rehrseg_network(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import, num_input_channels: int,

@@ -11,30 +11,45 @@ from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 
 
 IN_PLANE_FLIPS = ((), (3,), (4,), (3, 4))
+# the in-plane symmetries of a square: the four flips, each also with the two in-plane axes swapped
+DIHEDRAL = tuple((swap, flips) for swap in (False, True) for flips in IN_PLANE_FLIPS)
+TTA_TRANSFORMS = {"none": ((False, ()),), "flips": tuple((False, f) for f in IN_PLANE_FLIPS), "dihedral": DIHEDRAL}
 
 
-def _predict_with_flips(net: SelfSRNet, batch: torch.Tensor, flips) -> Dict[str, torch.Tensor]:
-    """Mean over in-plane flips (the training augmentation makes the model flip-equivariant) of image, label
-    probabilities and U."""
+def _apply(x: torch.Tensor, swap: bool, flips) -> torch.Tensor:
+    x = x.flip(flips) if flips else x
+    return x.transpose(3, 4) if swap else x
+
+
+def _undo(x: torch.Tensor, swap: bool, flips) -> torch.Tensor:
+    x = x.transpose(3, 4) if swap else x
+    return x.flip(flips) if flips else x
+
+
+def _predict_with_transforms(net: SelfSRNet, batch: torch.Tensor, transforms) -> Dict[str, torch.Tensor]:
+    """Mean over in-plane symmetries (flips, axis swaps) of image, label probabilities and U: each prediction is
+    mapped back before averaging."""
     total: Dict[str, torch.Tensor] = {}
-    for dims in flips:
-        pred = net(batch.flip(dims) if dims else batch)
+    for swap, flips in transforms:
+        pred = net(_apply(batch, swap, flips))
         pred = {"image": pred["image"].float(), "probabilities": torch.softmax(pred["seg"].float(), 1),
                 **({"uncertainty": pred["uncertainty"].float()} if "uncertainty" in pred else {})}
         for k, v in pred.items():
-            v = v.flip(dims) if dims else v
+            v = _undo(v, swap, flips)
             total[k] = total[k] + v if k in total else v
-    return {k: v / len(flips) for k, v in total.items()}
+    return {k: v / len(transforms) for k, v in total.items()}
 
 
 @torch.no_grad()
 def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.ndarray], device: torch.device,
-                         batch_size: int = 4, tta: bool = True, progress: bool = False) -> Dict[str, np.ndarray]:
+                         batch_size: int = 4, tta="flips", progress: bool = False) -> Dict[str, np.ndarray]:
     """image (C, Z, Y, X) scaled to [0, 1] like the training data, labels (Z, Y, X) or None (image-only mode).
 
     Returns image (C, rZ, Y, X), labels (rZ, Y, X), probabilities (n_classes, rZ, Y, X) and, for a UASR network,
-    uncertainty (rZ, Y, X). `tta` averages over the four in-plane flips (4x the time).
+    uncertainty (rZ, Y, X). `tta`: "flips" averages over the four in-plane flips (4x the time), "dihedral" over
+    the eight in-plane symmetries (flips, and flips with the in-plane axes swapped), "none" (or False) not at all.
     """
+    transforms = TTA_TRANSFORMS[{True: "flips", False: "none"}.get(tta, tta)]
     net.eval()
     c, z, y, x = image.shape
     r, window, centre, divisor = net.r, net.window, net.centre, net.divisor
@@ -52,7 +67,7 @@ def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.
         slices = range(first, min(first + batch_size, z))
         batch = torch.stack([volume[:, s:s + window] for s in slices])
         with torch.autocast(device.type, enabled=use_amp):
-            pred = _predict_with_flips(net, batch, IN_PLANE_FLIPS if tta else ((),))
+            pred = _predict_with_transforms(net, batch, transforms)
         for i, s in enumerate(slices):
             hr = slice(r * s, r * s + r)
             out_image[:, hr] = pred["image"][i, :, :, :y, :x].cpu().numpy()

@@ -145,10 +145,32 @@ def slice_positions(depth: int, r: int) -> np.ndarray:
     return (np.arange(r * depth) + 0.5) / r - 0.5
 
 
-def _pad(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+def _pad(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
-    ph, pw = (-h) % PAD_TO, (-w) % PAD_TO
-    return F.pad(x, (0, pw, 0, ph), mode="replicate"), (h, w)
+    return F.pad(x, (0, (-w) % PAD_TO, 0, (-h) % PAD_TO), mode="replicate")
+
+
+def interpolate_between(network: FrameInterpolator, frame0: torch.Tensor, frame1: torch.Tensor,
+                        carried0: torch.Tensor, carried1: torch.Tensor, ts) -> torch.Tensor:
+    """Frames (B, 1, H, W) in [0, 1] -> what `carried` (B, M, H, W: image channels, one-hot labels, ...) looks like
+    at each position t in ts between them: (B, len(ts), M, H, W). The midpoint flows are scaled to t (motion
+    assumed uniform between the frames) and the frames weighted as RIFE's mask says, tilted towards the nearer
+    frame; differentiable (fine-tuning goes through it)."""
+    h, w = frame0.shape[-2:]
+    mid = network(_pad(frame0.repeat(1, 3, 1, 1)), _pad(frame1.repeat(1, 3, 1, 1)))
+    flow, weight0 = mid["flow"][..., :h, :w], mid["weight0"][..., :h, :w]
+    out = []
+    for t in ts:
+        warped0 = backward_warp(carried0, 2 * t * flow[:, :2])
+        warped1 = backward_warp(carried1, 2 * (1 - t) * flow[:, 2:])
+        w0, w1 = (1 - t) * weight0, t * (1 - weight0)
+        out.append((w0 * warped0 + w1 * warped1) / (w0 + w1))
+    return torch.stack(out, 1)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(D, H, W) labels -> (K, D, H, W) float32."""
+    return np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)].transpose(3, 0, 1, 2)
 
 
 @torch.no_grad()
@@ -157,43 +179,105 @@ def interpolate_thick_axis(network: FrameInterpolator, image: np.ndarray, r: int
                            device: torch.device = torch.device("cpu")) -> Dict[str, np.ndarray]:
     """Thin slices between the thick ones. image (C, D, H, W) in [0, 1], thick axis first; labels (D, H, W) or None.
     Returns {"image": (C, r*D, H, W), "probabilities": (K, r*D, H, W) if labels}. Flows come from the first channel
-    (repeated to the network's three) and move every channel and the one-hot labels alike; thin slices beyond the
-    first and last thick slice centres copy those slices."""
+    and move every channel and the one-hot labels alike; thin slices beyond the first and last thick slice centres
+    copy those slices."""
+    network.eval()
     channels, depth = image.shape[:2]
-    positions = slice_positions(depth, r)
-    out = np.empty((channels, r * depth, *image.shape[2:]), np.float32)
-    one_hot = None
+    stacks = image.astype(np.float32)
     if labels is not None:
-        num_classes = num_classes or int(labels.max()) + 1
-        one_hot = np.eye(num_classes, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
-        probabilities = np.empty((num_classes, r * depth, *image.shape[2:]), np.float32)
-    stacks = image if one_hot is None else np.concatenate([image, one_hot])
+        stacks = np.concatenate([stacks, one_hot(labels, num_classes or int(labels.max()) + 1)])
+    positions = slice_positions(depth, r)
     pair = np.floor(positions).astype(int)
     outside = (positions <= 0) | (positions >= depth - 1)
+    out = np.empty((stacks.shape[0], r * depth, *image.shape[2:]), np.float32)
     for i in np.flatnonzero(outside):
-        nearest = int(np.clip(round(positions[i]), 0, depth - 1))
-        out[:, i] = image[:, nearest]
-        if one_hot is not None:
-            probabilities[:, i] = one_hot[:, nearest]
+        out[:, i] = stacks[:, int(np.clip(round(positions[i]), 0, depth - 1))]
     for d in np.unique(pair[~outside]):
-        frames = torch.from_numpy(np.ascontiguousarray(image[:1, d:d + 2])).to(device)      # (1, 2, H, W)
-        frame0, size = _pad(frames[:, :1].repeat(1, 3, 1, 1))
-        frame1, _ = _pad(frames[:, 1:].repeat(1, 3, 1, 1))
-        mid = network(frame0, frame1)
-        flow, weight0 = mid["flow"][..., :size[0], :size[1]], mid["weight0"][..., :size[0], :size[1]]
-        both = torch.from_numpy(np.ascontiguousarray(stacks[:, d:d + 2])).to(device)         # (C+K, 2, H, W)
-        for i in np.flatnonzero((pair == d) & ~outside):
-            t = float(positions[i] - d)
-            # the midpoint flows scaled to t (uniform motion); frame weights as RIFE's mask, tilted towards the
-            # nearer slice
-            warped0 = backward_warp(both[:, :1].transpose(0, 1), 2 * t * flow[:, :2])
-            warped1 = backward_warp(both[:, 1:].transpose(0, 1), 2 * (1 - t) * flow[:, 2:])
-            w0, w1 = (1 - t) * weight0, t * (1 - weight0)
-            blended = ((w0 * warped0 + w1 * warped1) / (w0 + w1))[0].cpu().numpy()
-            out[:, i] = blended[:channels]
-            if one_hot is not None:
-                probabilities[:, i] = blended[channels:]
-    result = {"image": out}
-    if one_hot is not None:
-        result["probabilities"] = probabilities
+        inside = np.flatnonzero((pair == d) & ~outside)
+        both = torch.from_numpy(np.ascontiguousarray(stacks[:, d:d + 2].transpose(1, 0, 2, 3))).to(device)
+        between = interpolate_between(network, both[:1, :1], both[1:, :1], both[:1], both[1:],
+                                      [float(positions[i] - d) for i in inside])
+        out[:, inside] = between[0].transpose(0, 1).cpu().numpy()
+    result = {"image": out[:channels]}
+    if labels is not None:
+        result["probabilities"] = out[channels:]
     return result
+
+
+# ---------------------------------------------------------------- fine-tuning on the volume's own in-plane pairs
+class InPlanePairs:
+    """Self-supervised training triples from an LR volume: along each in-plane axis, the volume made thick as the
+    thick axis is (same slice profile, every phase) gives frame pairs, the thin slices between them the targets
+    (image and labels; the labels of the frames are the thick-slice majority, as an annotator draws them)."""
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, r: int, fwhm: float, profile: str, num_classes: int):
+        from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
+
+        self.r, self.num_classes = r, num_classes
+        self.views = []
+        for axis in (2, 3):                                   # in-plane axes of (C, D, H, W)
+            length = image.shape[axis] // r * r
+            if length < 2 * r:
+                continue
+            hr = np.moveaxis(image, axis, 1)[:, :length]                       # (C, L, D, O): video axis first
+            hr_labels = np.moveaxis(labels, axis - 1, 0)[:length]             # (L, D, O)
+            for phase in range(r):
+                usable = (length - phase) // r * r
+                if usable < 2 * r:
+                    continue
+                lr = np.stack([blur_subsample(c[phase:phase + usable], 0, r, fwhm, profile) for c in hr])
+                lr_labels = majority_labels(hr_labels[phase:phase + usable], 0, r, num_classes=num_classes)
+                self.views.append((hr[:, phase:phase + usable], hr_labels[phase:phase + usable], lr, lr_labels))
+
+    def batch(self, rng: np.random.Generator, size: int):
+        """(frames0, frames1 (B, 1, D, O); carried0, carried1 (B, C+K, D, O); targets (B, r, C, D, O), target
+        labels (B, r, D, O); ts) from one view (frames of one shape), random pairs, flips and order."""
+        hr, hr_labels, lr, lr_labels = self.views[rng.integers(len(self.views))]
+        r, count = self.r, lr.shape[1]
+        positions = slice_positions(count, r)
+        pairs = rng.integers(0, count - 1, size)
+        inside = [np.flatnonzero((positions > d) & (positions < d + 1)) for d in pairs]
+        ts = [float(p) for p in positions[inside[0]] - pairs[0]]
+        stack = np.concatenate([lr, one_hot(lr_labels, self.num_classes)])         # (C+K, L/r, D, O)
+        c0 = np.stack([stack[:, d] for d in pairs])
+        c1 = np.stack([stack[:, d + 1] for d in pairs])
+        target = np.stack([hr[:, i].transpose(1, 0, 2, 3) for i in inside])        # (B, r, C, D, O)
+        target_labels = np.stack([hr_labels[i] for i in inside])                   # (B, r, D, O)
+        if rng.random() < 0.5:                     # the pair backwards: t -> 1 - t
+            c0, c1, target, target_labels = c1, c0, target[:, ::-1], target_labels[:, ::-1]
+        for axis in (-1, -2):
+            if rng.random() < 0.5:
+                c0, c1 = np.flip(c0, axis), np.flip(c1, axis)
+                target, target_labels = np.flip(target, axis), np.flip(target_labels, axis)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (c0, c1, target, target_labels)]
+        channels = lr.shape[0]
+        return tensors[0][:, :1], tensors[1][:, :1], tensors[0], tensors[1], tensors[2], tensors[3].long(), ts, \
+            channels
+
+
+def finetune_frame_interpolator(network: FrameInterpolator, pairs: InPlanePairs, iterations: int,
+                                learning_rate: float = 1e-4, batch_size: int = 8, label_weight: float = 1.0,
+                                seed: int = 0, device: torch.device = torch.device("cpu"), progress: bool = False):
+    """Fine-tune the flow network on the volume's own in-plane pairs: L1 of the interpolated image and
+    cross-entropy of the labels carried by the flows, at the thin-slice positions. Returns the losses."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    network.train().to(device)
+    students = [p for name, p in network.named_parameters() if not name.startswith("block_tea")]
+    optimizer = torch.optim.AdamW(students, learning_rate, weight_decay=1e-4)
+    losses = []
+    for _ in tqdm(range(iterations), desc="fine-tuning the video prior", disable=not progress, leave=False):
+        f0, f1, c0, c1, target, target_labels, ts, channels = pairs.batch(rng, batch_size)
+        out = interpolate_between(network, f0.to(device), f1.to(device), c0.to(device), c1.to(device), ts)
+        image_loss = (out[:, :, :channels] - target.to(device)).abs().mean()
+        probabilities = out[:, :, channels:].clamp_min(1e-6)
+        label_loss = F.nll_loss(probabilities.log().flatten(0, 1), target_labels.to(device).flatten(0, 1))
+        loss = image_loss + label_weight * label_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append((float(image_loss), float(label_loss)))
+    network.eval()
+    return losses
