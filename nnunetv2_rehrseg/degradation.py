@@ -108,6 +108,38 @@ def blur_subsample(hr: Union[np.ndarray, torch.Tensor], axis: int, r: int, fwhm:
     return lr.numpy() if is_numpy else lr
 
 
+def back_project(hr: np.ndarray, lr: np.ndarray, axis: int, r: int, fwhm: float, profile: str = "gaussian",
+                 iterations: int = 5) -> np.ndarray:
+    """The thin slices corrected towards consistency with the acquired thick ones: Landweber iterations (gradient
+    steps on ||blur_subsample(hr) - lr||^2, the adjoint by autograd, the step 1 / the operator's largest eigenvalue)
+    starting from `hr`. The correction lives where the slice profile sees, so what the estimate adds between the
+    profile's samples stays; `iterations` bounds how much of the thick slices' noise is taken over."""
+    if iterations <= 0:
+        return hr
+    x = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float64)).requires_grad_(True)
+    target = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float64))
+    step = 1.0 / _largest_eigenvalue(r, fwhm, profile)
+    for _ in range(iterations):
+        residual = blur_subsample(x, axis, r, fwhm, profile).double() - target
+        gradient, = torch.autograd.grad(0.5 * (residual ** 2).sum(), x)
+        with torch.no_grad():
+            x -= step * gradient
+    return x.detach().numpy().astype(hr.dtype)
+
+
+def _largest_eigenvalue(r: int, fwhm: float, profile: str, slices: int = 64, rounds: int = 30) -> float:
+    """Largest eigenvalue of A^T A for the thick-slice operator A along one line (power iteration)."""
+    x = torch.randn(slices * r, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    value = 1.0
+    for _ in range(rounds):
+        x = x.requires_grad_(True)
+        ax = blur_subsample(x, 0, r, fwhm, profile).double()
+        atax, = torch.autograd.grad(0.5 * (ax ** 2).sum(), x)
+        value = float(atax.norm() / x.detach().norm())
+        x = (atax / atax.norm()).detach()
+    return value
+
+
 def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: int, phase: int = 0,
                     num_classes: Optional[int] = None) -> Union[np.ndarray, torch.Tensor]:
     """LR labels as an annotator on thick slices draws them: per-voxel majority over the r sub-slices.

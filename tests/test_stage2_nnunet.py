@@ -144,7 +144,6 @@ def test_the_planner_reports_the_hr_heads_share_of_memory(planned, monkeypatch, 
     patch's voxels, per class) and says which -gpu_memory_target leaves room for them."""
     import logging
 
-    import numpy as np
 
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 

@@ -68,7 +68,9 @@ def load_selfsr(args, device):
 def super_resolve_entry(argv=None) -> None:
     from nnunetv2_rehrseg.raw_dataset import LoadedCase, group_channel_files, read_channels
     from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
-    from nnunetv2_rehrseg.selfsr.stage1 import intensity_range, lr_first, to_unit, write_super_resolved
+    from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
+    from nnunetv2_rehrseg.selfsr.stage1 import (consistent_image, intensity_range, lr_first, to_unit,
+                                                write_super_resolved)
 
     parser = argparse.ArgumentParser(description="Super-resolve LR images with a dataset's trained self-SR: writes "
                                                  "OUT/<id>_0000<ending> (pseudo-HR, ready for nnUNetv2_predict) and "
@@ -106,7 +108,9 @@ def super_resolve_entry(argv=None) -> None:
     for case in tqdm(loaded, desc="super-resolve"):
         image = lr_first(case.image, settings.lr_axis)
         ranges = intensity_range(image)
-        result = super_resolve_volume(net, to_unit(image, ranges), None, device)
+        unit = to_unit(image, ranges)
+        result = super_resolve_volume(net, unit, None, device)
+        result["image"] = consistent_image(result["image"], unit, settings, SelfSRConfig.back_projection_iterations)
         paths = {"images": [out_folder / f"{case.identifier}_{c:04d}{ending}" for c in range(net.image_channels)],
                  "label": None, "uncertainty": out_folder / "uncertainty" / f"{case.identifier}{ending}"}
         write_super_resolved(case, result, ranges, settings, paths)

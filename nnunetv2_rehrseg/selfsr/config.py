@@ -36,6 +36,8 @@ class SelfSRConfig:
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
     label_residual: bool = True        # label logits as a correction to the interpolated input labels
     checkpoint_every: int = 200
+    # the pseudo-HR image corrected towards consistency with the acquired thick slices (degradation.back_project)
+    back_projection_iterations: int = 5
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

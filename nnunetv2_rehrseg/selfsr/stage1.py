@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, detect_lr_axis, majority_labels,
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, detect_lr_axis, majority_labels,
                                           profile_fwhm_in_voxels, resolve_scale)
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
@@ -203,7 +203,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     t_infer = time.time()
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
             if not _case_done(stage1, case.identifier, dataset.num_channels)]
-    job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values)
+    job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
+                        config.back_projection_iterations)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
     workers = min(num_processes, len(todo)) if device.type == "cpu" else 1
@@ -270,6 +271,7 @@ class GenerationJob:
     settings: Stage1Settings
     num_channels: int
     label_values: List[int]
+    back_projection_iterations: int = 0
 
     def generate(self, net, device: torch.device, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
         """Pseudo-HR image, labels and uncertainty of one case written, with its QC record; returns its montage
@@ -284,6 +286,8 @@ class GenerationJob:
         consistent, volumes = volume_calibrated_labels(result["probabilities"], sr_case.labels, r)
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
+        result["image"] = consistent_image(result["image"], sr_case.image, self.settings,
+                                           self.back_projection_iterations)
         write_super_resolved(case, result, rng, self.settings,
                              stage1.pseudo_hr_case(case.identifier, self.num_channels))
         case_qc = stage1.case_qc(case.identifier)
@@ -291,6 +295,13 @@ class GenerationJob:
         write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
                                     "volumes": volumes})
         return _montage_row(sr_case, result, r, case.identifier)
+
+
+def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Settings, iterations: int) -> np.ndarray:
+    """The pseudo-HR image (C, rZ, Y, X) corrected towards the acquired thick slices (C, Z, Y, X), both in [0, 1]
+    units, with the dataset's slice profile; below-zero overshoot clipped."""
+    image = back_project(image, lr_image, 1, settings.r, settings.fwhm, settings.profile, iterations)
+    return np.clip(image, 0.0, None)
 
 
 _worker_network = None
