@@ -3,7 +3,8 @@ planning, training, validation and inference read.
 
 nnUNet_preprocessed/<dataset>/rehrseg/
   settings.json            r, thick axis, slice thickness, profile (written first; a rerun must match it)
-  selfsr/                  self-SR checkpoints (latest, plain, final) and training log
+  selfsr/                  self-SR checkpoints (latest, plain, final) and training log; video_prior.pth (the frame
+                           interpolator fine-tuned on the dataset, with -video_prior)
   pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
   lr_images/               copies of the LR training images (<id>_000C + the dataset's file ending), written with the
                            preprocessed data: final validation reads them without nnUNet_raw
@@ -45,6 +46,10 @@ class Stage1Folder:
     @property
     def selfsr_final(self) -> Path:
         return self.selfsr / SELFSR_FINAL
+
+    @property
+    def video_prior(self) -> Path:
+        return self.selfsr / "video_prior.pth"
 
     @property
     def pseudo_hr(self) -> Path:

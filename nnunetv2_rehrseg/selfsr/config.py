@@ -38,6 +38,10 @@ class SelfSRConfig:
     checkpoint_every: int = 200
     # the pseudo-HR image corrected towards consistency with the acquired thick slices (degradation.back_project)
     back_projection_iterations: int = 5
+    # with -video_prior: the frame interpolator's fine-tuning on the dataset's in-plane pairs, and the weight of the
+    # labels its flows carry in the pseudo-HR label probabilities
+    video_prior_iterations: int = 200
+    video_prior_weight: float = 0.25
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

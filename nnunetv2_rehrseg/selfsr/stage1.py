@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, detect_lr_axis, majority_labels,
                                           profile_fwhm_in_voxels, resolve_scale)
+from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import write_image, write_json_atomic
@@ -29,6 +30,9 @@ from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.training import load_network, train_selfsr
+from nnunetv2_rehrseg.selfsr.video_prior import (FrameInterpolator, InPlanePairs, find_rife_weights,
+                                                 finetune_frame_interpolator, interpolate_thick_axis,
+                                                 load_frame_interpolator)
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +156,7 @@ def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges
 def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r: Optional[int] = None,
                target_spacing: Optional[float] = None, slice_thickness: Optional[float] = None,
                profile: Optional[str] = None, num_processes: int = 2, init_checkpoint: Optional[str] = None,
-               num_parts: int = 1, part_id: int = 0, **config_overrides) -> Path:
+               num_parts: int = 1, part_id: int = 0, video_prior: Optional[str] = None, **config_overrides) -> Path:
     """Run (or resume) stage 1; returns the stage-1 folder. With num_parts > 1 the self-SR is trained once (by part
     0) and each part generates the pseudo-HR data of its share of the cases (nnU-Net's cases[part_id::num_parts]);
     the call that finds every case done writes the QC summary, dataset.json and summary.json: parts together equal
@@ -179,6 +183,10 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                              f"pairs at r={settings.r} (needs >= {window * settings.r} voxels)")
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise InputError(f"{init_checkpoint}: initialisation checkpoint not found; check -init_checkpoint")
+    try:
+        prior_weights = find_rife_weights(video_prior)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
     stage1 = Stage1Folder.of(dataset.name)
     _check_settings(stage1, settings)
     logger.info("stage 1 on %s: %d cases, LR axis %d, r=%d, HR spacing %.4g mm, profile %s (FWHM %.3g HR voxels)",
@@ -198,13 +206,15 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                          f"the other parts after it")
     t_train = time.time()
     checkpoint = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint)
+    if prior_weights is not None:
+        fit_video_prior(prior_weights, stage1, sr_cases, settings, config, device, part_id, num_parts)
     train_seconds = time.time() - t_train
 
     t_infer = time.time()
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
             if not _case_done(stage1, case.identifier, dataset.num_channels)]
     job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
-                        config.back_projection_iterations)
+                        config.back_projection_iterations, prior_weights is not None, config.video_prior_weight)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
     workers = min(num_processes, len(todo)) if device.type == "cpu" else 1
@@ -252,6 +262,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                      title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
     _write_pseudo_dataset_json(stage1, dataset, settings, len(cases))
     write_json_atomic(stage1.summary, {"settings": asdict(settings), "selfsr": config.to_dict(),
+                                       "video_prior": None if prior_weights is None else prior_weights.name,
                                           "cases": len(cases), "qc_mean_lr_dice": mean_dice,
                                           "seconds": {"train": train_seconds, "pseudo_data": infer_seconds,
                                                       "total": time.time() - t0}})
@@ -272,6 +283,8 @@ class GenerationJob:
     num_channels: int
     label_values: List[int]
     back_projection_iterations: int = 0
+    video_prior: bool = False          # stage1.video_prior holds the fine-tuned frame interpolator
+    video_prior_weight: float = 0.0
 
     def generate(self, net, device: torch.device, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
         """Pseudo-HR image, labels and uncertainty of one case written, with its QC record; returns its montage
@@ -279,6 +292,12 @@ class GenerationJob:
         stage1 = Stage1Folder(self.stage1_root)
         r, num_classes = self.settings.r, max(self.label_values) + 1
         result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
+        if self.video_prior:
+            carried = interpolate_thick_axis(_video_prior_network(stage1.video_prior, device), sr_case.image, r,
+                                             sr_case.labels, num_classes, device)["probabilities"]
+            w = self.video_prior_weight
+            result["probabilities"] = (1 - w) * result["probabilities"] + w * carried
+            result["labels"] = result["probabilities"].argmax(0).astype(np.uint8)
         # QC of the network itself: its labels degraded back against the annotation; then the written labels are
         # made to agree with the annotation on the annotated thick slices
         back_to_lr = majority_labels(result["labels"], 0, r, num_classes=num_classes)
@@ -305,6 +324,38 @@ def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Se
 
 
 _worker_network = None
+_video_prior_cache: Dict[str, object] = {}
+
+
+def _video_prior_network(path: Path, device: torch.device):
+    """The fine-tuned frame interpolator, loaded once per process."""
+    key = f"{path}:{device}"
+    if key not in _video_prior_cache:
+        network = FrameInterpolator()
+        network.load_state_dict(load_safe(path)["network_weights"])
+        _video_prior_cache[key] = network.to(device).eval()
+    return _video_prior_cache[key]
+
+
+def fit_video_prior(weights: Path, stage1: Stage1Folder, sr_cases: List[SRCase], settings: Stage1Settings, config,
+                    device: torch.device, part_id: int, num_parts: int) -> None:
+    """RIFE's frame interpolator fine-tuned on the in-plane pairs of every case (part 0, once; the other parts read
+    it), saved to the stage-1 folder."""
+    if stage1.video_prior.is_file():
+        return
+    if part_id > 0:
+        raise InputError(f"{stage1.video_prior} not found: part 0 fine-tunes the video prior; run the other parts "
+                         f"after it (-num_parts {num_parts} -part_id 0 first)")
+    num_classes = config.num_classes
+    pairs = [InPlanePairs(c.image, c.labels, settings.r, settings.fwhm, settings.profile, num_classes)
+             for c in sr_cases]
+    network = load_frame_interpolator(weights, device)
+    t = time.time()
+    losses = finetune_frame_interpolator(network, pairs, config.video_prior_iterations, seed=config.seed,
+                                         device=device, progress=True)
+    logger.info("video prior (RIFE, %s) fine-tuned: %d iterations in %.0f s, image/label loss %.4f/%.4f -> %.4f/%.4f",
+                weights.name, len(losses), time.time() - t, *np.mean(losses[:10], 0), *np.mean(losses[-10:], 0))
+    save_atomic({"network_weights": network.state_dict(), "source": weights.name}, stage1.video_prior)
 
 
 def _start_generation_worker(checkpoint: str, threads: int) -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -207,32 +207,31 @@ def interpolate_thick_axis(network: FrameInterpolator, image: np.ndarray, r: int
 # ---------------------------------------------------------------- fine-tuning on the volume's own in-plane pairs
 class InPlanePairs:
     """Self-supervised training triples from an LR volume: along each in-plane axis, the volume made thick as the
-    thick axis is (same slice profile, every phase) gives frame pairs, the thin slices between them the targets
-    (image and labels; the labels of the frames are the thick-slice majority, as an annotator draws them)."""
+    thick axis is (same slice profile, any phase) gives frame pairs, the thin slices between them the targets
+    (image and labels; the labels of the frames are the thick-slice majority, as an annotator draws them). Views are
+    made per batch, so many volumes cost only their own memory."""
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, r: int, fwhm: float, profile: str, num_classes: int):
+        self.image, self.labels = image, labels
+        self.r, self.fwhm, self.profile, self.num_classes = r, fwhm, profile, num_classes
+        # (in-plane axis of (C, D, H, W), phase) with at least two thick frames
+        self.views = [(axis, phase) for axis in (2, 3) for phase in range(r)
+                      if (image.shape[axis] - phase) // r >= 2]
+
+    def view(self, axis: int, phase: int):
+        """(HR (C, L, D, O), HR labels (L, D, O), thick (C, L/r, D, O), thick labels) along in-plane `axis`."""
         from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
 
-        self.r, self.num_classes = r, num_classes
-        self.views = []
-        for axis in (2, 3):                                   # in-plane axes of (C, D, H, W)
-            length = image.shape[axis] // r * r
-            if length < 2 * r:
-                continue
-            hr = np.moveaxis(image, axis, 1)[:, :length]                       # (C, L, D, O): video axis first
-            hr_labels = np.moveaxis(labels, axis - 1, 0)[:length]             # (L, D, O)
-            for phase in range(r):
-                usable = (length - phase) // r * r
-                if usable < 2 * r:
-                    continue
-                lr = np.stack([blur_subsample(c[phase:phase + usable], 0, r, fwhm, profile) for c in hr])
-                lr_labels = majority_labels(hr_labels[phase:phase + usable], 0, r, num_classes=num_classes)
-                self.views.append((hr[:, phase:phase + usable], hr_labels[phase:phase + usable], lr, lr_labels))
+        usable = (self.image.shape[axis] - phase) // self.r * self.r
+        hr = np.moveaxis(self.image, axis, 1)[:, phase:phase + usable]
+        hr_labels = np.moveaxis(self.labels, axis - 1, 0)[phase:phase + usable]
+        lr = blur_subsample(hr, 1, self.r, self.fwhm, self.profile)
+        return hr, hr_labels, lr, majority_labels(hr_labels, 0, self.r, num_classes=self.num_classes)
 
     def batch(self, rng: np.random.Generator, size: int):
         """(frames0, frames1 (B, 1, D, O); carried0, carried1 (B, C+K, D, O); targets (B, r, C, D, O), target
         labels (B, r, D, O); ts) from one view (frames of one shape), random pairs, flips and order."""
-        hr, hr_labels, lr, lr_labels = self.views[rng.integers(len(self.views))]
+        hr, hr_labels, lr, lr_labels = self.view(*self.views[rng.integers(len(self.views))])
         r, count = self.r, lr.shape[1]
         positions = slice_positions(count, r)
         pairs = rng.integers(0, count - 1, size)
@@ -255,21 +254,25 @@ class InPlanePairs:
             channels
 
 
-def finetune_frame_interpolator(network: FrameInterpolator, pairs: InPlanePairs, iterations: int,
+def finetune_frame_interpolator(network: FrameInterpolator, pairs: Union[InPlanePairs, Sequence[InPlanePairs]],
+                                iterations: int,
                                 learning_rate: float = 1e-4, batch_size: int = 8, label_weight: float = 1.0,
                                 seed: int = 0, device: torch.device = torch.device("cpu"), progress: bool = False):
-    """Fine-tune the flow network on the volume's own in-plane pairs: L1 of the interpolated image and
-    cross-entropy of the labels carried by the flows, at the thin-slice positions. Returns the losses."""
+    """Fine-tune the flow network on the volumes' own in-plane pairs (one volume's, or several, a random one per
+    step): L1 of the interpolated image and cross-entropy of the labels carried by the flows, at the thin-slice
+    positions. Returns the (image, label) losses per step."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    volumes = [pairs] if isinstance(pairs, InPlanePairs) else [p for p in pairs if p.views]
     network.train().to(device)
     students = [p for name, p in network.named_parameters() if not name.startswith("block_tea")]
     optimizer = torch.optim.AdamW(students, learning_rate, weight_decay=1e-4)
     losses = []
     for _ in tqdm(range(iterations), desc="fine-tuning the video prior", disable=not progress, leave=False):
-        f0, f1, c0, c1, target, target_labels, ts, channels = pairs.batch(rng, batch_size)
+        volume = volumes[rng.integers(len(volumes))]
+        f0, f1, c0, c1, target, target_labels, ts, channels = volume.batch(rng, batch_size)
         out = interpolate_between(network, f0.to(device), f1.to(device), c0.to(device), c1.to(device), ts)
         image_loss = (out[:, :, :channels] - target.to(device)).abs().mean()
         probabilities = out[:, :, channels:].clamp_min(1e-6)
