@@ -6,7 +6,9 @@ in a process of its own with its process tree's peak PSS (`peak_memory.py`).
   training seconds per iteration and pseudo-HR generation seconds per case (from its summary.json), peak memory;
 - training step: the REHRSeg network of a CPU-sized plan (PlainConvUNet, 4 stages, 32-256 features) with both
   heads, nnU-Net's Dice + CE on the LR and HR outputs, backward and SGD, batch 2, LR patch 8 x 64 x 64, synthetic
-  data; without the KD teacher (the self-test's step times include it);
+  data; without the KD teacher (the self-test's step times include it); every configuration timed in one process,
+  in turn, round after round (the same load for all), its memory in a process of its own, and its floating-point
+  operations counted (torch's FlopCounterMode: the same on any machine);
 - inference: `big_volume_prediction.py` (stand-in network: the accumulators and export, not a network's time).
 
     python benchmarks/cost_table.py -o DIR [-md docs/results-costs.md]
@@ -69,8 +71,8 @@ def stage1_cost(out: Path, cases: int, shape_zyx) -> dict:
             "generation_s_per_case": summary["seconds"]["pseudo_data"] / cases}
 
 
-def one_step(r: int, classes: int) -> None:
-    """(In its own process) seconds per training step, printed as JSON."""
+def step_function(r: int, classes: int):
+    """A training step of the REHRSeg network at (r, classes) on a fixed synthetic batch."""
     import torch
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -90,22 +92,43 @@ def one_step(r: int, classes: int) -> None:
     def step():
         optimizer.zero_grad(set_to_none=True)
         lr, hr, _ = net(x)
-        lr = lr[0] if isinstance(lr, (list, tuple)) else lr
         (loss(lr, lr_target) + loss(hr, hr_target)).backward()
         optimizer.step()
+    return step
 
-    step()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
+
+def one_step(r: int, classes: int) -> None:
+    """(In its own process, for its peak memory) a few steps at (r, classes)."""
+    step = step_function(r, classes)
+    for _ in range(3):
         step()
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"s_per_step": float(np.median(times))}))
 
 
-def step_cost(r: int, classes: int) -> dict:
+def interleaved_steps(rounds: int = 5) -> None:
+    """(In its own process) seconds per step of every (r, classes) of STEPS, taken in turn round after round, so that
+    all see the same load on a shared machine; the median per configuration, printed as JSON."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    steps = {f"{r},{k}": step_function(r, k) for r, k in STEPS}
+    flops = {}
+    for key, step in steps.items():
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops[key] = counter.get_total_flops()
+    times = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            t = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t)
+    print(json.dumps({key: float(np.median(v)) for key, v in times.items()} |
+                     {f"{key} flops": float(f) for key, f in flops.items()}))
+
+
+def step_cost(r: int, classes: int, seconds: dict) -> dict:
     run = measured([sys.executable, __file__, "-o", "unused", "-one_step", r, classes])
-    return {"r": r, "classes": classes, "lr_patch": [8, 64, 64], "batch_size": 2, "s_per_step": run["s_per_step"],
+    return {"r": r, "classes": classes, "lr_patch": [8, 64, 64], "batch_size": 2,
+            "s_per_step": seconds[f"{r},{classes}"], "gflop_per_step": seconds[f"{r},{classes} flops"] / 1e9,
             "peak_pss_gb": run["peak_pss_gb"]}
 
 
@@ -122,9 +145,10 @@ def markdown(costs: dict) -> str:
              "s/case | stage 1 wall s | peak memory GB |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['cases']} | {' x '.join(map(str, c['lr_shape_zyx']))} | {60 * c['train_s_per_iteration']:.0f} | "
               f"{c['generation_s_per_case']:.1f} | {c['wall_s']:.0f} | {c['peak_pss_gb']:.2f} |" for c in costs["stage1"]]
-    lines += ["", "| r | classes | s/step | peak memory GB |", "|---|---|---|---|"]
-    lines += [f"| {c['r']} | {c['classes']} | {c['s_per_step']:.2f} | {c['peak_pss_gb']:.2f} |"
-              for c in costs["steps"]]
+    lines += ["", "| r | classes | GFLOP per step (forward + backward) | s/step | peak memory GB |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c['r']} | {c['classes']} | {c['gflop_per_step']:.1f} | {c['s_per_step']:.2f} | "
+              f"{c['peak_pss_gb']:.2f} |" for c in costs["steps"]]
     lines += ["", "| LR size (x y z) | r | classes | HR voxels (M) | slabs | seconds | peak memory GB |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {' x '.join(map(str, c['lr_shape_xyz']))} | {c['r']} | {c['classes']} | "
@@ -139,9 +163,13 @@ def main(argv=None) -> int:
     parser.add_argument("-md", default=None, help="write the tables into this markdown file, between the markers "
                                                   "'<!-- cost table -->' and '<!-- end cost table -->'")
     parser.add_argument("-one_step", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("-interleaved_steps", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one_step:
         one_step(*args.one_step)
+        return 0
+    if args.interleaved_steps:
+        interleaved_steps()
         return 0
     sys.path.insert(0, str(HERE))
     out = Path(args.o).resolve()
@@ -151,7 +179,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
     todo = [("stage1", {"cases": c, "lr_shape_zyx": list(s)}, lambda c=c, s=s: stage1_cost(out, c, s))
             for c, s in STAGE1]
-    todo += [("steps", {"r": r, "classes": k}, lambda r=r, k=k: step_cost(r, k)) for r, k in STEPS]
+    step_seconds = {}
+
+    def steps_timed() -> dict:
+        if not step_seconds:
+            step_seconds.update(measured([sys.executable, __file__, "-o", "unused", "-interleaved_steps"]))
+        return step_seconds
+    todo += [("steps", {"r": r, "classes": k}, lambda r=r, k=k: step_cost(r, k, steps_timed())) for r, k in STEPS]
     todo += [("inference", {"lr_shape_xyz": list(s), "r": r, "classes": k},
               lambda s=s, r=r, k=k: inference_cost(out, s, r, k)) for s, r, k in INFERENCE]
     for table, key, measure in todo:

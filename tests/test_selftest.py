@@ -40,6 +40,14 @@ def test_selftest_on_cpu_passes_and_writes_json(tmp_path, isolated_env, capsys):
         assert timings[key] > 0, key
     assert (out / "predictions" / "case04.nii.gz").is_file() and (out / "predictions" / "lr" / "case04.nii.gz").is_file()
     assert "PASSED" in capsys.readouterr().out
+    # what the CUDA rows compare: the trained network, rebuilt from the fold's plans and checkpoint, on an LR patch
+    check = SelfTest(out, torch.device("cpu"), 8)
+    fold = check.fold(check.size.trainer, "REHRSegPlans")
+    network, x = check.trained_network(fold)
+    with torch.no_grad():
+        lr, hr, _ = network(x)
+    block = json.loads((fold.parent / "plans.json").read_text())["configurations"]["3d_fullres"]["rehrseg"]
+    assert hr.shape[2] == block["r"] * x.shape[2] and torch.isfinite(hr).all()
 
 
 def test_a_failing_stage_exits_nonzero_and_says_what_did_not_run(tmp_path, isolated_env, monkeypatch):
