@@ -109,11 +109,12 @@ def blur_subsample(hr: Union[np.ndarray, torch.Tensor], axis: int, r: int, fwhm:
 
 
 def back_project(hr: np.ndarray, lr: np.ndarray, axis: int, r: int, fwhm: float, profile: str = "gaussian",
-                 iterations: int = 5) -> np.ndarray:
+                 iterations: int = 5, noise_sigma: float = 0.0) -> np.ndarray:
     """The thin slices corrected towards consistency with the acquired thick ones: Landweber iterations (gradient
     steps on ||blur_subsample(hr) - lr||^2, the adjoint by autograd, the step 1 / the operator's largest eigenvalue)
     starting from `hr`. The correction lives where the slice profile sees, so what the estimate adds between the
-    profile's samples stays; `iterations` bounds how much of the thick slices' noise is taken over."""
+    profile's samples stays. The iterations stop once the residual's RMS is within the thick slices' noise
+    (`noise_sigma`, the discrepancy principle): fitting them closer would copy their noise into the thin slices."""
     if iterations <= 0:
         return hr
     x = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float64)).requires_grad_(True)
@@ -121,10 +122,19 @@ def back_project(hr: np.ndarray, lr: np.ndarray, axis: int, r: int, fwhm: float,
     step = 1.0 / _largest_eigenvalue(r, fwhm, profile)
     for _ in range(iterations):
         residual = blur_subsample(x, axis, r, fwhm, profile).double() - target
+        if float(residual.detach().pow(2).mean().sqrt()) <= noise_sigma:
+            break
         gradient, = torch.autograd.grad(0.5 * (residual ** 2).sum(), x)
         with torch.no_grad():
             x -= step * gradient
     return x.detach().numpy().astype(hr.dtype)
+
+
+def noise_sigma(image: np.ndarray, axis: int = -1) -> float:
+    """The image noise's standard deviation, from the median absolute deviation of neighbour differences along an
+    (in-plane) axis: robust to edges, which are few; 0 for noise-free images with flat backgrounds."""
+    differences = np.diff(np.asarray(image, dtype=np.float64), axis=axis)
+    return float(np.median(np.abs(differences - np.median(differences))) / 0.6745 / np.sqrt(2))
 
 
 def _largest_eigenvalue(r: int, fwhm: float, profile: str, slices: int = 64, rounds: int = 30) -> float:

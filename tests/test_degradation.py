@@ -216,3 +216,23 @@ def test_back_projection_makes_thin_slices_agree_with_the_thick_ones(profile):
     # along another axis of a multi-channel array, as stage 1 calls it
     stacked = back_project(np.stack([crude, crude]), np.stack([lr, lr]), 1, r, fwhm, profile, iterations=3)
     np.testing.assert_allclose(stacked[1], back_project(crude, lr, 0, r, fwhm, profile, iterations=3), atol=1e-5)
+
+
+def test_back_projection_stops_at_the_noise_of_the_thick_slices():
+    """The discrepancy principle: an estimate already as close to noisy thick slices as their noise is left alone;
+    without that stop, the thin slices take the noise over. noise_sigma reads the noise off an image."""
+    from nnunetv2_rehrseg.degradation import back_project, noise_sigma
+    from nnunetv2_rehrseg.phantom import phantom as make_phantom
+
+    r, fwhm = 4, 4.0
+    truth = make_phantom((32, 48, 48), 3)[0].astype(np.float32)
+    truth = (truth - truth.min()) / (truth.max() - truth.min())
+    rng = np.random.default_rng(0)
+    noisy = blur_subsample(truth, 0, r, fwhm) + rng.normal(0, 0.05, (8, 48, 48)).astype(np.float32)
+    kept = back_project(truth, noisy, 0, r, fwhm, iterations=10, noise_sigma=0.06)
+    np.testing.assert_array_equal(kept, truth)
+    fitted = back_project(truth, noisy, 0, r, fwhm, iterations=10, noise_sigma=0.0)
+    assert np.abs(fitted - truth).mean() > 0.01
+    pure = rng.normal(0, 0.05, (8, 64, 64))
+    assert noise_sigma(pure) == pytest.approx(0.05, rel=0.15)
+    assert noise_sigma(np.zeros((8, 64, 64))) == 0.0

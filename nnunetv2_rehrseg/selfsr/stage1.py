@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, detect_lr_axis, majority_labels,
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, detect_lr_axis, majority_labels, noise_sigma,
                                           profile_fwhm_in_voxels, resolve_scale)
 from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
 from nnunetv2_rehrseg.errors import InputError
@@ -318,8 +318,10 @@ class GenerationJob:
 
 def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Settings, iterations: int) -> np.ndarray:
     """The pseudo-HR image (C, rZ, Y, X) corrected towards the acquired thick slices (C, Z, Y, X), both in [0, 1]
-    units, with the dataset's slice profile; below-zero overshoot clipped."""
-    image = back_project(image, lr_image, 1, settings.r, settings.fwhm, settings.profile, iterations)
+    units, with the dataset's slice profile, no closer than the thick slices' own noise; below-zero overshoot
+    clipped."""
+    image = np.stack([back_project(image[c], lr_image[c], 0, settings.r, settings.fwhm, settings.profile, iterations,
+                                   noise_sigma(lr_image[c])) for c in range(image.shape[0])])
     return np.clip(image, 0.0, None)
 
 
