@@ -281,6 +281,6 @@ def finetune_frame_interpolator(network: FrameInterpolator, pairs: Union[InPlane
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append((float(image_loss), float(label_loss)))
+        losses.append((float(image_loss.detach()), float(label_loss.detach())))
     network.eval()
     return losses
