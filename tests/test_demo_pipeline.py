@@ -14,7 +14,7 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     out = tmp_path / "demo"
-    demo_entry(["-o", str(out), "-spacing", "5", "-n_train", "3", "-n_test", "1", "-iterations", "150",
+    demo_entry(["-o", str(out), "-spacing", "5", "-n_train", "3", "-n_test", "1", "-iterations", "40",
                 "-tr", "REHRSegTrainer_tiny", "-tr_baseline", "nnUNetTrainer_rehrsegTinyBudget"])
     for name in ("report.md", "results.csv", "results.png", "montage_sub03.png", "timings.json",
                  "metrics_rehrseg.json", "predictions/rehrseg/sub03.nii.gz", "predictions/rehrseg/lr/sub03.nii.gz",

@@ -217,24 +217,26 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                         config.back_projection_iterations, prior_weights is not None, config.video_prior_weight)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
-    workers = min(num_processes, len(todo)) if device.type == "cpu" else 1
-    if workers > 1:   # as nnU-Net's preprocessing: worker processes, the cores shared among them
+
+    def done(row) -> None:
+        if len(montage_rows) < 4:
+            montage_rows.append(row)
+        progress.update()
+    net, t_case = load_network(checkpoint, device)[0], time.time()
+    if todo:       # the first case in this process: its time says whether worker processes pay for their start-up
+        done(job.generate(net, device, *todo[0]))
+    rest, per_case = todo[1:], time.time() - t_case
+    workers = min(num_processes, len(rest)) if device.type == "cpu" else 1
+    if workers > 1 and per_case * len(rest) * (1 - 1 / workers) > WORKER_START_SECONDS:
+        # as nnU-Net's preprocessing: worker processes, the cores shared among them
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_start_generation_worker, initargs=(str(checkpoint), threads)) as pool:
-            futures = [pool.submit(_generate_in_worker, job, *item) for item in todo]
-            for future in as_completed(futures):
-                row = future.result()
-                if len(montage_rows) < 4:
-                    montage_rows.append(row)
-                progress.update()
+            for future in as_completed([pool.submit(_generate_in_worker, job, *item) for item in rest]):
+                done(future.result())
     else:
-        net, _ = load_network(checkpoint, device)
-        for item in todo:
-            row = job.generate(net, device, *item)
-            if len(montage_rows) < 4:
-                montage_rows.append(row)
-            progress.update()
+        for item in rest:
+            done(job.generate(net, device, *item))
     progress.close()
     infer_seconds = time.time() - t_infer
 
@@ -326,6 +328,9 @@ def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Se
 
 
 _worker_network = None
+# what starting a generation worker costs (a Python process importing torch and loading the network): workers are
+# used only when the parallel part of the remaining cases saves more than this
+WORKER_START_SECONDS = 15.0
 _video_prior_cache: Dict[str, object] = {}
 
 
