@@ -137,6 +137,7 @@ def noise_sigma(image: np.ndarray, axis: int = -1) -> float:
     return float(np.median(np.abs(differences - np.median(differences))) / 0.6745 / np.sqrt(2))
 
 
+@lru_cache(maxsize=None)     # one per slice profile: every case and channel of a dataset shares it
 def _largest_eigenvalue(r: int, fwhm: float, profile: str, slices: int = 64, rounds: int = 30) -> float:
     """Largest eigenvalue of A^T A for the thick-slice operator A along one line (power iteration)."""
     x = torch.randn(slices * r, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -148,6 +149,11 @@ def _largest_eigenvalue(r: int, fwhm: float, profile: str, slices: int = 64, rou
         value = float(atax.norm() / x.detach().norm())
         x = (atax / atax.norm()).detach()
     return value
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels (D, H, W) -> (K, D, H, W) float32 one-hot maps."""
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(labels).astype(np.int64)].transpose(3, 0, 1, 2)
 
 
 def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: int, phase: int = 0,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nnunetv2_rehrseg.degradation import one_hot
 from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 
 
@@ -53,10 +54,9 @@ def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.
     net.eval()
     c, z, y, x = image.shape
     r, window, centre, divisor = net.r, net.window, net.centre, net.divisor
-    one_hot = np.zeros((net.num_classes, z, y, x), np.float32)
-    if labels is not None:
-        one_hot = np.eye(net.num_classes, dtype=np.float32)[labels.astype(np.int64)].transpose(3, 0, 1, 2)
-    volume = torch.from_numpy(np.concatenate([image.astype(np.float32), one_hot]))[None]
+    label_maps = (np.zeros((net.num_classes, z, y, x), np.float32) if labels is None
+                  else one_hot(labels, net.num_classes))
+    volume = torch.from_numpy(np.concatenate([image.astype(np.float32), label_maps]))[None]
     pad_y, pad_x = -y % divisor, -x % divisor
     volume = F.pad(volume, (0, pad_x, 0, pad_y, centre, window - 1 - centre), mode="replicate")[0].to(device)
     out_image = np.zeros((c, r * z, y, x), np.float32)

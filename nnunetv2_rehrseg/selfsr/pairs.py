@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.ndimage import zoom
 
-from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
+from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, one_hot
 
 
 @dataclass
@@ -125,10 +125,10 @@ class PairSampler:
             lab_window, hr_labels = lab_window.swapaxes(-1, -2), hr_labels.swapaxes(-1, -2)
         # a global intensity scale commutes with the (linear) degradation, so it keeps the pair consistent
         scale = float(rng.uniform(0.8, 1.2))
-        one_hot = np.eye(self.num_classes, dtype=np.float32)[lab_window].transpose(3, 0, 1, 2)
+        label_maps = one_hot(lab_window, self.num_classes)
         if rng.random() < self.label_dropout:
-            one_hot = np.zeros_like(one_hot)
-        net_input = np.concatenate([lr_window * scale, one_hot], axis=0)
+            label_maps = np.zeros_like(label_maps)
+        net_input = np.concatenate([lr_window * scale, label_maps], axis=0)
         return net_input, hr_image * scale, hr_labels
 
     def sample(self, batch_size: int):

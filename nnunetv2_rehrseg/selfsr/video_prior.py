@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, one_hot
+
 logger = logging.getLogger(__name__)
 WEIGHTS_IN_WHEEL = "cli/ECCV2022-RIFE/train_log/flownet.pkl"
 WEIGHTS_ENV = "REHRSEG_RIFE_WEIGHTS"
@@ -168,11 +170,6 @@ def interpolate_between(network: FrameInterpolator, frame0: torch.Tensor, frame1
     return torch.stack(out, 1)
 
 
-def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(D, H, W) labels -> (K, D, H, W) float32."""
-    return np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)].transpose(3, 0, 1, 2)
-
-
 @torch.no_grad()
 def interpolate_thick_axis(network: FrameInterpolator, image: np.ndarray, r: int,
                            labels: Optional[np.ndarray] = None, num_classes: Optional[int] = None,
@@ -220,8 +217,6 @@ class InPlanePairs:
 
     def view(self, axis: int, phase: int):
         """(HR (C, L, D, O), HR labels (L, D, O), thick (C, L/r, D, O), thick labels) along in-plane `axis`."""
-        from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
-
         usable = (self.image.shape[axis] - phase) // self.r * self.r
         hr = np.moveaxis(self.image, axis, 1)[:, phase:phase + usable]
         hr_labels = np.moveaxis(self.labels, axis - 1, 0)[phase:phase + usable]
