@@ -36,6 +36,10 @@ class SelfSRConfig:
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
     label_residual: bool = True        # label logits as a correction to the interpolated input labels
     checkpoint_every: int = 200
+    # the thick-axis consistency term (losses.thick_axis_consistency_loss): its weight relative to the in-plane pair
+    # loss (0: off) and its draws per iteration, each 2 side + 1 windows of half the patch size
+    thick_axis_weight: float = 0.0
+    thick_axis_batch: int = 2
     # the pseudo-HR image corrected towards consistency with the acquired thick slices (degradation.back_project)
     back_projection_iterations: int = 5
     # with -video_prior: the frame interpolator's fine-tuning on the dataset's in-plane pairs, and the weight of the

@@ -4,6 +4,8 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+from nnunetv2_rehrseg.degradation import blur_subsample
+
 MIN_UNCERTAINTY = 1e-4  # keeps |error| / U finite where the head is (over-)confident
 
 
@@ -44,3 +46,21 @@ def uasr_loss(pred: Dict[str, torch.Tensor], image: torch.Tensor, labels: torch.
     seg = segmentation_loss(pred["seg"], labels)
     return {"loss": image_weight * l1 + nll + regression + seg, "l1": l1, "nll": nll, "u_regression": regression,
             "seg": seg}
+
+
+def thick_axis_consistency_loss(pred: Dict[str, torch.Tensor], thick_image: torch.Tensor, thick_labels: torch.Tensor,
+                                r: int, fwhm: float, profile: str, side: int) -> Dict[str, torch.Tensor]:
+    """The network's thin sub-slices along the real thick axis, degraded with the slice profile, must give back the
+    acquired thick slice (L1), and the slab's mean label probabilities must give back its annotation (NLL).
+
+    `pred` comes from the windows of PairSampler.sample_thick flattened to (B * (2 side + 1), ...): window j of a
+    draw predicts the sub-slices of thick slice k - side + j, which together cover slice k's profile.
+    """
+    b, n = thick_image.shape[0], 2 * side + 1
+    image = pred["image"].float()
+    image = image.view(b, n, *image.shape[1:]).movedim(1, 2).flatten(2, 3)         # (B, C, n r, P, P)
+    degraded = blur_subsample(image, 2, r, fwhm, profile)[:, :, side]
+    seg = pred["seg"].float()
+    slab = torch.softmax(seg.view(b, n, *seg.shape[1:])[:, side], dim=1).mean(dim=2)   # (B, K, P, P)
+    return {"thick_l1": (degraded - thick_image).abs().mean(),
+            "thick_seg": F.nll_loss(torch.log(slab.clamp_min(1e-6)), thick_labels.long())}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.ndimage import zoom
 
-from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, one_hot
+from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, one_hot, slice_kernel
 
 
 @dataclass
@@ -48,6 +48,13 @@ class DegradedViews:
                    num_classes)
 
 
+def thick_axis_side(r: int, fwhm: float, profile: str) -> int:
+    """How many neighbouring thick slices on each side the slice profile of one thick slice reaches into: the thin
+    sub-slices of reference slices k - side .. k + side determine thick slice k."""
+    i_min = slice_kernel(r, fwhm, profile)[1]
+    return int(np.ceil(-i_min / r))
+
+
 class PairSampler:
     """Draws batches of (window of thick slices, r thin sub-slices of the window's reference slice).
 
@@ -71,16 +78,20 @@ class PairSampler:
                 if lr.shape[axis] < window:
                     raise ValueError(f"an in-plane axis of {v.hr_image.shape[axis]} voxels gives {lr.shape[axis]} "
                                      f"thick slices at r={r}, fewer than the SR window ({window})")
+        # the real thick axis of the LR cases, for the consistency term (prepared views have no real thick slices)
+        self.thick_cases = [c for c in cases if isinstance(c, SRCase)]
+        self.thick_side = thick_axis_side(r, fwhm, profile)
         self.rng = np.random.default_rng(seed)
 
-    def _crop_plane(self, arr: np.ndarray, starts, plane_axes) -> np.ndarray:
+    def _crop_plane(self, arr: np.ndarray, starts, plane_axes, patch: int = 0) -> np.ndarray:
+        patch = patch or self.patch
         index = [slice(None)] * arr.ndim
         for a, s in zip(plane_axes, starts):
-            index[a] = slice(s, s + self.patch)
+            index[a] = slice(s, s + patch)
         out = arr[tuple(index)]
         pad = [(0, 0)] * arr.ndim
         for a in plane_axes:
-            pad[a] = (0, self.patch - out.shape[a])
+            pad[a] = (0, patch - out.shape[a])
         return np.pad(out, pad, mode="edge") if any(p[1] for p in pad) else out
 
     def sample_one(self):
@@ -114,22 +125,54 @@ class PairSampler:
             lr_window[:, self.centre + 1:] = lr_window[:, self.centre:self.centre + 1]
             lab_window[self.centre + 1:] = lab_window[self.centre:self.centre + 1]
         # in-plane flips and a swap of the two frame axes (the frame plane mixes the thick and an in-plane axis)
-        if rng.random() < 0.5:
-            lr_window, hr_image = lr_window[..., ::-1, :], hr_image[..., ::-1, :]
-            lab_window, hr_labels = lab_window[..., ::-1, :], hr_labels[..., ::-1, :]
-        if rng.random() < 0.5:
-            lr_window, hr_image = lr_window[..., ::-1], hr_image[..., ::-1]
-            lab_window, hr_labels = lab_window[..., ::-1], hr_labels[..., ::-1]
-        if rng.random() < 0.5:
-            lr_window, hr_image = lr_window.swapaxes(-1, -2), hr_image.swapaxes(-1, -2)
-            lab_window, hr_labels = lab_window.swapaxes(-1, -2), hr_labels.swapaxes(-1, -2)
+        lr_window, hr_image, lab_window, hr_labels = self._flip_and_swap(lr_window, hr_image, lab_window, hr_labels)
         # a global intensity scale commutes with the (linear) degradation, so it keeps the pair consistent
         scale = float(rng.uniform(0.8, 1.2))
-        label_maps = one_hot(lab_window, self.num_classes)
-        if rng.random() < self.label_dropout:
+        return self._net_input(lr_window * scale, lab_window), hr_image * scale, hr_labels
+
+    def _flip_and_swap(self, *arrays):
+        """The same random in-plane flips and swap of the two last axes for every array."""
+        if self.rng.random() < 0.5:
+            arrays = [a[..., ::-1, :] for a in arrays]
+        if self.rng.random() < 0.5:
+            arrays = [a[..., ::-1] for a in arrays]
+        if self.rng.random() < 0.5:
+            arrays = [a.swapaxes(-1, -2) for a in arrays]
+        return arrays
+
+    def _net_input(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Image channels and one-hot label maps (dropped at the label-dropout rate: image-only mode)."""
+        label_maps = one_hot(labels, self.num_classes)
+        if self.rng.random() < self.label_dropout:
             label_maps = np.zeros_like(label_maps)
-        net_input = np.concatenate([lr_window * scale, label_maps], axis=0)
-        return net_input, hr_image * scale, hr_labels
+        return np.concatenate([image, label_maps], axis=0)
+
+    def sample_thick_one(self, patch: int):
+        """Windows around one real thick slice k of an LR case, for the thick-axis consistency term: the windows of
+        reference slices k - side .. k + side (their sub-slices cover the slice profile of slice k), ends
+        edge-replicated as at inference. Returns the windows (2 side + 1, C + K, window, patch, patch), thick slice
+        k's image (C, patch, patch) and its labels (patch, patch)."""
+        rng, side = self.rng, self.thick_side
+        case = self.thick_cases[rng.integers(len(self.thick_cases))]
+        z = case.image.shape[1]
+        k = int(rng.integers(z))
+        rows = np.clip(np.arange(k - side - self.centre, k + side - self.centre + self.window), 0, z - 1)
+        starts = [int(rng.integers(0, max(1, n - patch + 1))) for n in case.image.shape[2:]]
+        image = self._crop_plane(case.image[:, rows], starts, (2, 3), patch)
+        labels = self._crop_plane(case.labels[rows], starts, (1, 2), patch)
+        image, labels = self._flip_and_swap(image, labels)
+        net_input = self._net_input(image * float(rng.uniform(0.8, 1.2)), labels)
+        windows = np.stack([net_input[:, j:j + self.window] for j in range(2 * side + 1)])
+        middle = side + self.centre
+        return windows, net_input[:case.image.shape[0], middle], labels[middle]
+
+    def sample_thick(self, batch_size: int, patch: int):
+        """`batch_size` draws of sample_thick_one as tensors: windows (B, 2 side + 1, C + K, window, P, P), thick
+        slices (B, C, P, P) and their labels (B, P, P)."""
+        items = [self.sample_thick_one(patch) for _ in range(batch_size)]
+        return tuple(torch.from_numpy(np.ascontiguousarray(np.stack([i[n] for i in items]),
+                                                           dtype=np.int64 if n == 2 else np.float32))
+                     for n in range(3))
 
     def sample(self, batch_size: int):
         items = [self.sample_one() for _ in range(batch_size)]

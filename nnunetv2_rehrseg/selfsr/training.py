@@ -14,7 +14,7 @@ from nnunetv2_rehrseg.checkpoint import load_matching, load_safe, save_atomic
 # the checkpoint names (the stage-1 folder's layout); re-exported for the modules that name them
 from nnunetv2_rehrseg.layout import SELFSR_FINAL as FINAL, SELFSR_LATEST as LATEST, SELFSR_PLAIN as PLAIN  # noqa: F401
 from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
-from nnunetv2_rehrseg.selfsr.losses import plain_sr_loss, uasr_loss
+from nnunetv2_rehrseg.selfsr.losses import plain_sr_loss, thick_axis_consistency_loss, uasr_loss
 from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 from nnunetv2_rehrseg.selfsr.pairs import PairSampler, SRCase
 
@@ -66,6 +66,19 @@ def _plain_error_level(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfi
     return float((net(net_input)["image"].float() - image).abs().mean())
 
 
+def _thick_axis_terms(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfig, device: torch.device,
+                      use_amp: bool) -> dict:
+    """The thick-axis consistency terms on a draw of real thick slices (half-size patches: the term needs
+    2 side + 1 windows per draw)."""
+    patch = max(net.divisor, config.patch // 2 // net.divisor * net.divisor)
+    windows, thick_image, thick_labels = (t.to(device, non_blocking=True)
+                                          for t in sampler.sample_thick(config.thick_axis_batch, patch))
+    with torch.autocast(device.type, enabled=use_amp):
+        pred = net(windows.flatten(0, 1))
+    return thick_axis_consistency_loss(pred, thick_image, thick_labels, config.r, config.fwhm, config.profile,
+                                       sampler.thick_side)
+
+
 def _weights_file(net: SelfSRNet, config: SelfSRConfig) -> dict:
     return {"network_weights": net.state_dict(), "config": config.to_dict(), "uasr": net.use_uasr}
 
@@ -90,7 +103,7 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
     latest = output_dir / LATEST
     if latest.is_file():
         ckpt = load_safe(latest)
-        if ckpt["config"] != config.to_dict():
+        if SelfSRConfig.from_dict(ckpt["config"]).to_dict() != config.to_dict():
             raise ValueError(f"{latest} was written with other self-SR settings; delete {output_dir} to start over")
         iteration, history = ckpt["iteration"], ckpt["history"]
         net.use_uasr = ckpt["uasr"]
@@ -108,6 +121,7 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
                         len(skipped), ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""))
         optimizer, scheduler = _optimizer(net, config, uasr=False)
     use_amp = device.type == "cuda"
+    thick_axis = config.thick_axis_weight > 0 and bool(sampler.thick_cases)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     net.train()
     start, running = time.time(), {}
@@ -122,7 +136,13 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
         with torch.autocast(device.type, enabled=use_amp):
             pred = net(net_input)
         losses = (uasr_loss if net.use_uasr else plain_sr_loss)(pred, image, labels, config.image_loss_weight)
-        optimizer.zero_grad(set_to_none=True)
+        if thick_axis:
+            losses.update(_thick_axis_terms(net, sampler, config, device, use_amp))
+            losses["loss"] = losses["loss"] + config.thick_axis_weight * (
+                config.image_loss_weight * losses["thick_l1"] + losses["thick_seg"])
+        # every parameter, not only the optimiser's: the plain head's last gradients would otherwise stay through the
+        # UASR phase and count in the clipping norm (a resumed run, which has none, would clip differently)
+        net.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(losses["loss"]).backward()
             scaler.unscale_(optimizer)
