@@ -40,6 +40,7 @@ from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, consistent_image, from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
+from soft_targets import soft_target_scores
 
 FOREGROUND = [v for v in LABELS.values() if v > 0]
 CLASS_NAMES = "/".join(k for k, v in LABELS.items() if v > 0)
@@ -188,6 +189,8 @@ def main(argv=None) -> int:
                         f"iterations)"] = image_scores(from_unit(consistent, ranges)[0], hr)
                 if head == "UASR":
                     selfsr_probabilities = res["probabilities"]
+                    soft_targets = soft_target_scores(res["probabilities"], record["offsets"], written, hr_labels,
+                                                      [v for v in LABELS.values() if v > 0])
                 # what stage 1 writes: consistent with the annotation, class volumes calibrated to it
                 written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
                 results[f"{key}, as written (consistent, volume-calibrated)"] = {
@@ -214,7 +217,8 @@ def main(argv=None) -> int:
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     summary = {"results": results, "train_seconds": train_seconds, "inference_seconds_per_volume": infer_seconds,
                "total_seconds": time.time() - t0, "peak_rss_gb": peak_rss_gb, "config": config.to_dict(),
-               "subject": args.subject, "training": args.training, "noise_sigma": noise_sigma}
+               "subject": args.subject, "training": args.training, "noise_sigma": noise_sigma,
+               "soft_targets": soft_targets}
     (out / "selfsr_benchmark.json").write_text(json.dumps(summary, indent=1))
 
     print(f"\n{'method':75s} {'PSNR dB':>8s} {'SSIM':>7s} {'mean Dice':>10s}  Dice {CLASS_NAMES}  "
@@ -236,6 +240,11 @@ def main(argv=None) -> int:
             u = s["uncertainty"]
             print(f"{name}: mean U {u['mean_u']:.4f} vs mean |error| {u['mean_abs_error']:.4f}, "
                   f"Pearson(U, |error|) {u['pearson_u_error']:.3f}")
+    for name, s in soft_targets.items():
+        print(f"HR-head target, {name}: NLL of the truth {s['nll']:.4f}, Brier {s['brier']:.4f}, soft Dice "
+              f"{s['mean_soft_dice']:.4f} ({'/'.join(f'{v:.3f}' for v in s['soft_dice'].values())}), truth's "
+              f"probability where the written label is wrong {s['truth_probability_where_wrong']:.3f}"
+              + (f", smoothing {s['smoothing']}" if "smoothing" in s else ""))
     print(f"\nself-SR training {train_seconds:.0f} s, inference {infer_seconds:.1f} s/volume, total "
           f"{summary['total_seconds']:.0f} s, peak RSS {peak_rss_gb:.2f} GB; outputs in {out}")
     return 0
