@@ -150,8 +150,8 @@ class PairSampler:
     def sample_thick_one(self, patch: int):
         """Windows around one real thick slice k of an LR case, for the thick-axis consistency term: the windows of
         reference slices k - side .. k + side (their sub-slices cover the slice profile of slice k), ends
-        edge-replicated as at inference. Returns the windows (2 side + 1, C + K, window, patch, patch), thick slice
-        k's image (C, patch, patch) and its labels (patch, patch)."""
+        edge-replicated as at inference. Returns the windows (2 side + 1, C + K, window, patch, patch) and thick
+        slice k's image (C, patch, patch)."""
         rng, side = self.rng, self.thick_side
         case = self.thick_cases[rng.integers(len(self.thick_cases))]
         z = case.image.shape[1]
@@ -163,16 +163,15 @@ class PairSampler:
         image, labels = self._flip_and_swap(image, labels)
         net_input = self._net_input(image * float(rng.uniform(0.8, 1.2)), labels)
         windows = np.stack([net_input[:, j:j + self.window] for j in range(2 * side + 1)])
-        middle = side + self.centre
-        return windows, net_input[:case.image.shape[0], middle], labels[middle]
+        middle = side + self.centre   # the row of thick slice k
+        return windows, net_input[:case.image.shape[0], middle]
 
     def sample_thick(self, batch_size: int, patch: int):
-        """`batch_size` draws of sample_thick_one as tensors: windows (B, 2 side + 1, C + K, window, P, P), thick
-        slices (B, C, P, P) and their labels (B, P, P)."""
+        """`batch_size` draws of sample_thick_one as tensors: windows (B, 2 side + 1, C + K, window, P, P) and
+        thick slices (B, C, P, P)."""
         items = [self.sample_thick_one(patch) for _ in range(batch_size)]
-        return tuple(torch.from_numpy(np.ascontiguousarray(np.stack([i[n] for i in items]),
-                                                           dtype=np.int64 if n == 2 else np.float32))
-                     for n in range(3))
+        return tuple(torch.from_numpy(np.ascontiguousarray(np.stack([i[n] for i in items]), dtype=np.float32))
+                     for n in range(2))
 
     def sample(self, batch_size: int):
         items = [self.sample_one() for _ in range(batch_size)]

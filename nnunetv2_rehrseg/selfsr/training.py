@@ -66,17 +66,16 @@ def _plain_error_level(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfi
     return float((net(net_input)["image"].float() - image).abs().mean())
 
 
-def _thick_axis_terms(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfig, device: torch.device,
-                      use_amp: bool) -> dict:
-    """The thick-axis consistency terms on a draw of real thick slices (half-size patches: the term needs
+def _thick_axis_l1(net: SelfSRNet, sampler: PairSampler, config: SelfSRConfig, device: torch.device,
+                   use_amp: bool) -> torch.Tensor:
+    """The thick-axis consistency term on a draw of real thick slices (half-size patches: the term needs
     2 side + 1 windows per draw)."""
     patch = max(net.divisor, config.patch // 2 // net.divisor * net.divisor)
-    windows, thick_image, thick_labels = (t.to(device, non_blocking=True)
-                                          for t in sampler.sample_thick(config.thick_axis_batch, patch))
+    windows, thick_image = (t.to(device, non_blocking=True) for t in sampler.sample_thick(config.thick_axis_batch,
+                                                                                           patch))
     with torch.autocast(device.type, enabled=use_amp):
         pred = net(windows.flatten(0, 1))
-    return thick_axis_consistency_loss(pred, thick_image, thick_labels, config.r, config.fwhm, config.profile,
-                                       sampler.thick_side)
+    return thick_axis_consistency_loss(pred, thick_image, config.r, config.fwhm, config.profile, sampler.thick_side)
 
 
 def _weights_file(net: SelfSRNet, config: SelfSRConfig) -> dict:
@@ -137,9 +136,8 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
             pred = net(net_input)
         losses = (uasr_loss if net.use_uasr else plain_sr_loss)(pred, image, labels, config.image_loss_weight)
         if thick_axis:
-            losses.update(_thick_axis_terms(net, sampler, config, device, use_amp))
-            losses["loss"] = losses["loss"] + config.thick_axis_weight * (
-                config.image_loss_weight * losses["thick_l1"] + losses["thick_seg"])
+            losses["thick_l1"] = _thick_axis_l1(net, sampler, config, device, use_amp)
+            losses["loss"] = losses["loss"] + config.thick_axis_weight * config.image_loss_weight * losses["thick_l1"]
         # every parameter, not only the optimiser's: the plain head's last gradients would otherwise stay through the
         # UASR phase and count in the clipping norm (a resumed run, which has none, would clip differently)
         net.zero_grad(set_to_none=True)
