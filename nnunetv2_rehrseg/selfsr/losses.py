@@ -56,8 +56,7 @@ def thick_axis_consistency_loss(pred: Dict[str, torch.Tensor], thick_image: torc
     `pred` comes from the windows of PairSampler.sample_thick flattened to (B * (2 side + 1), ...): window j of a
     draw predicts the sub-slices of thick slice k - side + j, which together cover slice k's profile. Images only: a
     label counterpart (the slab's mean probabilities toward its annotation) is best met by copying the thick slice's
-    label onto every sub-slice, the nearest round trip, and cost the written labels 1.5 points of Dice on the stage-1
-    benchmark.
+    label onto every sub-slice: the nearest round trip, which the thin-slice labels are there to improve on.
     """
     b, n = thick_image.shape[0], 2 * side + 1
     image = pred["image"].float()
