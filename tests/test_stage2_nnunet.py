@@ -425,12 +425,14 @@ def test_two_ddp_ranks_with_half_batches_train_exactly_as_one_process(planned, t
     for name, end in one["end"].items():
         # the same start on both sides (rank 1 was seeded apart: DDP's and the adapter's broadcast aligned it) ...
         torch.testing.assert_close(ddp["start"][name], one["start"][name], atol=0, rtol=0, msg=name)
-        # ... and the same steps, up to the losses' float32 parts and nnU-Net's 1e-6 DDP weight on the lowest deep
-        # supervision output (the KD adapter without its all-reduce is 7% off); parameters a step does not move
-        # (biases before instance norm, that lowest output's layer) are left out
+        # ... and the same steps, up to rounding: the first step's gradients agree to about 1e-7, and six steps of
+        # momentum SGD grow that to a few 1e-3 of what the parameters moved, depending on the data and the self-SR
+        # teacher; the bugs this test is about lie far above (the KD adapter without its all-reduce is 7% off, a
+        # parameter the checkpoint did not restore is off by its scrambling). Parameters a step does not move
+        # (biases before instance norm, the lowest deep-supervision output's layer) are left out
         moved = (end - one["start"][name]).norm()
         if moved > 1e-6:
-            assert (ddp["end"][name] - end).norm() <= 1e-4 * moved, name
+            assert (ddp["end"][name] - end).norm() <= 1e-2 * moved, name
 
 
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
