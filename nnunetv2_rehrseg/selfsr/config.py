@@ -36,9 +36,10 @@ class SelfSRConfig:
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images
     label_residual: bool = True        # label logits as a correction to the interpolated input labels
     checkpoint_every: int = 200
-    # the thick-axis consistency term (losses.thick_axis_consistency_loss): its weight relative to the in-plane pair
-    # loss (0: off) and its draws per iteration, each 2 side + 1 windows of half the patch size
-    thick_axis_weight: float = 0.0
+    # the thick-axis consistency term (losses.thick_axis_consistency_loss): the in-plane pairs teach the network on
+    # axes it is never applied to; this term holds it to the acquired thick slices on the axis it is applied to. Its
+    # weight relative to the pair loss (0: off) and its draws per iteration, each 2 side + 1 half-size windows
+    thick_axis_weight: float = 1.0
     thick_axis_batch: int = 2
     # the pseudo-HR image corrected towards consistency with the acquired thick slices (degradation.back_project)
     back_projection_iterations: int = 5
@@ -69,6 +70,7 @@ class SelfSRConfig:
         d = dict(d)
         d["features"] = tuple(d["features"])
         d.setdefault("label_residual", False)      # models trained before the option predicted labels from scratch
+        d.setdefault("thick_axis_weight", 0.0)     # and those trained before the thick-axis term went without it
         return cls(**d)
 
 
