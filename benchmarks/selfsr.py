@@ -189,10 +189,11 @@ def main(argv=None) -> int:
                         f"iterations)"] = image_scores(from_unit(consistent, ranges)[0], hr)
                 if head == "UASR":
                     selfsr_probabilities = res["probabilities"]
-                    soft_targets = soft_target_scores(res["probabilities"], record["offsets"], written, hr_labels,
-                                                      [v for v in LABELS.values() if v > 0])
                 # what stage 1 writes: consistent with the annotation, class volumes calibrated to it
                 written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
+                if head == "UASR":
+                    soft_targets = soft_target_scores(res["probabilities"], record["offsets"], written, hr_labels,
+                                                      [v for v in LABELS.values() if v > 0])
                 results[f"{key}, as written (consistent, volume-calibrated)"] = {
                     **label_scores(written, hr_labels), **volume_ratios(written)}
                 results[key].update(volume_ratios(res["labels"]))
