@@ -178,3 +178,12 @@ def test_thick_axis_term_trains_and_resumes_exactly(tmp_path):
     b = load_safe(tmp_path / "resumed" / FINAL)["network_weights"]
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def test_models_trained_before_the_thick_axis_term_read_as_trained_without_it():
+    from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
+    config = tiny_config()
+    assert config.thick_axis_weight == 1.0
+    older = {k: v for k, v in config.to_dict().items() if k != "thick_axis_weight"}
+    assert SelfSRConfig.from_dict(older).thick_axis_weight == 0.0
+    assert SelfSRConfig.from_dict(config.to_dict()) == config
