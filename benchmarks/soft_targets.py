@@ -10,6 +10,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from nnunetv2_rehrseg.degradation import one_hot
+
 SMOOTHING = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
@@ -25,7 +27,7 @@ def distribution_scores(target: np.ndarray, truth: np.ndarray, labels: Sequence[
     """target (K, ...) probabilities, truth (...) labels: NLL of the truth, Brier score, soft Dice per label."""
     k = target.shape[0]
     p_truth = np.take_along_axis(target, truth[None].astype(np.int64), 0)[0]
-    truth_one_hot = np.eye(k, dtype=np.float32)[truth].transpose(3, 0, 1, 2)
+    truth_one_hot = one_hot(truth, k)
     soft_dice = {int(c): float(2 * (target[c] * truth_one_hot[c]).sum() / (target[c].sum() + truth_one_hot[c].sum()))
                  for c in labels}
     return {"nll": float(-np.log(np.clip(p_truth, 1e-6, None)).mean()),
@@ -39,8 +41,8 @@ def soft_target_scores(probabilities: np.ndarray, offsets: Sequence[float], writ
     written labels are wrong: the truth's mean probability under each."""
     k = probabilities.shape[0]
     soft = calibrated_probabilities(probabilities, offsets)
-    one_hot = np.eye(k, dtype=np.float32)[written].transpose(3, 0, 1, 2)
-    smoothed = {eps: distribution_scores((1 - eps) * one_hot + eps / k, truth, labels) for eps in SMOOTHING}
+    written_one_hot = one_hot(written, k)
+    smoothed = {eps: distribution_scores((1 - eps) * written_one_hot + eps / k, truth, labels) for eps in SMOOTHING}
     best = min(smoothed, key=lambda eps: smoothed[eps]["nll"])
     wrong = written != truth
     p_truth_soft = np.take_along_axis(soft, truth[None].astype(np.int64), 0)[0]
