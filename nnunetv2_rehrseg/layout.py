@@ -9,7 +9,8 @@ nnUNet_preprocessed/<dataset>/rehrseg/
   lr_images/               copies of the LR training images (<id>_000C + the dataset's file ending), written with the
                            preprocessed data: final validation reads them without nnUNet_raw
   dataset_fingerprint.json nnU-Net's fingerprint of the pseudo-HR data
-  qc/                      lr_dice.json, cases/<id>.json (one per finished case), montage.png
+  qc/                      lr_dice.json, cases/<id>.json (one per finished case), montage.png,
+                           label_sources.json (each label's source, decided before the first case is written)
   summary.json             written last: stage 1 is complete
 """
 import os
@@ -81,6 +82,10 @@ class Stage1Folder:
     @property
     def qc(self) -> Path:
         return self.root / "qc"
+
+    @property
+    def label_sources(self) -> Path:
+        return self.qc / "label_sources.json"
 
     @property
     def summary(self) -> Path:

@@ -43,11 +43,27 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     assert dataset_json["numTraining"] == 2 and dataset_json["rehrseg"]["r"] == 4
     qc = json.loads((folder / "qc" / "lr_dice.json").read_text())
     assert set(qc["per_case"]) == {"case00", "case01"} and 0 <= qc["mean"] <= 1
+    # the written labels, degraded back with the thick-slice majority, are the annotation; each label's source is
+    # logged, decided on the in-plane task
+    assert qc["written_min_per_label"] == {"1": 1.0, "2": 1.0}
+    sources = json.loads((folder / "qc" / "label_sources.json").read_text())
+    assert set(sources["sources"]["chosen"]) == {"1", "2"} == set(qc["label_sources"])
+    assert sources["cases"] == ["case00", "case01"]
     assert (folder / "qc" / "montage.png").stat().st_size > 1000
     assert (folder / "summary.json").is_file() and (folder / "selfsr" / "checkpoint_final.pth").is_file()
     assert not list(folder.rglob("*.partial*"))
 
+    # a stage-1 folder from before the per-label sources (no decision, case records without the written labels'
+    # scores): a rerun resumes, nothing to retrain or rewrite, and its summary still comes out
+    (folder / "qc" / "label_sources.json").unlink()
+    for record in (folder / "qc" / "cases").iterdir():
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items()
+                                      if k != "written_lr_dice"}))
+    labels_before = tree_checksum(pseudo / "labelsTr")
     selfsr_entry(["-d", "990"] + FAST)  # a rerun resumes: nothing to retrain, same settings accepted
+    assert tree_checksum(pseudo / "labelsTr") == labels_before
+    assert not (folder / "qc" / "label_sources.json").exists()
+    assert json.loads((folder / "qc" / "lr_dice.json").read_text())["written_min_per_label"] == {}
     with pytest.raises(SystemExit) as exit_info:
         selfsr_entry(["-d", "990", "-r", "2"] + FAST)
     assert exit_info.value.code == 2

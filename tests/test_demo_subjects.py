@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from scipy.ndimage import binary_erosion
 from scipy.ndimage import label as connected_components
 
-from nnunetv2_rehrseg.demo.anatomy import mni152
+from nnunetv2_rehrseg.demo.anatomy import DESIKAN_LABELS, icbm_desikan, mni152
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset, make_subject
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
 from nnunetv2_rehrseg.io import read_image
@@ -60,3 +60,26 @@ def test_lateral_ventricles_are_one_compact_object_split_off_the_csf():
     def interior(mask):
         return binary_erosion(mask).sum() / mask.sum()
     assert interior(ventricles) > 0.25 > 0.1 > interior(labels == 1)
+
+
+def test_second_anatomy_has_five_structures_on_its_own_grid_and_the_image_shows_them():
+    image, labels, grid = icbm_desikan(3.0)
+    assert image.shape == labels.shape == tuple(grid.size[::-1]) and grid.spacing == (3.0, 3.0, 3.0)
+    assert set(np.unique(labels)) == set(DESIKAN_LABELS.values())
+    ml = {name: (labels == v).sum() * 27 / 1000 for name, v in DESIKAN_LABELS.items() if v}
+    assert 300 < ml["cortex"] + ml["white matter"] < 1100 and 4 < ml["hippocampus/amygdala"] < 25
+    means = {name: image[labels == v].mean() for name, v in DESIKAN_LABELS.items() if v}
+    # T1: ventricles dark, white matter brightest, the grey structures between
+    assert means["lateral ventricles"] < means["hippocampus/amygdala"] < means["white matter"]
+    assert means["cortex"] < means["white matter"] and means["deep grey matter"] < means["white matter"]
+    # RAS voxel axes read as LPS arrays: superior is the last array index of z, as in mni152
+    assert np.argwhere(labels == DESIKAN_LABELS["hippocampus/amygdala"])[:, 0].mean() < labels.shape[0] / 2
+
+
+def test_demo_dataset_from_the_second_anatomy(tmp_path):
+    demo = build_demo_dataset(tmp_path / "raw", tmp_path / "truth", 702, n_train=1, n_test=1, r=4, spacing_mm=3.0,
+                              anatomy="icbm-desikan")
+    assert demo.raw_folder.name == "Dataset702_IcbmDesikanThickSlices"
+    assert json.loads((demo.raw_folder / "dataset.json").read_text())["labels"] == DESIKAN_LABELS
+    lr_labels, _ = read_image(demo.raw_folder / "labelsTr" / "sub00.nii.gz")
+    assert set(np.unique(lr_labels)) == set(DESIKAN_LABELS.values())

@@ -10,7 +10,7 @@ def stage1_kwargs(args: argparse.Namespace) -> dict:
     return dict(preset=args.preset, r=args.r, target_spacing=args.target_spacing,
                 slice_thickness=args.slice_thickness, profile=args.slice_profile, num_processes=args.np,
                 init_checkpoint=args.init_checkpoint, video_prior=args.video_prior, iterations=args.iterations,
-                seed=args.seed)
+                seed=args.seed, label_sources=args.label_sources)
 
 
 @exits_cleanly

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, profile_fwhm_in_voxels
-from nnunetv2_rehrseg.demo.anatomy import LABELS
+from nnunetv2_rehrseg.demo.anatomy import ANATOMIES, LABELS
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.io import write_image
 
@@ -46,12 +46,12 @@ def crop_to_multiple(array: np.ndarray, axis: int, r: int) -> np.ndarray:
 
 
 def simulate_lr(hr_image: np.ndarray, hr_labels: np.ndarray, sitk_axis: int, r: int, profile: str = "gaussian",
-                slice_thickness_factor: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+                slice_thickness_factor: float = 1.0, num_classes: int = len(LABELS)) -> Tuple[np.ndarray, np.ndarray]:
     """Thick slices along `sitk_axis`: slice thickness = `slice_thickness_factor` x the LR slice spacing."""
     axis = numpy_axis_of(sitk_axis)
     fwhm = profile_fwhm_in_voxels(slice_thickness_factor * r, 1.0)
     return (blur_subsample(hr_image, axis, r, fwhm, profile).astype(np.float32),
-            majority_labels(hr_labels, axis, r, num_classes=len(LABELS)))
+            majority_labels(hr_labels, axis, r, num_classes=num_classes))
 
 
 @dataclass
@@ -64,24 +64,25 @@ class DemoDataset:
 
 def build_demo_dataset(raw_root: Path, truth_root: Path, dataset_id: int = 700, n_train: int = 6, n_test: int = 2,
                        r: int = 4, sitk_axis: int = 2, spacing_mm: float = 2.0, profile: str = "gaussian",
-                       seed: int = 0, keep_training_truth: bool = False) -> DemoDataset:
+                       seed: int = 0, keep_training_truth: bool = False, anatomy: str = "mni152") -> DemoDataset:
     """nnU-Net raw dataset of LR subjects (imagesTr/labelsTr for training, imagesTs for the test subjects) and the
     test subjects' HR truth in `truth_root` (with keep_training_truth, the training subjects' too, under
-    `truth_root/train`: the benchmark's HR upper bound)."""
-    from nnunetv2_rehrseg.demo.anatomy import mni152
-
-    t1, template_labels, grid = mni152(spacing_mm)
+    `truth_root/train`: the benchmark's HR upper bound), made from one of `anatomy.ANATOMIES`."""
+    source = ANATOMIES[anatomy]
+    t1, template_labels, grid = source.load(spacing_mm)
     axis = numpy_axis_of(sitk_axis)
     t1 = crop_to_multiple(t1, axis, r)
     template_labels = crop_to_multiple(template_labels, axis, r)
     hr = Grid(tuple(t1.shape[::-1]), grid.spacing, grid.origin, grid.direction)
     lr = lr_grid(hr, sitk_axis, r)
-    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_MNIThickSlices"
+    name = "MNIThickSlices" if anatomy == "mni152" else "".join(w.capitalize() for w in anatomy.split("-")) + \
+        "ThickSlices"
+    folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     train_ids = [f"sub{i:02d}" for i in range(n_train)]
     test_ids = [f"sub{i:02d}" for i in range(n_train, n_train + n_test)]
     for i, identifier in enumerate(train_ids + test_ids):
         image, labels = make_subject(t1, template_labels, spacing_mm, seed * 1000 + i)
-        lr_image, lr_labels = simulate_lr(image, labels, sitk_axis, r, profile)
+        lr_image, lr_labels = simulate_lr(image, labels, sitk_axis, r, profile, num_classes=len(source.labels))
         if identifier in train_ids:
             write_image(lr_image, lr, folder / "imagesTr" / f"{identifier}_0000.nii.gz")
             write_image(lr_labels, lr, folder / "labelsTr" / f"{identifier}.nii.gz")
@@ -94,7 +95,7 @@ def build_demo_dataset(raw_root: Path, truth_root: Path, dataset_id: int = 700, 
             write_image(image, hr, truth / "images" / f"{identifier}.nii.gz")
             write_image(labels, hr, truth / "labels" / f"{identifier}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1"}, "labels": LABELS, "numTraining": n_train, "file_ending": ".nii.gz",
-        "name": "MNI152 subjects with simulated thick slices",
+        "channel_names": {"0": "T1"}, "labels": source.labels, "numTraining": n_train, "file_ending": ".nii.gz",
+        "name": f"{anatomy} subjects with simulated thick slices",
         "rehrseg": {"slice_profile": profile}}, indent=1))
     return DemoDataset(folder, Path(truth_root), train_ids, test_ids)

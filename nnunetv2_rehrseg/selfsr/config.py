@@ -13,6 +13,9 @@ PRESETS = {
 }
 
 
+LABEL_SOURCE_RULES = ("auto", "self-sr")
+
+
 @dataclass
 class SelfSRConfig:
     image_channels: int
@@ -47,6 +50,10 @@ class SelfSRConfig:
     # labels its flows carry in the pseudo-HR label probabilities
     video_prior_iterations: int = 200
     video_prior_weight: float = 0.25
+    # where the written pseudo-HR labels come from, per label (selfsr.label_sources): "auto" decides between the
+    # self-SR, shape-based interpolation of the annotation and their blend on the in-plane task; "self-sr" takes the
+    # network's probabilities for every label, volume-calibrated
+    label_sources: str = "auto"
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -91,6 +98,8 @@ def configure(preset: str, device_type: str, image_channels: int, num_classes: i
         raise ValueError(f"volumes with an in-plane size of {smallest} voxels are too small for the self-SR network "
                          f"(needs >= {divisor})")
     values["patch"] = patch
+    if values.get("label_sources", "auto") not in LABEL_SOURCE_RULES:
+        raise ValueError(f"label_sources must be one of {LABEL_SOURCE_RULES}, got {values['label_sources']!r}")
     config = SelfSRConfig(image_channels=image_channels, num_classes=num_classes, r=r, fwhm=fwhm, profile=profile)
     return replace(config, **values)
 

@@ -7,7 +7,7 @@ Two rules, both pure numpy on (K, rZ, Y, X) probabilities and (Z, Y, X) annotate
   kept at the minimum the majority allows: per-class offsets on the log-probabilities, found by a few damped
   updates, shift every decision toward the classes it under-predicts before the consistency step.
 """
-from typing import Dict, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def class_volumes(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.ravel().astype(np.int64), minlength=num_classes)[:num_classes].astype(np.float64)
 
 
-def implied_hr_volumes(lr_labels: np.ndarray, r: int, num_classes: int) -> np.ndarray:
+def implied_hr_volumes(lr_labels: np.ndarray, r: int, num_classes: int, axes: Sequence[int] = (1, 2)) -> np.ndarray:
     """Per-class HR voxel counts the annotation (Z, Y, X), LR axis first) implies.
 
     r x the LR count under-counts what is thin across the thick slices: such a structure loses the majority vote on
@@ -61,10 +61,10 @@ def implied_hr_volumes(lr_labels: np.ndarray, r: int, num_classes: int) -> np.nd
     The in-plane axes show how much, the anatomy being alike in every direction: majority-degrading the annotation
     along an in-plane axis (both axes, every phase) shrinks class c by a factor s_c, as the thick axis shrank the
     truth. Estimate: r x LR count / s_c (s_c within SHRINK_BOUNDS), rescaled to the volume's total (MNI152: CSF
-    1.07x, GM 0.94x, WM 1.23x)."""
+    1.07x, GM 0.94x, WM 1.23x). `axes`: the fine axes to read the shrink factors on."""
     counts = class_volumes(lr_labels, num_classes)
     shrink = []
-    for axis in (1, 2):
+    for axis in axes:
         for phase in range(r):
             degraded = majority_labels(lr_labels, axis, r, phase, num_classes)
             covered = np.take(lr_labels, np.arange(phase, phase + r * degraded.shape[axis]), axis=axis)
@@ -75,14 +75,17 @@ def implied_hr_volumes(lr_labels: np.ndarray, r: int, num_classes: int) -> np.nd
 
 
 def volume_calibrated_labels(probabilities: np.ndarray, lr_labels: np.ndarray, r: int, iterations: int = 12,
-                             tolerance: float = 0.01) -> Tuple[np.ndarray, Dict[str, list]]:
+                             tolerance: float = 0.01, calibrate: Optional[Sequence[bool]] = None,
+                             axes: Sequence[int] = (1, 2)) -> Tuple[np.ndarray, Dict[str, list]]:
     """HR labels consistent with the annotation whose per-class volumes match the implied HR volumes
-    (`implied_hr_volumes`; within `tolerance`, or as close as `iterations` damped updates get). Returns the labels
-    and a record: the offsets, the implied volumes relative to r x the LR counts, and the volume ratios HR / implied
-    of the raw argmax, the consistency step alone and the calibrated result."""
+    (`implied_hr_volumes` read on `axes`; within `tolerance`, or as close as `iterations` damped updates get).
+    `calibrate`: per class, whether its volume is calibrated (default: all; a class left out keeps offset 0).
+    Returns the labels and a record: the offsets, the implied volumes relative to r x the LR counts, and the volume
+    ratios HR / implied of the raw argmax, the consistency step alone and the calibrated result."""
     k = probabilities.shape[0]
-    target = implied_hr_volumes(lr_labels, r, k)
-    present = target > 0
+    target = implied_hr_volumes(lr_labels, r, k, axes)
+    annotated = target > 0
+    present = annotated if calibrate is None else annotated & np.asarray(calibrate, bool)
     log_p = np.log(np.clip(probabilities, 1e-6, None))
 
     def labels_for(offsets: np.ndarray) -> np.ndarray:
@@ -90,7 +93,7 @@ def volume_calibrated_labels(probabilities: np.ndarray, lr_labels: np.ndarray, r
         return labels_consistent_with_lr(shifted, lr_labels, r)
 
     def ratios(labels: np.ndarray) -> np.ndarray:
-        return np.where(present, class_volumes(labels, k) / np.maximum(target, 1), np.nan)
+        return np.where(annotated, class_volumes(labels, k) / np.maximum(target, 1), np.nan)
 
     offsets = np.zeros(k)
     labels = labels_for(offsets)

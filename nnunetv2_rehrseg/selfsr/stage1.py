@@ -1,7 +1,10 @@
 """Stage 1 end to end: raw LR dataset -> self-SR fit -> pseudo-HR images, labels and uncertainty + QC, written
 under nnUNet_preprocessed/<dataset>/rehrseg/ (the layout: nnunetv2_rehrseg.layout; nnUNet_raw is only read).
-The pseudo-HR labels are made to agree with the annotation (their thick-slice majority is the LR label); qc/lr_dice.json
-holds the network's labels degraded back to LR vs the real LR labels and the fraction of HR voxels relabelled.
+Each label's pseudo-HR labels come from the self-SR, shape-based interpolation of the annotation or their blend, as
+decided on the in-plane task before the first case is written (selfsr.label_sources; qc/label_sources.json), and are
+made to agree with the annotation (their thick-slice majority is the LR label). qc/lr_dice.json holds, per case and
+label, the network's own labels and the written labels degraded back to LR vs the real LR labels, and the fraction of
+HR voxels relabelled.
 """
 import json
 import logging
@@ -27,8 +30,9 @@ from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.label_sources import (SAFETY_MARGIN, SELFSR_ONLY, LabelSources, decide_label_sources,
+                                                   interpolation_probabilities, written_labels)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
-from nnunetv2_rehrseg.selfsr.pseudo_labels import volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.training import load_network, train_selfsr
 from nnunetv2_rehrseg.selfsr.video_prior import (FrameInterpolator, InPlanePairs, find_rife_weights,
                                                  finetune_frame_interpolator, interpolate_thick_axis,
@@ -67,6 +71,13 @@ def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.
     """Move the thick axis (sitk index order) of a (C,) z, y, x array to the front of the spatial axes."""
     offset = 1 if channel_first else 0
     return np.moveaxis(array, offset + numpy_axis_of(lr_axis), offset)
+
+
+def lr_first_spacing(spacing: Tuple[float, ...], lr_axis: int) -> List[float]:
+    """A grid's spacing (sitk order) in the axis order of `lr_first` arrays: the thick axis, then the others."""
+    numpy_order = list(spacing)[::-1]
+    axis = numpy_axis_of(lr_axis)
+    return [float(numpy_order[axis])] + [float(v) for a, v in enumerate(numpy_order) if a != axis]
 
 
 def lr_first_inverse(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
@@ -209,12 +220,17 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     if prior_weights is not None:
         fit_video_prior(prior_weights, stage1, sr_cases, settings, config, device, part_id, num_parts)
     train_seconds = time.time() - t_train
-
-    t_infer = time.time()
+    net = load_network(checkpoint, device)[0]
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
             if not _case_done(stage1, case.identifier, dataset.num_channels)]
+    # decided once, before the first case is written; a folder whose cases are all written keeps what it has
+    sources = label_sources_for(stage1, net, cases, sr_cases, settings, config, dataset.label_values, device,
+                                decide=bool(todo))
+
+    t_infer = time.time()
     job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
-                        config.back_projection_iterations, prior_weights is not None, config.video_prior_weight)
+                        config.back_projection_iterations, prior_weights is not None, config.video_prior_weight,
+                        sources)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
 
@@ -222,7 +238,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
         if len(montage_rows) < 4:
             montage_rows.append(row)
         progress.update()
-    net, t_case = load_network(checkpoint, device)[0], time.time()
+    t_case = time.time()
     if todo:       # the first case in this process: its time says whether worker processes pay for their start-up
         done(job.generate(net, device, *todo[0]))
     rest, per_case = todo[1:], time.time() - t_case
@@ -247,13 +263,19 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
         return stage1.root
     records = {k: json.loads(f.read_text()) for k, f in per_case.items()}
     qc = {k: {int(label): v for label, v in r["lr_dice"].items()} for k, r in records.items()}
+    # records of stage-1 folders from before the written labels were scored: made consistent by the same rule
+    written = {k: {int(label): v for label, v in r.get("written_lr_dice", {}).items()} for k, r in records.items()}
     relabelled = {k: r["relabelled"] for k, r in records.items()}
     volumes = {k: r["volumes"] for k, r in records.items()}
 
     mean_dice = {str(k): float(np.mean([v[k] for v in qc.values()])) for k in dataset.label_values[1:]}
+    written_min = ({str(k): float(min(v[k] for v in written.values())) for k in dataset.label_values[1:]}
+                   if all(written.values()) else {})
     stage1.qc.mkdir(exist_ok=True)
     write_json_atomic(stage1.qc / "lr_dice.json", {"per_case": qc, "mean_per_label": mean_dice,
                                                  "mean": float(np.mean(list(mean_dice.values()))),
+                                                 "written_per_case": written, "written_min_per_label": written_min,
+                                                 "label_sources": sources.chosen,
                                                  "hr_fraction_relabelled_to_agree": relabelled,
                                                  "pseudo_hr_volumes": volumes})
     for identifier, scores in qc.items():
@@ -287,6 +309,7 @@ class GenerationJob:
     back_projection_iterations: int = 0
     video_prior: bool = False          # stage1.video_prior holds the fine-tuned frame interpolator
     video_prior_weight: float = 0.0
+    sources: Optional[LabelSources] = None     # None: the self-SR's probabilities for every label
 
     def generate(self, net, device: torch.device, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
         """Pseudo-HR image, labels and uncertainty of one case written, with its QC record; returns its montage
@@ -300,11 +323,18 @@ class GenerationJob:
             w = self.video_prior_weight
             result["probabilities"] = (1 - w) * result["probabilities"] + w * carried
             result["labels"] = result["probabilities"].argmax(0).astype(np.uint8)
-        # QC of the network itself: its labels degraded back against the annotation; then the written labels are
-        # made to agree with the annotation on the annotated thick slices
+        # QC of the network itself: its labels degraded back against the annotation; then the written labels, from
+        # each label's source, are made to agree with the annotation on the annotated thick slices
         back_to_lr = majority_labels(result["labels"], 0, r, num_classes=num_classes)
         dice = dice_per_label(back_to_lr, sr_case.labels, self.label_values[1:])
-        consistent, volumes = volume_calibrated_labels(result["probabilities"], sr_case.labels, r)
+        sources = self.sources or LabelSources.selfsr_only(num_classes)
+        interpolated = None
+        if any(w > 0 for w in sources.interpolation_weight):
+            interpolated = interpolation_probabilities(
+                sr_case.labels, r, lr_first_spacing(case.grid.spacing, self.settings.lr_axis), num_classes)
+        consistent, volumes = written_labels(result["probabilities"], interpolated, sr_case.labels, r, sources)
+        written_dice = dice_per_label(majority_labels(consistent, 0, r, num_classes=num_classes), sr_case.labels,
+                                      self.label_values[1:])
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
         result["image"] = consistent_image(result["image"], sr_case.image, self.settings,
@@ -314,8 +344,43 @@ class GenerationJob:
         case_qc = stage1.case_qc(case.identifier)
         case_qc.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
+                                    "written_lr_dice": {str(k): v for k, v in written_dice.items()},
                                     "volumes": volumes})
         return _montage_row(sr_case, result, r, case.identifier)
+
+
+# the in-plane task of at most this many cases (spread over the dataset) decides each label's source: pooled over them,
+# even the smallest structure has thousands of voxels to score, and the decision stays a small part of stage 1
+MAX_DECISION_CASES = 8
+
+
+def label_sources_for(stage1: Stage1Folder, net, cases: List[LoadedCase], sr_cases: List[SRCase],
+                      settings: Stage1Settings, config, label_values: List[int], device: torch.device,
+                      decide: bool = True) -> LabelSources:
+    """Each label's source of the written labels: read from qc/label_sources.json when a previous call (or part)
+    decided it, else decided on the in-plane task and written there (deterministic: every part decides alike).
+    With `decide` False (nothing left to write) and no decision on disk: the self-SR alone, the rule of stage-1
+    folders written before the per-label sources."""
+    if config.label_sources == SELFSR_ONLY:
+        return LabelSources.selfsr_only(config.num_classes)
+    if stage1.label_sources.is_file():
+        return LabelSources.from_dict(json.loads(stage1.label_sources.read_text())["sources"])
+    if not decide:
+        return LabelSources.selfsr_only(config.num_classes)
+    picked = sorted({int(i) for i in np.linspace(0, len(cases) - 1, min(MAX_DECISION_CASES, len(cases)))})
+    t = time.time()
+    with tqdm(total=len(picked), desc="label sources (in-plane task)") as progress:
+        sources = decide_label_sources(net, [sr_cases[i] for i in picked],
+                                       [lr_first_spacing(cases[i].grid.spacing, settings.lr_axis) for i in picked],
+                                       settings.r, settings.fwhm, settings.profile, label_values[1:], device,
+                                       progress=progress)
+    stage1.qc.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage1.label_sources, {"sources": sources.to_dict(), "cases": [cases[i].identifier
+                                                                                      for i in picked],
+                                             "safety_margin": SAFETY_MARGIN, "seconds": time.time() - t})
+    logger.info("label sources (in-plane task of %d cases, %.0f s): %s", len(picked), time.time() - t,
+                ", ".join(f"{k}: {v}" for k, v in sources.chosen.items()))
+    return sources
 
 
 def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Settings, iterations: int) -> np.ndarray:

@@ -1,0 +1,105 @@
+"""Stage 1's written labels over seeds and development anatomies: the self-SRs that `benchmarks/selfsr.py` trained
+(one folder per anatomy and seed) rescored with this version's label rules, and summarised per anatomy as the mean
+over seeds, the seed spread (max - min of the mean label Dice) and each label against shape-based interpolation.
+
+    python benchmarks/label_sources_seeds.py DIR [DIR ...] [-o summary.json] [-device cpu]
+
+Each DIR is a `benchmarks/selfsr.py -anatomy A -seed S -o DIR` output. Rescoring runs only the UASR model's inference
+and the label rules (DIR/label_sources_scores.json); the HR truth scores, never the choice.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunetv2_rehrseg.demo.anatomy import ANATOMIES
+from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.selfsr.stage1 import intensity_range, to_unit
+from nnunetv2_rehrseg.selfsr.training import FINAL, load_network
+from nnunetv2_rehrseg.interpolation import shape_based_upsample
+from selfsr import development_volume, label_scores, label_source_rows
+
+SHAPE_BASED = "shape-based interpolation of the LR labels (3d)"
+WRITTEN = "self-SR UASR, as written (each label's source chosen on the in-plane task)"
+SELFSR_ONLY = "every label from: self-SR, volume-calibrated (consistent)"
+
+
+def rescore(folder: Path, device: torch.device) -> dict:
+    run = json.loads((folder / "selfsr_benchmark.json").read_text())
+    anatomy, r = run.get("anatomy", "mni152"), run["config"]["r"]
+    names = ANATOMIES[anatomy].labels
+    hr, hr_labels, lr, lr_labels, fwhm, _ = development_volume(anatomy, r)
+    spacing = ANATOMIES[anatomy].spacing_mm
+    case = SRCase(to_unit(lr[None], intensity_range(lr[None])), lr_labels)
+    net, config = load_network(folder / "selfsr" / FINAL, device)
+    probabilities = super_resolve_volume(net, case.image, case.labels, device)["probabilities"]
+    rows = {SHAPE_BASED: label_scores(shape_based_upsample(lr_labels, 0, r, spacing=(spacing * r, spacing, spacing),
+                                                           mode="3d"), hr_labels)}
+    label_rows, sources = label_source_rows(net, case, probabilities, hr_labels, r, fwhm, spacing, len(names), device,
+                                            lambda labels: {})
+    rows.update(label_rows)
+    result = {"anatomy": anatomy, "seed": config.seed, "names": names, "rows": rows, "label_sources": sources}
+    (folder / "label_sources_scores.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summarise(results) -> dict:
+    summary = {}
+    for anatomy in sorted({r["anatomy"] for r in results}):
+        runs = [r for r in results if r["anatomy"] == anatomy]
+        names = {str(v): k for k, v in runs[0]["names"].items() if v}
+        methods = {}
+        for method in runs[0]["rows"]:
+            means = [r["rows"][method]["mean_dice"] for r in runs]
+            per_label = {k: float(np.mean([r["rows"][method]["dice"][k] for r in runs])) for k in names}
+            methods[method] = {"mean": float(np.mean(means)), "spread": float(np.ptp(means)), "per_label": per_label,
+                               "per_seed": means}
+        shape = methods[SHAPE_BASED]
+        written = methods[WRITTEN]
+        per_seed_below = [{names[k]: round(r["rows"][WRITTEN]["dice"][k] - r["rows"][SHAPE_BASED]["dice"][k], 4)
+                           for k in names if r["rows"][WRITTEN]["dice"][k] < r["rows"][SHAPE_BASED]["dice"][k]}
+                          for r in runs]
+        summary[anatomy] = {
+            "seeds": [r["seed"] for r in runs], "names": names, "methods": methods,
+            "written_minus_shape_based": written["mean"] - shape["mean"],
+            "labels_below_shape_based_per_seed": per_seed_below,
+            "written_min_lr_dice": min(min(r["rows"][WRITTEN]["lr_dice_of_written"].values()) for r in runs),
+            "chosen_per_seed": [r["label_sources"]["chosen"] for r in runs]}
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("-o", default=None, help="summary JSON")
+    parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    results = []
+    for folder in args.folders:
+        t = time.time()
+        results.append(rescore(Path(folder), torch.device(args.device)))
+        print(f"{folder}: rescored in {time.time() - t:.0f} s", flush=True)
+    summary = summarise(results)
+    for anatomy, s in summary.items():
+        names = s["names"]
+        print(f"\n{anatomy}, seeds {s['seeds']}: written - shape-based = {100 * s['written_minus_shape_based']:+.2f} "
+              f"points; lowest LR Dice of the written labels {s['written_min_lr_dice']:.4f}")
+        print("| labels (mean over seeds) | mean Dice | seed spread | " + " | ".join(names.values()) + " |")
+        print("|---|---|---|" + "---|" * len(names))
+        for method, m in s["methods"].items():
+            print(f"| {method} | {m['mean']:.4f} | {100 * m['spread']:.2f} | "
+                  + " | ".join(f"{m['per_label'][k]:.3f}" for k in names) + " |")
+        print("labels below shape-based, per seed:", s["labels_below_shape_based_per_seed"])
+        print("chosen per seed:", s["chosen_per_seed"])
+    if args.o:
+        Path(args.o).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

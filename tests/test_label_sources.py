@@ -1,0 +1,97 @@
+"""Stage 1's per-label sources: interpolation as probabilities, written labels consistent with the annotation, and the
+choice on the in-plane task (interpolation where it wins, the self-SR only past the safety margin)."""
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_rehrseg.degradation import majority_labels, one_hot
+from nnunetv2_rehrseg.interpolation import shape_based_upsample
+from nnunetv2_rehrseg.selfsr.label_sources import (CANDIDATES, SAFE, SAFETY_MARGIN, LabelSources, candidate_name,
+                                                   choose_label_sources, in_plane_counts, interpolation_probabilities,
+                                                   written_labels)
+from nnunetv2_rehrseg.selfsr.pairs import SRCase
+
+
+def blobs(shape=(8, 24, 24), seed=0) -> np.ndarray:
+    """Labels 0/1/2: a large ellipsoid (1) holding a small one (2), off-centre (no symmetry to hide errors)."""
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    labels = np.zeros(shape, np.uint8)
+    labels[(z / 0.9) ** 2 + ((y - 0.1) / 0.7) ** 2 + (x / 0.6) ** 2 < 1] = 1
+    labels[((z - 0.2) / 0.5) ** 2 + ((y - 0.2) / 0.3) ** 2 + ((x + 0.1) / 0.25) ** 2 < 1] = 2
+    return labels
+
+
+def test_interpolation_probabilities_argmax_is_shape_based_interpolation():
+    lr = blobs()
+    spacing = (4.0, 1.0, 1.0)
+    p = interpolation_probabilities(lr, 4, spacing, 3)
+    assert p.shape == (3, 32, 24, 24)
+    np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
+    np.testing.assert_array_equal(p.argmax(0), shape_based_upsample(lr, 0, 4, spacing=spacing, mode="3d"))
+    assert p[2].max() > 0.95 and p[2].min() < 1e-3               # sharp inside, vanishing far away
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES, ids=candidate_name)
+def test_written_labels_degraded_back_equal_the_annotation(candidate):
+    rng = np.random.default_rng(0)
+    lr = blobs()
+    selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)  # noise
+    interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
+    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources.uniform(candidate, 3))
+    np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
+
+
+def test_per_label_sources_mix_within_one_volume_and_stay_consistent():
+    rng = np.random.default_rng(1)
+    lr = blobs()
+    selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)
+    interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
+    sources = LabelSources([1.0, 0.0, 1.0], [False, True, False])
+    labels, record = written_labels(selfsr, interpolated, lr, 4, sources)
+    np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
+    assert record["offsets"][0] == 0 and record["offsets"][2] == 0     # only class 1 is volume-calibrated
+
+
+def test_choice_keeps_interpolation_unless_beaten_by_the_margin():
+    def counts(dice_by_class):
+        # overlap, predicted, true: Dice = 2 * overlap / (predicted + true) with 100 + 100 voxels
+        return np.array([[100 * d, 100, 100] for d in dice_by_class], np.float64)
+
+    other = (0.0, False)
+    sources = choose_label_sources({SAFE: counts([1, 0.80, 0.80]),
+                                    other: counts([1, 0.80 + SAFETY_MARGIN / 2, 0.80 + 2 * SAFETY_MARGIN])}, [1, 2])
+    assert (sources.interpolation_weight[1], sources.calibrate[1]) == SAFE        # within the margin: the safe one
+    assert (sources.interpolation_weight[2], sources.calibrate[2]) == other       # beaten by more: the self-SR
+    assert sources.chosen == {"1": candidate_name(SAFE), "2": candidate_name(other)}
+    assert sources.scores["2"][candidate_name(other)] == pytest.approx(0.81)
+
+
+class CopiesTheLabelsButDropsOne(torch.nn.Module):
+    """A stand-in self-SR that repeats its reference thick slice (nearest) and never predicts class `dropped`: on the
+    in-plane task interpolation must win that label."""
+
+    def __init__(self, num_classes=3, r=4, dropped=2):
+        super().__init__()
+        self.num_classes, self.r, self.window, self.centre, self.divisor = num_classes, r, 4, 1, 1
+        self.use_uasr, self.dropped = False, dropped
+
+    def forward(self, batch):
+        reference = batch[:, :, self.centre:self.centre + 1].repeat(1, 1, self.r, 1, 1)
+        labels = reference[:, 1:].clone()
+        labels[:, 0] += labels[:, self.dropped]
+        labels[:, self.dropped] = 0
+        return {"image": reference[:, :1], "seg": 10 * labels}
+
+
+def test_in_plane_task_gives_the_label_the_network_drops_to_interpolation():
+    lr = np.concatenate([blobs((8, 48, 48)), blobs((8, 48, 48))[::-1]], axis=0)
+    image = one_hot(lr, 3)[1:2] * 0.5 + one_hot(lr, 3)[2:3] * 0.5
+    case = SRCase(image.astype(np.float32), lr)
+    counts = in_plane_counts(CopiesTheLabelsButDropsOne(), case, (4.0, 1.0, 1.0), 4, 4.0, "gaussian",
+                             torch.device("cpu"))
+    assert set(counts) == set(CANDIDATES)
+    dice = {c: 2 * n[2, 0] / n[2, 1:].sum() for c, n in counts.items()}
+    # the dropped label comes back only where the annotation forces it (the consistency step): well below
+    assert dice[(0.0, False)] < dice[SAFE] - 0.1, dice
+    sources = choose_label_sources(counts, [1, 2])
+    assert sources.interpolation_weight[2] > 0 and sources.chosen["2"] != candidate_name((0.0, False))
