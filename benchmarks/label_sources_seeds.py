@@ -26,7 +26,6 @@ from selfsr import development_volume, label_scores, label_source_rows
 
 SHAPE_BASED = "shape-based interpolation of the LR labels (3d)"
 WRITTEN = "self-SR UASR, as written (each label's source chosen on the in-plane task)"
-SELFSR_ONLY = "every label from: self-SR, volume-calibrated (consistent)"
 
 
 def rescore(folder: Path, device: torch.device) -> dict:

@@ -39,8 +39,8 @@ from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
-from nnunetv2_rehrseg.selfsr.label_sources import (CANDIDATES, LabelSources, candidate_name, decide_label_sources,
-                                                   interpolation_probabilities, written_labels)
+from nnunetv2_rehrseg.selfsr.label_sources import (LabelSources, decide_label_sources, interpolation_probabilities,
+                                                   written_labels)
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, consistent_image, from_unit, intensity_range, to_unit
@@ -125,29 +125,34 @@ def development_volume(anatomy_name: str, r: int, subject: str = "template", see
     return hr, hr_labels, lr, lr_labels, fwhm, noise_sigma
 
 
+UNIFORM_SOURCES = {"self-SR": (0.0, False), "self-SR, volume-calibrated (stage 1's earlier rule)": (0.0, True),
+                   "interpolation": (1.0, False), "interpolation, volume-calibrated": (1.0, True)}
+
+
 def label_source_rows(net, case: SRCase, probabilities: np.ndarray, hr_labels: np.ndarray, r: int, fwhm: float,
                       spacing: float, num_classes: int, device, volume_ratios):
-    """Each label-source candidate applied to every label, scored against the HR truth (development only: stage 1
-    never sees it), and the labels as stage 1 writes them: each label's source chosen on the in-plane task. Also
-    the written labels' agreement with the annotation (degraded back with the thick-slice majority)."""
+    """Each source applied to every label, scored against the HR truth (development only: stage 1 never sees it),
+    and the labels as stage 1 writes them: each label's source chosen on the in-plane task. Also the written labels'
+    agreement with the annotation (degraded back with the thick-slice majority), and the in-plane task's verdict with
+    the training pairs' nearest label context (the rejected alternative)."""
     lr_spacing = (spacing * r, spacing, spacing)
     interpolated = interpolation_probabilities(case.labels, r, lr_spacing, num_classes)
     rows = {}
-    for candidate in CANDIDATES:
+    for name, (weight, calibrated) in UNIFORM_SOURCES.items():
         labels, _ = written_labels(probabilities, interpolated, case.labels, r,
-                                   LabelSources.uniform(candidate, num_classes))
-        rows[f"every label from: {candidate_name(candidate)} (consistent)"] = {
-            **label_scores(labels, hr_labels), **volume_ratios(labels)}
+                                   LabelSources.uniform(weight, calibrated, num_classes))
+        rows[f"every label from: {name} (consistent)"] = {**label_scores(labels, hr_labels), **volume_ratios(labels)}
     t = time.time()
-    sources = decide_label_sources(net, [case], [lr_spacing], r, fwhm, "gaussian", list(range(1, num_classes)),
-                                   device)
+    foreground = list(range(1, num_classes))
+    sources = decide_label_sources(net, [case], [lr_spacing], r, fwhm, "gaussian", foreground, device)
     decision_seconds = time.time() - t
+    nearest = decide_label_sources(net, [case], [lr_spacing], r, fwhm, "gaussian", foreground, device,
+                                   label_context="nearest")
     written, _ = written_labels(probabilities, interpolated, case.labels, r, sources)
-    lr_dice = dice_per_label(majority_labels(written, 0, r, num_classes=num_classes), case.labels,
-                             range(1, num_classes))
+    lr_dice = dice_per_label(majority_labels(written, 0, r, num_classes=num_classes), case.labels, foreground)
     rows["self-SR UASR, as written (each label's source chosen on the in-plane task)"] = {
         **label_scores(written, hr_labels), **volume_ratios(written), "lr_dice_of_written": lr_dice}
-    return rows, {**sources.to_dict(), "seconds": decision_seconds}
+    return rows, {**sources.to_dict(), "seconds": decision_seconds, "nearest_context": nearest.to_dict()}
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ import torch
 
 from nnunetv2_rehrseg.degradation import majority_labels, one_hot
 from nnunetv2_rehrseg.interpolation import shape_based_upsample
-from nnunetv2_rehrseg.selfsr.label_sources import (CANDIDATES, SAFE, SAFETY_MARGIN, LabelSources, candidate_name,
+from nnunetv2_rehrseg.selfsr.label_sources import (INTERPOLATION, SAFETY_MARGIN, SELFSR, WRITTEN, LabelSources,
                                                    choose_label_sources, in_plane_counts, interpolation_probabilities,
                                                    written_labels)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
@@ -31,13 +31,14 @@ def test_interpolation_probabilities_argmax_is_shape_based_interpolation():
     assert p[2].max() > 0.95 and p[2].min() < 1e-3               # sharp inside, vanishing far away
 
 
-@pytest.mark.parametrize("candidate", CANDIDATES, ids=candidate_name)
-def test_written_labels_degraded_back_equal_the_annotation(candidate):
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_written_labels_degraded_back_equal_the_annotation(weight, calibrated):
     rng = np.random.default_rng(0)
     lr = blobs()
     selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)  # noise
     interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
-    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources.uniform(candidate, 3))
+    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources.uniform(weight, calibrated, 3))
     np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
 
 
@@ -52,18 +53,19 @@ def test_per_label_sources_mix_within_one_volume_and_stay_consistent():
     assert record["offsets"][0] == 0 and record["offsets"][2] == 0     # only class 1 is volume-calibrated
 
 
-def test_choice_keeps_interpolation_unless_beaten_by_the_margin():
+def test_choice_keeps_interpolation_unless_the_selfsr_beats_it_by_the_margin():
     def counts(dice_by_class):
         # overlap, predicted, true: Dice = 2 * overlap / (predicted + true) with 100 + 100 voxels
         return np.array([[100 * d, 100, 100] for d in dice_by_class], np.float64)
 
-    other = (0.0, False)
-    sources = choose_label_sources({SAFE: counts([1, 0.80, 0.80]),
-                                    other: counts([1, 0.80 + SAFETY_MARGIN / 2, 0.80 + 2 * SAFETY_MARGIN])}, [1, 2])
-    assert (sources.interpolation_weight[1], sources.calibrate[1]) == SAFE        # within the margin: the safe one
-    assert (sources.interpolation_weight[2], sources.calibrate[2]) == other       # beaten by more: the self-SR
-    assert sources.chosen == {"1": candidate_name(SAFE), "2": candidate_name(other)}
-    assert sources.scores["2"][candidate_name(other)] == pytest.approx(0.81)
+    sources = choose_label_sources({INTERPOLATION: counts([1, 0.80, 0.80, 0.80]),
+                                    SELFSR: counts([1, 0.80 + SAFETY_MARGIN / 2, 0.80 + 2 * SAFETY_MARGIN, 0.7])},
+                                   [1, 2, 3])
+    assert sources.chosen == {"1": INTERPOLATION, "2": SELFSR, "3": INTERPOLATION}
+    for label, source in sources.chosen.items():
+        assert (sources.interpolation_weight[int(label)], sources.calibrate[int(label)]) == WRITTEN[source]
+    assert sources.scores["2"][SELFSR] == pytest.approx(0.80 + 2 * SAFETY_MARGIN)
+    assert LabelSources.from_dict(sources.to_dict()) == sources
 
 
 class CopiesTheLabelsButDropsOne(torch.nn.Module):
@@ -83,15 +85,16 @@ class CopiesTheLabelsButDropsOne(torch.nn.Module):
         return {"image": reference[:, :1], "seg": 10 * labels}
 
 
-def test_in_plane_task_gives_the_label_the_network_drops_to_interpolation():
+@pytest.mark.parametrize("label_context", ["shape-based", "nearest"])
+def test_in_plane_task_gives_the_label_the_network_drops_to_interpolation(label_context):
     lr = np.concatenate([blobs((8, 48, 48)), blobs((8, 48, 48))[::-1]], axis=0)
     image = one_hot(lr, 3)[1:2] * 0.5 + one_hot(lr, 3)[2:3] * 0.5
     case = SRCase(image.astype(np.float32), lr)
     counts = in_plane_counts(CopiesTheLabelsButDropsOne(), case, (4.0, 1.0, 1.0), 4, 4.0, "gaussian",
-                             torch.device("cpu"))
-    assert set(counts) == set(CANDIDATES)
-    dice = {c: 2 * n[2, 0] / n[2, 1:].sum() for c, n in counts.items()}
-    # the dropped label comes back only where the annotation forces it (the consistency step): well below
-    assert dice[(0.0, False)] < dice[SAFE] - 0.1, dice
-    sources = choose_label_sources(counts, [1, 2])
-    assert sources.interpolation_weight[2] > 0 and sources.chosen["2"] != candidate_name((0.0, False))
+                             torch.device("cpu"), label_context=label_context)
+    assert set(counts) == {SELFSR, INTERPOLATION}
+    assert counts[SELFSR][:, 2].sum() == counts[INTERPOLATION][:, 2].sum() == lr.size * 4 * 2  # r x the voxels, both axes
+    dice = {source: 2 * n[2, 0] / n[2, 1:].sum() for source, n in counts.items()}
+    # the dropped label comes back only where the degraded annotation forces it (the consistency step): well below
+    assert dice[SELFSR] < dice[INTERPOLATION] - 0.1, dice
+    assert choose_label_sources(counts, [1, 2]).chosen["2"] == INTERPOLATION
