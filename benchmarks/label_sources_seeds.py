@@ -2,10 +2,12 @@
 (one folder per anatomy and seed) rescored with this version's label rules, and summarised per anatomy as the mean
 over seeds, the seed spread (max - min of the mean label Dice) and each label against shape-based interpolation.
 
-    python benchmarks/label_sources_seeds.py DIR [DIR ...] [-o summary.json] [-device cpu]
+    python benchmarks/label_sources_seeds.py DIR [DIR ...] [-o summary.json] [-device cpu] [-ensemble]
 
 Each DIR is a `benchmarks/selfsr.py -anatomy A -seed S -o DIR` output. Rescoring runs only the UASR model's inference
-and the label rules (DIR/label_sources_scores.json); the HR truth scores, never the choice.
+and the label rules (kept in DIR/label_sources_scores.json: delete it to rescore); the HR truth scores, never the
+choice. -ensemble adds, per anatomy, the seeds' networks as one ensemble (label probabilities as a normalised geometric
+mean, images averaged): what training several seeds would buy, at that many times the training.
 """
 import argparse
 import json
@@ -28,7 +30,25 @@ SHAPE_BASED = "shape-based interpolation of the LR labels (3d)"
 WRITTEN = "self-SR UASR, as written (each label's source chosen on the in-plane task)"
 
 
-def rescore(folder: Path, device: torch.device) -> dict:
+class SeedEnsemble(torch.nn.Module):
+    """Several self-SR networks as one: mean image, label log-probabilities averaged (their softmax is the normalised
+    geometric mean of the members' probabilities)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        first = members[0]
+        self.num_classes, self.r, self.window, self.centre = first.num_classes, first.r, first.window, first.centre
+        self.divisor, self.use_uasr = first.divisor, False
+
+    def forward(self, x):
+        outputs = [m(x) for m in self.members]
+        return {"image": torch.stack([o["image"].float() for o in outputs]).mean(0),
+                "seg": torch.stack([torch.log_softmax(o["seg"].float(), 1) for o in outputs]).mean(0)}
+
+
+def rescore(folder: Path, device: torch.device, ensemble_of=None) -> dict:
+    """One run's label rows; with `ensemble_of` (folders of the same anatomy), the ensemble of their networks."""
     run = json.loads((folder / "selfsr_benchmark.json").read_text())
     anatomy, r = run.get("anatomy", "mni152"), run["config"]["r"]
     names = ANATOMIES[anatomy].labels
@@ -36,6 +56,8 @@ def rescore(folder: Path, device: torch.device) -> dict:
     spacing = ANATOMIES[anatomy].spacing_mm
     case = SRCase(to_unit(lr[None], intensity_range(lr[None])), lr_labels)
     net, config = load_network(folder / "selfsr" / FINAL, device)
+    if ensemble_of:
+        net = SeedEnsemble([load_network(Path(f) / "selfsr" / FINAL, device)[0] for f in ensemble_of]).eval()
     probabilities = super_resolve_volume(net, case.image, case.labels, device)["probabilities"]
     rows = {SHAPE_BASED: label_scores(shape_based_upsample(lr_labels, 0, r, spacing=(spacing * r, spacing, spacing),
                                                            mode="3d"), hr_labels)}
@@ -43,14 +65,17 @@ def rescore(folder: Path, device: torch.device) -> dict:
                                             lambda labels: {})
     rows.update(label_rows)
     result = {"anatomy": anatomy, "seed": config.seed, "names": names, "rows": rows, "label_sources": sources}
-    (folder / "label_sources_scores.json").write_text(json.dumps(result, indent=1))
+    if ensemble_of:
+        result.update(seed="ensemble", members=[str(f) for f in ensemble_of])
+    else:
+        (folder / "label_sources_scores.json").write_text(json.dumps(result, indent=1))
     return result
 
 
 def summarise(results) -> dict:
     summary = {}
     for anatomy in sorted({r["anatomy"] for r in results}):
-        runs = [r for r in results if r["anatomy"] == anatomy]
+        runs = [r for r in results if r["anatomy"] == anatomy and r["seed"] != "ensemble"]
         names = {str(v): k for k, v in runs[0]["names"].items() if v}
         methods = {}
         for method in runs[0]["rows"]:
@@ -69,6 +94,10 @@ def summarise(results) -> dict:
             "labels_below_shape_based_per_seed": per_seed_below,
             "written_min_lr_dice": min(min(r["rows"][WRITTEN]["lr_dice_of_written"].values()) for r in runs),
             "chosen_per_seed": [r["label_sources"]["chosen"] for r in runs]}
+        ensemble = [r for r in results if r["anatomy"] == anatomy and r["seed"] == "ensemble"]
+        if ensemble:
+            summary[anatomy]["ensemble"] = {"rows": ensemble[0]["rows"], "chosen": ensemble[0]["label_sources"]["chosen"],
+                                            "members": ensemble[0]["members"]}
     return summary
 
 
@@ -77,12 +106,20 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("-o", default=None, help="summary JSON")
     parser.add_argument("-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("-ensemble", action="store_true", help="also the ensemble of each anatomy's seeds")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     results = []
     for folder in args.folders:
         t = time.time()
-        results.append(rescore(Path(folder), torch.device(args.device)))
+        scores = Path(folder) / "label_sources_scores.json"
+        results.append(json.loads(scores.read_text()) if scores.is_file() else rescore(Path(folder), device))
         print(f"{folder}: rescored in {time.time() - t:.0f} s", flush=True)
+    if args.ensemble:
+        for anatomy in sorted({r["anatomy"] for r in results}):
+            folders = [f for f, r in zip(args.folders, results) if r["anatomy"] == anatomy]
+            if len(folders) > 1:
+                results.append(rescore(Path(folders[0]), device, ensemble_of=folders))
     summary = summarise(results)
     for anatomy, s in summary.items():
         names = s["names"]
@@ -95,6 +132,10 @@ def main(argv=None) -> int:
                   + " | ".join(f"{m['per_label'][k]:.3f}" for k in names) + " |")
         print("labels below shape-based, per seed:", s["labels_below_shape_based_per_seed"])
         print("chosen per seed:", s["chosen_per_seed"])
+        if "ensemble" in s:
+            e = s["ensemble"]["rows"]
+            print(f"ensemble of {len(s['ensemble']['members'])} seeds: written {e[WRITTEN]['mean_dice']:.4f} ("
+                  + "/".join(f"{e[WRITTEN]['dice'][k]:.3f}" for k in names) + f"), chosen {s['ensemble']['chosen']}")
     if args.o:
         Path(args.o).write_text(json.dumps(summary, indent=1))
     return 0

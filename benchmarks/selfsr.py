@@ -39,8 +39,7 @@ from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
-from nnunetv2_rehrseg.selfsr.label_sources import (LabelSources, decide_label_sources, interpolation_probabilities,
-                                                   written_labels)
+from nnunetv2_rehrseg.selfsr.label_sources import decide_label_sources, interpolation_probabilities, written_labels
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, consistent_image, from_unit, intensity_range, to_unit
@@ -125,8 +124,10 @@ def development_volume(anatomy_name: str, r: int, subject: str = "template", see
     return hr, hr_labels, lr, lr_labels, fwhm, noise_sigma
 
 
-UNIFORM_SOURCES = {"self-SR": (0.0, False), "self-SR, volume-calibrated (stage 1's earlier rule)": (0.0, True),
-                   "interpolation": (1.0, False), "interpolation, volume-calibrated": (1.0, True)}
+UNIFORM_SOURCES = {"self-SR": ("self-SR", False),
+                   "self-SR, volume-calibrated (stage 1's earlier rule)": ("self-SR", True),
+                   "interpolation": ("interpolation", False),
+                   "interpolation, volume-calibrated": ("interpolation", True)}
 
 
 def label_source_rows(net, case: SRCase, probabilities: np.ndarray, hr_labels: np.ndarray, r: int, fwhm: float,
@@ -138,9 +139,9 @@ def label_source_rows(net, case: SRCase, probabilities: np.ndarray, hr_labels: n
     lr_spacing = (spacing * r, spacing, spacing)
     interpolated = interpolation_probabilities(case.labels, r, lr_spacing, num_classes)
     rows = {}
-    for name, (weight, calibrated) in UNIFORM_SOURCES.items():
-        labels, _ = written_labels(probabilities, interpolated, case.labels, r,
-                                   LabelSources.uniform(weight, calibrated, num_classes))
+    for name, (source, calibrated) in UNIFORM_SOURCES.items():
+        labels, _ = volume_calibrated_labels({"self-SR": probabilities, "interpolation": interpolated}[source],
+                                             case.labels, r, calibrate=[calibrated] * num_classes)
         rows[f"every label from: {name} (consistent)"] = {**label_scores(labels, hr_labels), **volume_ratios(labels)}
     t = time.time()
     foreground = list(range(1, num_classes))

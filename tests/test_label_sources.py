@@ -6,7 +6,7 @@ import torch
 
 from nnunetv2_rehrseg.degradation import majority_labels, one_hot
 from nnunetv2_rehrseg.interpolation import shape_based_upsample
-from nnunetv2_rehrseg.selfsr.label_sources import (INTERPOLATION, SAFETY_MARGIN, SELFSR, WRITTEN, LabelSources,
+from nnunetv2_rehrseg.selfsr.label_sources import (INTERPOLATION, SAFETY_MARGIN, SELFSR, LabelSources,
                                                    choose_label_sources, in_plane_counts, interpolation_probabilities,
                                                    written_labels)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
@@ -31,26 +31,33 @@ def test_interpolation_probabilities_argmax_is_shape_based_interpolation():
     assert p[2].max() > 0.95 and p[2].min() < 1e-3               # sharp inside, vanishing far away
 
 
-@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_written_labels_degraded_back_equal_the_annotation(weight, calibrated):
+@pytest.mark.parametrize("selfsr_labels", [[], [1], [2], [1, 2]])
+def test_written_labels_degraded_back_equal_the_annotation(selfsr_labels):
     rng = np.random.default_rng(0)
     lr = blobs()
     selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)  # noise
     interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
-    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources.uniform(weight, calibrated, 3))
+    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources(selfsr_labels))
     np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
 
 
-def test_per_label_sources_mix_within_one_volume_and_stay_consistent():
-    rng = np.random.default_rng(1)
+def test_a_label_from_the_selfsr_keeps_its_shape_and_the_others_follow_interpolation():
+    """Label 2 from a self-SR that draws it one HR slice lower than interpolation (a shape the consistency step
+    allows), label 1 from interpolation: label 2 is written as the self-SR draws it, label 1 as interpolated except
+    where label 2 takes its place."""
     lr = blobs()
-    selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)
     interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
-    sources = LabelSources([1.0, 0.0, 1.0], [False, True, False])
-    labels, record = written_labels(selfsr, interpolated, lr, 4, sources)
+    interpolation_map = interpolated.argmax(0)
+    shifted = np.roll(interpolation_map, 1, axis=0)
+    selfsr = np.where(shifted == 2, 0.9, 0.05)[None] * np.eye(3)[2][:, None, None, None]
+    selfsr[:2] = np.where(shifted == 2, 0.05, interpolated[:2] * 0.9)
+    selfsr /= selfsr.sum(0, keepdims=True)
+    labels, _ = written_labels(selfsr.astype(np.float32), interpolated, lr, 4, LabelSources([2]))
     np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
-    assert record["offsets"][0] == 0 and record["offsets"][2] == 0     # only class 1 is volume-calibrated
+    selfsr_map = written_labels(selfsr.astype(np.float32), None, lr, 4, LabelSources([1, 2]))[0]
+    np.testing.assert_array_equal(labels == 2, selfsr_map == 2)
+    outside = (labels != 2) & (selfsr_map != 2) & (interpolation_map != 2)
+    assert (labels[outside] == interpolation_map[outside]).mean() > 0.99
 
 
 def test_choice_keeps_interpolation_unless_the_selfsr_beats_it_by_the_margin():
@@ -62,8 +69,7 @@ def test_choice_keeps_interpolation_unless_the_selfsr_beats_it_by_the_margin():
                                     SELFSR: counts([1, 0.80 + SAFETY_MARGIN / 2, 0.80 + 2 * SAFETY_MARGIN, 0.7])},
                                    [1, 2, 3])
     assert sources.chosen == {"1": INTERPOLATION, "2": SELFSR, "3": INTERPOLATION}
-    for label, source in sources.chosen.items():
-        assert (sources.interpolation_weight[int(label)], sources.calibrate[int(label)]) == WRITTEN[source]
+    assert sources.selfsr_labels == [2]
     assert sources.scores["2"][SELFSR] == pytest.approx(0.80 + 2 * SAFETY_MARGIN)
     assert LabelSources.from_dict(sources.to_dict()) == sources
 

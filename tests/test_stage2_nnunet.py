@@ -572,9 +572,10 @@ def test_stock_training_still_works_after_ours(planned, monkeypatch):
 
 def test_rerun_with_other_stage1_settings_is_refused(planned):
     result = run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-r", "2", "-slice_profile",
-                 "rf-pulse-slr", env=planned["env"], check=False)
+                 "rf-pulse-slr", "-label_sources", "self-sr", env=planned["env"], check=False)
     message = result.stdout + result.stderr
     assert result.returncode != 0 and "-r 2 (stage 1 used 4)" in message and "-slice_profile rf-pulse-slr" in message
+    assert "-label_sources self-sr (stage 1 used auto)" in message
     assert "Traceback" not in message
 
 

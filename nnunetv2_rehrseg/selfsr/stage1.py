@@ -329,7 +329,7 @@ class GenerationJob:
         dice = dice_per_label(back_to_lr, sr_case.labels, self.label_values[1:])
         sources = self.sources or LabelSources.selfsr_only(num_classes)
         interpolated = None
-        if any(w > 0 for w in sources.interpolation_weight):
+        if len(sources.selfsr_labels) < num_classes - 1:
             interpolated = interpolation_probabilities(
                 sr_case.labels, r, lr_first_spacing(case.grid.spacing, self.settings.lr_axis), num_classes)
         consistent, volumes = written_labels(result["probabilities"], interpolated, sr_case.labels, r, sources)

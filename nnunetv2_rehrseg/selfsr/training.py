@@ -82,6 +82,11 @@ def _weights_file(net: SelfSRNet, config: SelfSRConfig) -> dict:
     return {"network_weights": net.state_dict(), "config": config.to_dict(), "uasr": net.use_uasr}
 
 
+def _training_settings(config: SelfSRConfig) -> dict:
+    """What a resumed fit must share with the one it resumes: all but how the written labels are chosen."""
+    return {k: v for k, v in config.to_dict().items() if k != "label_sources"}
+
+
 def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: torch.device,
                  init_checkpoint: Optional[str] = None,
                  on_iteration: Optional[Callable[[int, dict], None]] = None) -> Path:
@@ -102,7 +107,7 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
     latest = output_dir / LATEST
     if latest.is_file():
         ckpt = load_safe(latest)
-        if SelfSRConfig.from_dict(ckpt["config"]).to_dict() != config.to_dict():
+        if _training_settings(SelfSRConfig.from_dict(ckpt["config"])) != _training_settings(config):
             raise ValueError(f"{latest} was written with other self-SR settings; delete {output_dir} to start over")
         iteration, history = ckpt["iteration"], ckpt["history"]
         net.use_uasr = ckpt["uasr"]
