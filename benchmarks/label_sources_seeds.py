@@ -64,7 +64,9 @@ def rescore(folder: Path, device: torch.device, ensemble_of=None) -> dict:
     label_rows, sources = label_source_rows(net, case, probabilities, hr_labels, r, fwhm, spacing, len(names), device,
                                             lambda labels: {})
     rows.update(label_rows)
-    result = {"anatomy": anatomy, "seed": config.seed, "names": names, "rows": rows, "label_sources": sources}
+    # label keys as JSON writes them, so fresh and cached results read alike
+    result = json.loads(json.dumps({"anatomy": anatomy, "seed": config.seed, "names": names, "rows": rows,
+                                    "label_sources": sources}))
     if ensemble_of:
         result.update(seed="ensemble", members=[str(f) for f in ensemble_of])
     else:
