@@ -37,8 +37,9 @@ def test_written_labels_degraded_back_equal_the_annotation(selfsr_labels):
     lr = blobs()
     selfsr = rng.dirichlet(np.ones(3), size=(32, 24, 24)).transpose(3, 0, 1, 2).astype(np.float32)  # noise
     interpolated = interpolation_probabilities(lr, 4, (4.0, 1.0, 1.0), 3)
-    labels, _ = written_labels(selfsr, interpolated, lr, 4, LabelSources(selfsr_labels))
+    labels, record = written_labels(selfsr, interpolated, lr, 4, LabelSources(selfsr_labels))
     np.testing.assert_array_equal(majority_labels(labels, 0, 4, num_classes=3), lr)
+    assert len(record["implied_to_lr_count"]) == 3       # the volume record stage 1's QC keeps, whatever the source
 
 
 def test_a_label_from_the_selfsr_keeps_its_shape_and_the_others_follow_interpolation():

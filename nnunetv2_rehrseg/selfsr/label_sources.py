@@ -68,11 +68,15 @@ class LabelSources:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def needs_interpolation(self, num_classes: int) -> bool:
+        """Whether some foreground label takes interpolation (else its probabilities need not be made)."""
+        return not set(range(1, num_classes)) <= set(self.selfsr_labels)
+
 
 def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.ndarray], lr_labels: np.ndarray, r: int,
                    sources: LabelSources, implied_axes: Sequence[int] = (1, 2)) -> Tuple[np.ndarray, dict]:
-    """The labels stage 1 writes (rZ, Y, X), consistent with the annotation; returns them and the self-SR's volume
-    calibration record (`volume_calibrated_labels`).
+    """The labels stage 1 writes (rZ, Y, X), consistent with the annotation; returns them and the volume record of
+    `volume_calibrated_labels` (the self-SR's where any label takes it, else interpolation's).
 
     Two complete label maps are made, each consistent with the annotation: the self-SR's (every class
     volume-calibrated, stage 1's rule for the self-SR) and interpolation's. Wherever either map holds a label that
@@ -80,14 +84,15 @@ def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.n
     neighbours yield to it), elsewhere interpolation's; a last consistency step settles the thick slices where the
     two meet. `interpolated` (`interpolation_probabilities`) may be None when every label takes the self-SR."""
     num_classes = selfsr_probabilities.shape[0]
+    if not sources.needs_interpolation(num_classes) or interpolated is None:
+        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
     chosen = np.zeros(num_classes, bool)
     chosen[list(sources.selfsr_labels)] = True
-    if chosen[1:].all() or interpolated is None:
-        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
     no_calibration = [False] * num_classes
-    interpolation_map, _ = volume_calibrated_labels(interpolated, lr_labels, r, calibrate=no_calibration)
+    interpolation_map, interpolation_record = volume_calibrated_labels(interpolated, lr_labels, r,
+                                                                       calibrate=no_calibration, axes=implied_axes)
     if not chosen.any():
-        return interpolation_map, {}
+        return interpolation_map, interpolation_record
     selfsr_map, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
     from_selfsr = chosen[selfsr_map] | chosen[interpolation_map]
     shifted = np.exp(np.log(np.clip(selfsr_probabilities, 1e-6, None)) +

@@ -1,8 +1,8 @@
 """Stage 1 end to end: raw LR dataset -> self-SR fit -> pseudo-HR images, labels and uncertainty + QC, written
 under nnUNet_preprocessed/<dataset>/rehrseg/ (the layout: nnunetv2_rehrseg.layout; nnUNet_raw is only read).
-Each label's pseudo-HR labels come from the self-SR, shape-based interpolation of the annotation or their blend, as
-decided on the in-plane task before the first case is written (selfsr.label_sources; qc/label_sources.json), and are
-made to agree with the annotation (their thick-slice majority is the LR label). qc/lr_dice.json holds, per case and
+Each label's pseudo-HR labels come from the self-SR or from shape-based interpolation of the annotation, as decided
+on the in-plane task before the first case is written (selfsr.label_sources; qc/label_sources.json), and are made to
+agree with the annotation (their thick-slice majority is the LR label). qc/lr_dice.json holds, per case and
 label, the network's own labels and the written labels degraded back to LR vs the real LR labels, and the fraction of
 HR voxels relabelled.
 """
@@ -329,7 +329,7 @@ class GenerationJob:
         dice = dice_per_label(back_to_lr, sr_case.labels, self.label_values[1:])
         sources = self.sources or LabelSources.selfsr_only(num_classes)
         interpolated = None
-        if len(sources.selfsr_labels) < num_classes - 1:
+        if sources.needs_interpolation(num_classes):
             interpolated = interpolation_probabilities(
                 sr_case.labels, r, lr_first_spacing(case.grid.spacing, self.settings.lr_axis), num_classes)
         consistent, volumes = written_labels(result["probabilities"], interpolated, sr_case.labels, r, sources)
