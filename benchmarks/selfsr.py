@@ -42,7 +42,7 @@ from nnunetv2_rehrseg.demo.subjects import make_subject
 from nnunetv2_rehrseg.selfsr.label_sources import decide_label_sources, interpolation_probabilities, written_labels
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
-from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings, consistent_image, from_unit, intensity_range, to_unit
+from nnunetv2_rehrseg.selfsr.stage1 import consistent_image, from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 from soft_targets import soft_target_scores
 
@@ -233,9 +233,8 @@ def main(argv=None) -> int:
             results[key] = {**image_scores(image, hr), **label_scores(res["labels"], hr_labels)}
             if mode == "image+labels":
                 # the image as stage 1 writes it: back-projected towards the acquired thick slices
-                settings = Stage1Settings(r, 2, spacing * r, spacing, spacing, spacing * r, fwhm, "gaussian",
-                                          args.preset)
-                consistent = consistent_image(res["image"], case.image, settings, config.back_projection_iterations)
+                consistent = consistent_image(res["image"], case.image, r, fwhm, "gaussian",
+                                              config.back_projection_iterations)
                 results[f"{key}, image as written (back-projected, {config.back_projection_iterations} "
                         f"iterations)"] = image_scores(from_unit(consistent, ranges)[0], hr)
                 if head == "UASR":

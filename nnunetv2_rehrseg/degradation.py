@@ -6,7 +6,7 @@ offsets i - (r-1)/2 (half-integers for even r). A phase is an integer shift of t
 kernel. LR labels follow the annotator model: per-voxel majority over the r HR sub-slices.
 """
 from functools import lru_cache
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -179,38 +179,3 @@ def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: in
     counts = torch.stack([(y == c).sum(dim=axis + 1, dtype=count_dtype) for c in range(num_classes)], dim=-1)
     lr = counts.argmax(dim=-1)
     return lr.numpy().astype(hr_labels.dtype) if is_numpy else lr.to(hr_labels.dtype)
-
-
-def detect_lr_axis(spacing: Sequence[float], min_anisotropy: float = 1.5) -> int:
-    """Index of the thick-slice axis (largest spacing); raises for (near-)isotropic spacing."""
-    spacing = np.asarray(spacing, dtype=float)
-    axis = int(np.argmax(spacing))
-    in_plane = np.delete(spacing, axis)
-    ratio = spacing[axis] / in_plane.max()
-    if ratio < min_anisotropy:
-        raise ValueError(f"spacing {tuple(spacing.round(4))} is (nearly) isotropic (ratio {ratio:.2f} < "
-                         f"{min_anisotropy}): there is no thick-slice axis to super-resolve")
-    return axis
-
-
-def resolve_scale(slice_spacing: float, in_plane_spacing: float, r: Optional[int] = None,
-                  target_spacing: Optional[float] = None) -> Tuple[int, float, Optional[str]]:
-    """(r, HR spacing along the LR axis, warning or None).
-
-    Target defaults to the in-plane spacing and r = round(slice spacing / target). The HR spacing is then
-    slice_spacing / r exactly, so the HR grid covers the LR field of view; a non-integer ratio is rounded with a
-    warning (resampling the LR data instead would invent a grid the annotations were never drawn on).
-    """
-    warning = None
-    if r is None:
-        target = in_plane_spacing if target_spacing is None else target_spacing
-        if target <= 0:
-            raise ValueError(f"target spacing must be > 0, got {target}")
-        ratio = slice_spacing / target
-        r = max(1, int(round(ratio)))
-        if abs(ratio - r) > 0.05 * r:
-            warning = (f"slice spacing / target spacing = {slice_spacing:.4g} / {target:.4g} = {ratio:.3f} is not an "
-                       f"integer: using r = {r} (HR spacing {slice_spacing / r:.4g} mm)")
-    if r < 2:
-        raise ValueError(f"scale r = {r}: the data is not thick-sliced relative to the target spacing")
-    return int(r), float(slice_spacing) / r, warning

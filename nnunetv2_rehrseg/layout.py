@@ -2,9 +2,11 @@
 planning, training, validation and inference read.
 
 nnUNet_preprocessed/<dataset>/rehrseg/
-  settings.json            r, thick axis, slice thickness, profile (written first; a rerun must match it)
+  settings.json            the geometry: the dataset's r, thick axis, thickness, profile, and each case's own (written
+                           first; a rerun must match it)
   selfsr/                  self-SR checkpoints (latest, plain, final) and training log; video_prior.pth (the frame
                            interpolator fine-tuned on the dataset, with -video_prior)
+  selfsr_r<R>/             the self-SR of the cases acquired at another r than the dataset's (one folder per r)
   pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
   lr_images/               copies of the LR training images (<id>_000C + the dataset's file ending), written with the
                            preprocessed data: final validation reads them without nnUNet_raw
@@ -43,6 +45,10 @@ class Stage1Folder:
     @property
     def selfsr(self) -> Path:
         return self.root / "selfsr"
+
+    def selfsr_of_ratio(self, r: int) -> Path:
+        """Checkpoints of the self-SR for the cases of another slice spacing than the dataset's (r thin per thick)."""
+        return self.root / f"selfsr_r{r}"
 
     @property
     def selfsr_final(self) -> Path:

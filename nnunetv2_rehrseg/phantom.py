@@ -2,6 +2,7 @@
 tests' fixture. Nothing is downloaded."""
 import json
 from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,15 +32,24 @@ def write(array, spacing, path, direction=OBLIQUE, origin=(12.0, -40.0, 7.5)):
 
 
 def make_raw_dataset(raw_root: Path, dataset_id=990, name="Tiny", n_cases=2, spacing=(1.0, 1.0, 4.0),
-                     shape_zyx=(8, 32, 32), n_test=1) -> Path:
-    """nnUNet_raw/DatasetXXX_<name>: n_cases training cases (images + labels) and n_test test images."""
+                     shape_zyx=(8, 32, 32), n_test=1, slice_spacings: Optional[Dict[int, float]] = None,
+                     sideways: Sequence[int] = ()) -> Path:
+    """nnUNet_raw/DatasetXXX_<name>: n_cases training cases (images + labels) and n_test test images. A clinic's mix:
+    `slice_spacings` {case index: slice spacing (mm)} overrides the thick axis's spacing of those cases, and the cases
+    in `sideways` are acquired along another axis (their thick axis is x: the arrays and spacings swapped)."""
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{name}"
     for i in range(n_cases + n_test):
         image, labels = phantom(shape_zyx, i)
+        case_spacing = list(spacing)
+        if slice_spacings and i in slice_spacings:
+            case_spacing[int(np.argmax(spacing))] = slice_spacings[i]
+        if i in sideways:
+            image, labels = np.swapaxes(image, 0, 2).copy(), np.swapaxes(labels, 0, 2).copy()
+            case_spacing = case_spacing[::-1]
         split = "Tr" if i < n_cases else "Ts"
-        write(image, spacing, folder / f"images{split}" / f"case{i:02d}_0000.nii.gz")
+        write(image, tuple(case_spacing), folder / f"images{split}" / f"case{i:02d}_0000.nii.gz")
         if split == "Tr":
-            write(labels, spacing, folder / "labelsTr" / f"case{i:02d}.nii.gz")
+            write(labels, tuple(case_spacing), folder / "labelsTr" / f"case{i:02d}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "outer": 1, "inner": 2},
         "numTraining": n_cases, "file_ending": ".nii.gz"}))

@@ -4,8 +4,9 @@ import torch
 
 from nnunetv2_rehrseg.selfsr.pseudo_labels import (class_volumes, implied_hr_volumes, labels_consistent_with_lr,
                                                     volume_calibrated_labels)
-from nnunetv2_rehrseg.degradation import (blur_subsample, detect_lr_axis, majority_labels, profile_fwhm_in_voxels,
-                                          resolve_scale, slice_kernel)
+from nnunetv2_rehrseg.geometry import detect_lr_axis, resolve_scale
+from nnunetv2_rehrseg.degradation import (blur_subsample, majority_labels, profile_fwhm_in_voxels,
+                                          slice_kernel)
 
 
 def measured_fwhm(profile: str, fwhm: float) -> float:

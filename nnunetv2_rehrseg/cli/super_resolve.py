@@ -4,9 +4,9 @@ The self-SR comes from the dataset's stage-1 folder, or from a trained REHRSeg m
 it), so a model installed from a zip super-resolves without the stage-1 folder. Outputs keep the inputs' format.
 """
 import argparse
+import logging
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from nnunetv2_rehrseg.cli.common import (add_device_flag, add_parts_flags, check_part, detect_file_ending,
@@ -14,11 +14,13 @@ from nnunetv2_rehrseg.cli.common import (add_device_flag, add_parts_flags, check
 from nnunetv2_rehrseg.cli.predict import add_model_flags
 from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 
-# the self-SR learned one thick-to-thin ratio: inputs whose slice spacing is further off are refused
-SPACING_TOLERANCE = 0.1
+logger = logging.getLogger(__name__)
+
+
+
 def selfsr_from_model(folder: Path, checkpoint_name: str, device):
-    """(network, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint, the
-    geometry from the plans' rehrseg block."""
+    """({r: network}, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint
+    (the dataset's r), the geometry from the plans' rehrseg block."""
     import json
 
     from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_trained_checkpoint
@@ -40,7 +42,7 @@ def selfsr_from_model(folder: Path, checkpoint_name: str, device):
     plans = json.loads((folder / "plans.json").read_text())
     block = REHRSegPlanBlock.from_configuration(plans["configurations"][CONFIGURATION], str(folder / "plans.json"))
     net, _ = network_from_checkpoint(checkpoint[SELFSR_CHECKPOINT_KEY], device)
-    return net, Stage1Settings.from_plan_block(block)
+    return {net.r: net}, Stage1Settings.from_plan_block(block)
 
 
 def load_selfsr(args, device):
@@ -66,6 +68,8 @@ def load_selfsr(args, device):
 
 @exits_cleanly
 def super_resolve_entry(argv=None) -> None:
+    from nnunetv2_rehrseg.degradation import profile_fwhm_in_voxels
+    from nnunetv2_rehrseg.geometry import slice_geometry
     from nnunetv2_rehrseg.raw_dataset import LoadedCase, group_channel_files, read_channels
     from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
     from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
@@ -91,27 +95,33 @@ def super_resolve_entry(argv=None) -> None:
     if in_folder.resolve() == out_folder.resolve():
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
     device = resolve_device(args.device)
-    net, settings = load_selfsr(args, device)
+    networks, settings = load_selfsr(args, device)
+    any_net = next(iter(networks.values()))
     ending = args.file_ending or detect_file_ending(in_folder, "_0000")
-    cases = group_channel_files(in_folder, ending, net.image_channels)
+    cases = group_channel_files(in_folder, ending, any_net.image_channels)
     cases = {k: cases[k] for k in sorted(cases)[args.part_id::args.num_parts]}   # nnU-Net's split over machines
-    loaded = []
+    target = settings.target_spacing or settings.hr_spacing
+    loaded, plans = [], {}
     for identifier, files in cases.items():  # validate every input before the first write
         image, grid = read_channels([str(f) for f in files], identifier)
-        spacing = np.asarray(grid.spacing)
-        slice_ratio = spacing[settings.lr_axis] / settings.slice_spacing
-        if int(np.argmax(spacing)) != settings.lr_axis or abs(slice_ratio - 1) > SPACING_TOLERANCE:
-            raise InputError(f"{files[0]}: spacing {tuple(spacing.round(3))} does not fit the trained self-SR "
-                             f"(thick axis {settings.lr_axis}, slice spacing {settings.slice_spacing:.3g} mm, "
-                             f"r={settings.r}); resample it to that slice spacing first")
+        geometry = slice_geometry(grid.spacing, target, str(files[0]))
+        # the network of this case's r, else of the nearest r trained: the HR grid is then slice spacing / that r
+        r = min(networks, key=lambda n: (abs(n - geometry.r), n))
+        if r != geometry.r:
+            logger.info("%s: slice spacing %.4g mm (r=%d at %.4g mm) super-resolved by the r=%d network: HR spacing "
+                        "%.4g mm", files[0], geometry.slice_spacing, geometry.r, target, r, geometry.slice_spacing / r)
+        plans[identifier] = (geometry.axis, r, profile_fwhm_in_voxels(geometry.slice_thickness,
+                                                                      geometry.slice_spacing / r))
         loaded.append(LoadedCase(identifier, image, None, grid))
     for case in tqdm(loaded, desc="super-resolve"):
-        image = lr_first(case.image, settings.lr_axis)
+        axis, r, fwhm = plans[case.identifier]
+        image = lr_first(case.image, axis)
         ranges = intensity_range(image)
         unit = to_unit(image, ranges)
-        result = super_resolve_volume(net, unit, None, device)
-        result["image"] = consistent_image(result["image"], unit, settings, SelfSRConfig.back_projection_iterations)
-        paths = {"images": [out_folder / f"{case.identifier}_{c:04d}{ending}" for c in range(net.image_channels)],
+        result = super_resolve_volume(networks[r], unit, None, device)
+        result["image"] = consistent_image(result["image"], unit, r, fwhm, settings.profile,
+                                           SelfSRConfig.back_projection_iterations)
+        paths = {"images": [out_folder / f"{case.identifier}_{c:04d}{ending}" for c in range(any_net.image_channels)],
                  "label": None, "uncertainty": out_folder / "uncertainty" / f"{case.identifier}{ending}"}
-        write_super_resolved(case, result, ranges, settings, paths)
+        write_super_resolved(case, result, ranges, axis, r, paths)
     print(f"super-resolved {len(loaded)} case(s) into {out_folder}")

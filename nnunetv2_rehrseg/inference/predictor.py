@@ -37,7 +37,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
-from nnunetv2_rehrseg.geometry import Grid, hr_grid, numpy_axis_of
+from nnunetv2_rehrseg.geometry import (Grid, SliceGeometry, axes_swap, hr_grid, numpy_axis_of, slice_geometry,
+                                       swap_array_axes)
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of
 from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
 
@@ -49,33 +50,52 @@ LR_SUBFOLDER = "lr"
 DEFAULT_MAX_LOGITS_GB = 1.0
 
 
-def check_input_grid(grid: Grid, block: REHRSegPlanBlock, source: str) -> Optional[str]:
-    """Refuse inputs the model cannot map to a correct HR grid; a warning when the slice spacing is resampled."""
-    spacing = np.asarray(grid.spacing, dtype=float)
-    in_plane = np.delete(spacing, block.lr_axis_sitk)
-    if spacing[block.lr_axis_sitk] < 1.5 * in_plane.max():
-        raise InputError(f"{source}: spacing {tuple(spacing.round(3))} has no thick axis {block.lr_axis_sitk} (SimpleITK "
-                         f"order) as the model was trained on; reorient it or use a model trained for this axis")
-    ratio = spacing[block.lr_axis_sitk] / block.hr_spacing[0]
-    if round(ratio) != block.r:
-        raise InputError(f"{source}: slice spacing {spacing[block.lr_axis_sitk]:.3g} mm is {ratio:.2f} x the model's "
-                         f"HR spacing {block.hr_spacing[0]:.3g} mm; the model maps r={block.r} thin slices per thick "
-                         f"slice. Train a model for this slice spacing")
-    if abs(spacing[block.lr_axis_sitk] - block.lr_spacing[0]) > 1e-3 * block.lr_spacing[0]:
-        return (f"{source}: slice spacing {spacing[block.lr_axis_sitk]:.4g} mm differs from the model's "
-                f"{block.lr_spacing[0]:.4g} mm: resampled along the thick axis to {block.lr_spacing[0]:.4g} mm")
-    return None
+def case_geometry(grid: Grid, block: REHRSegPlanBlock, source: str) -> SliceGeometry:
+    """A test case against the model, by the one rule stage 1 uses (geometry.slice_geometry, the model's HR spacing as
+    the target): its thick axis and its own r. Refuses only what has no thick axis or is not thicker than the HR
+    spacing."""
+    return slice_geometry(grid.spacing, block.hr_spacing[0], source)
+
+
+def resampling_note(geometry: SliceGeometry, block: REHRSegPlanBlock, source: str) -> Optional[str]:
+    """What happens to a case whose slice spacing is not the model's: its thick slices are resampled (linearly) to
+    the model's LR spacing, and the HR output resampled onto the case's own HR grid (slice spacing / its r)."""
+    if abs(geometry.slice_spacing - block.lr_spacing[0]) <= 1e-3 * block.lr_spacing[0]:
+        return None
+    return (f"{source}: slice spacing {geometry.slice_spacing:.4g} mm, the model's {block.lr_spacing[0]:.4g} mm: "
+            f"predicted at the model's spacing and written on the case's own HR grid (r={geometry.r}, "
+            f"{geometry.hr_spacing:.4g} mm)")
+
+
+def case_r(properties: dict, block: REHRSegPlanBlock) -> int:
+    """The case's own r, from its spacing (numpy order, as nnU-Net's reader gives it)."""
+    spacing = properties["spacing"][::-1]
+    return slice_geometry(spacing, block.hr_spacing[0], "the case").r
+
+
+def linear_along_thick_axis(config: dict) -> dict:
+    """nnU-Net resamples anisotropic data with nearest neighbour along the thick axis (order_z 0), which repeats or
+    drops whole slices when a case's slice spacing is not the model's; REHRSeg interpolates them linearly."""
+    for key in ("resampling_fn_data_kwargs", "resampling_fn_probabilities_kwargs"):
+        if key in config:
+            config[key] = {**config[key], "order_z": 1}
+    return config
 
 
 def lr_configuration(configuration_manager: ConfigurationManager, block: REHRSegPlanBlock) -> ConfigurationManager:
     config = deepcopy(configuration_manager.configuration)
     config.update(spacing=block.lr_spacing, patch_size=block.lr_patch_size)
-    return ConfigurationManager(config)
+    return ConfigurationManager(linear_along_thick_axis(config))
+
+
+def hr_configuration(configuration_manager: ConfigurationManager) -> ConfigurationManager:
+    return ConfigurationManager(linear_along_thick_axis(deepcopy(configuration_manager.configuration)))
 
 
 def hr_properties(properties: dict, block: REHRSegPlanBlock, transpose_backward: Sequence[int]) -> dict:
-    """The case's preprocessing properties as they would read for its HR grid (same FOV, r x along the LR axis)."""
-    r = block.r
+    """The case's preprocessing properties as they would read for its HR grid (same FOV, its own r x along the LR
+    axis: the model's r, or another for a case at another slice spacing, whose HR logits are resampled on export)."""
+    r = case_r(properties, block)
     hr = deepcopy(properties)
     for key in ("shape_before_cropping", "shape_after_cropping_and_before_resampling"):
         hr[key] = (r * properties[key][0], *properties[key][1:])
@@ -130,10 +150,12 @@ def segmentation_dtype(label_manager):
 def write_case(lr, hr, properties: dict, plans_manager: PlansManager,
                hr_configuration: ConfigurationManager, lr_configuration_manager: ConfigurationManager,
                block: REHRSegPlanBlock, dataset_json: dict, hr_file_truncated: str, lr_file_truncated: Optional[str],
-               save_probabilities: bool) -> None:
+               save_probabilities: bool, swap: Optional[Tuple[int, int]] = None) -> None:
     """Write one case (HR segmentation; LR too if asked; probabilities if asked) through a per-case temporary folder
     and rename the files into place, HR segmentation last: its presence means the case is complete. `lr` and `hr`
-    are logits (K, ...), or segmentations (integer arrays, from the slab path) that are written as they are."""
+    are logits (K, ...), or segmentations (integer arrays, from the slab path) that are written as they are. `swap`:
+    the two SimpleITK axes the input was reoriented by (a case acquired along another axis than the model's): the
+    outputs are turned back into the input's own index order before they are moved into place."""
     partial = Path(hr_file_truncated).parent / PARTIAL / Path(hr_file_truncated).name
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -151,11 +173,57 @@ def write_case(lr, hr, properties: dict, plans_manager: PlansManager,
             export_prediction_from_logits(array, its_properties, configuration, plans_manager, dataset_json,
                                           str(partial / stem), save_probabilities)
     endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
+    if swap is not None:
+        for stem, *_ in outputs:
+            swap_outputs_back(partial / stem, dataset_json["file_ending"], save_probabilities, *swap)
     for stem, _, _, _, target in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
         for ending in endings:
             os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
     shutil.rmtree(partial, ignore_errors=True)
+
+
+def swap_outputs_back(stem: Path, file_ending: str, probabilities: bool, a: int, b: int) -> None:
+    """A case's written outputs (segmentation; .npz and .pkl probabilities) with SimpleITK axes a and b exchanged:
+    the same world geometry in the input's own index order."""
+    import pickle
+
+    import SimpleITK as sitk
+
+    seg_file = f"{stem}{file_ending}"
+    image = sitk.ReadImage(seg_file)
+    order = [0, 1, 2]
+    order[a], order[b] = b, a
+    sitk.WriteImage(sitk.PermuteAxes(image, order), seg_file)
+    if probabilities:
+        with np.load(f"{stem}.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        arrays["probabilities"] = swap_array_axes(arrays["probabilities"], a, b, channel_first=True)
+        np.savez_compressed(f"{stem}.npz", **arrays)
+        with open(f"{stem}.pkl", "rb") as f:
+            properties = pickle.load(f)
+        with open(f"{stem}.pkl", "wb") as f:
+            pickle.dump(swap_properties(properties, a, b), f)
+
+
+def swap_properties(properties: dict, a: int, b: int) -> dict:
+    """nnU-Net's case properties (numpy-order shapes, spacing and crop box; SimpleITK header) with SimpleITK axes a and
+    b exchanged."""
+    properties = deepcopy(properties)
+    i, j = numpy_axis_of(a), numpy_axis_of(b)
+    for key in ("shape_before_cropping", "shape_after_cropping_and_before_resampling", "spacing",
+                "bbox_used_for_cropping"):
+        if key in properties:
+            values = list(properties[key])
+            values[i], values[j] = values[j], values[i]
+            properties[key] = type(properties[key])(values) if isinstance(properties[key], tuple) else values
+    stuff = properties.get("sitk_stuff")
+    if stuff is not None:
+        size = tuple(properties["shape_before_cropping"][::-1]) if "shape_before_cropping" in properties else (1,) * 3
+        grid = axes_swap(Grid(size, tuple(stuff["spacing"]), tuple(stuff["origin"]), tuple(stuff["direction"])), a, b)
+        properties["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin,
+                                    "direction": grid.direction}
+    return properties
 
 
 def is_segmentation(array: Union[np.ndarray, torch.Tensor]) -> bool:
@@ -177,13 +245,14 @@ def slabs(width: int, core: int, margin: int) -> List[Tuple[int, int, int, int]]
 def export_case(prediction: Union[np.ndarray, Tuple[np.ndarray, np.ndarray]], properties: dict,
                 plans_manager: PlansManager, hr_configuration: ConfigurationManager,
                 lr_configuration_manager: ConfigurationManager, block: REHRSegPlanBlock, dataset_json: dict,
-                hr_file_truncated: str, lr_file_truncated: Optional[str], save_probabilities: bool) -> Optional[str]:
+                hr_file_truncated: str, lr_file_truncated: Optional[str], save_probabilities: bool,
+                swap: Optional[Tuple[int, int]] = None) -> Optional[str]:
     """write_case in an export worker, for what `REHRSegPredictor.predict_case` returns (folded logits, or LR and HR
     segmentations). Returns None, or the reason the case failed (one bad case must not stop the others)."""
     try:
         write_case(*unfold_prediction(prediction, plans_manager, dataset_json), properties, plans_manager,
                    hr_configuration, lr_configuration_manager, block, dataset_json, hr_file_truncated,
-                   lr_file_truncated, save_probabilities)
+                   lr_file_truncated, save_probabilities, swap)
         return None
     except Exception as e:   # reported per case by the caller
         return f"{type(e).__name__}: {e}"
@@ -225,6 +294,9 @@ class REHRSegPredictor(nnUNetPredictor):
         self.lr_output = lr_output
         self.max_logits_gb = max_logits_gb
         self.failures = {}   # case file or id -> reason, for the last predict_from_files call
+        self.reoriented = {}   # output file (truncated) -> the two SimpleITK axes its input was swapped by
+        self._reorient_dir: Optional[str] = None
+        self._last_swap: Optional[Tuple[int, int]] = None
 
     # ---------------------------------------------------------------- set-up
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -273,7 +345,7 @@ class REHRSegPredictor(nnUNetPredictor):
                               inference_allowed_mirroring_axes: Optional[Tuple[int, ...]]):
         """`configuration_manager` is the REHRSeg (HR) configuration; the predictor works on its LR grid."""
         self.block = REHRSegPlanBlock.from_configuration(configuration_manager.configuration)
-        self.hr_configuration_manager = configuration_manager
+        self.hr_configuration_manager = hr_configuration(configuration_manager)
         super().manual_initialization(network, plans_manager, lr_configuration(configuration_manager, self.block),
                                       parameters, dataset_json, trainer_name, inference_allowed_mirroring_axes)
 
@@ -378,23 +450,73 @@ class REHRSegPredictor(nnUNetPredictor):
         return data, properties
 
     # ---------------------------------------------------------------- files
-    def accepts(self, files: List[str]) -> bool:
-        """Whether this model can take the case; if not, the reason goes to self.failures (one line)."""
+    def prepare_inputs(self, files: List[str]) -> Tuple[List[str], Optional[Tuple[int, int]]]:
+        """The files to predict a case from and the axes swap its outputs need: its own files and None, or, for a
+        series acquired along another axis than the model's, copies reoriented to the model's thick axis and the two
+        SimpleITK axes exchanged. Raises InputError (one line) for a case the model cannot take."""
         from nnunetv2_rehrseg.raw_dataset import read_channels
 
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise InputError(f"{missing[0]}: missing channel; the model needs "
+                             f"{len(self.dataset_json['channel_names'])} per case")
+        _, grid = read_channels(list(files), os.path.basename(files[0]))
+        geometry = case_geometry(grid, self.block, files[0])
+        note = resampling_note(geometry, self.block, files[0])
+        if note:
+            logger.info(note)
+        if geometry.axis == self.block.lr_axis_sitk:
+            return list(files), None
+        logger.info("%s: thick axis %d (SimpleITK order), the model's %d: predicted reoriented, written in the case's "
+                    "own orientation", files[0], geometry.axis, self.block.lr_axis_sitk)
+        return self.reoriented_copies(files, geometry.axis), (self.block.lr_axis_sitk, geometry.axis)
+
+    def accepts(self, files: List[str]) -> Optional[List[str]]:
+        """prepare_inputs for nnU-Net's file lists: the files to use (a swap recorded in self.reoriented by the
+        caller), or None with the reason in self.failures."""
         try:
-            missing = [f for f in files if not os.path.isfile(f)]
-            if missing:
-                raise InputError(f"{missing[0]}: missing channel; the model needs "
-                                 f"{len(self.dataset_json['channel_names'])} per case")
-            _, grid = read_channels(list(files), os.path.basename(files[0]))
-            warning = check_input_grid(grid, self.block, files[0])
-            if warning:
-                logger.warning(warning)
-            return True
+            used, swap = self.prepare_inputs(files)
+            self._last_swap = swap
+            return used
         except InputError as e:
             self.failures[files[0]] = str(e)
-            return False
+            return None
+
+    def predict_case_files(self, files: List[str], hr_file_truncated: str, lr_file_truncated: Optional[str] = None,
+                           save_probabilities: bool = False) -> None:
+        """One case from its image files to its written outputs, in this process (final validation's path)."""
+        try:
+            used, swap = self.prepare_inputs(files)
+            data, properties = self.preprocess(used)
+            lr_logits, hr_logits = self.predict_logits(data)
+            write_case(lr_logits, hr_logits, properties, self.plans_manager, self.hr_configuration_manager,
+                       self.configuration_manager, self.block, self.dataset_json, hr_file_truncated,
+                       lr_file_truncated, save_probabilities, swap)
+        finally:
+            self.remove_reoriented_copies()
+
+    def remove_reoriented_copies(self) -> None:
+        if self._reorient_dir is not None:
+            shutil.rmtree(self._reorient_dir, ignore_errors=True)
+            self._reorient_dir = None
+
+    def reoriented_copies(self, files: List[str], axis: int) -> List[str]:
+        """Copies of a case's channel files with its thick axis swapped into the model's (same world geometry), in a
+        temporary folder that predict_from_files removes."""
+        import tempfile
+
+        import SimpleITK as sitk
+
+        if self._reorient_dir is None:
+            self._reorient_dir = tempfile.mkdtemp(prefix="rehrseg_reoriented_")
+        order = [0, 1, 2]
+        order[axis], order[self.block.lr_axis_sitk] = self.block.lr_axis_sitk, axis
+        copies = []
+        for f in files:
+            target = os.path.join(self._reorient_dir, os.path.basename(f))
+            sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(f), order), target)
+            copies.append(target)
+        return copies
 
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                                        folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
@@ -402,9 +524,17 @@ class REHRSegPredictor(nnUNetPredictor):
         inputs, outputs, previous = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
-        keep = [i for i, files in enumerate(inputs) if self.accepts(files)]
-        return ([inputs[i] for i in keep], None if outputs is None else [outputs[i] for i in keep],
-                [previous[i] for i in keep])
+        kept_inputs, kept_outputs, kept_previous = [], [], []
+        for i, files in enumerate(inputs):
+            used = self.accepts(files)
+            if used is None:
+                continue
+            if self._last_swap is not None and outputs is not None:
+                self.reoriented[outputs[i]] = self._last_swap
+            kept_inputs.append(used)
+            kept_outputs.append(None if outputs is None else outputs[i])
+            kept_previous.append(previous[i])
+        return kept_inputs, None if outputs is None else kept_outputs, kept_previous
 
     def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                            save_probabilities: bool = False, overwrite: bool = True,
@@ -416,11 +546,14 @@ class REHRSegPredictor(nnUNetPredictor):
         reason}); every other case is."""
         if isinstance(list_of_lists_or_source_folder, str) and not os.path.isdir(list_of_lists_or_source_folder):
             raise InputError(f"{list_of_lists_or_source_folder}: input folder not found; check -i")
-        self.failures = {}
-        super().predict_from_files(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
-                                   save_probabilities, overwrite, num_processes_preprocessing,
-                                   num_processes_segmentation_export, folder_with_segs_from_prev_stage, num_parts,
-                                   part_id)
+        self.failures, self.reoriented = {}, {}
+        try:
+            super().predict_from_files(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                       save_probabilities, overwrite, num_processes_preprocessing,
+                                       num_processes_segmentation_export, folder_with_segs_from_prev_stage, num_parts,
+                                       part_id)
+        finally:
+            self.remove_reoriented_copies()
         if isinstance(output_folder_or_list_of_truncated_output_files, str):
             try:   # empty unless another part is still writing into the same folder
                 os.rmdir(Path(output_folder_or_list_of_truncated_output_files) / PARTIAL)
@@ -466,7 +599,7 @@ class REHRSegPredictor(nnUNetPredictor):
                     job = export_pool.apply_async(export_case, (
                         prediction, properties, self.plans_manager, self.hr_configuration_manager,
                         self.configuration_manager, self.block, self.dataset_json, ofile, self.lr_target(ofile),
-                        save_probabilities))
+                        save_probabilities, self.reoriented.get(ofile)))
                 else:
                     job = export_pool.apply_async(hr_segmentation_from_prediction, (
                         prediction, properties, self.plans_manager, self.hr_configuration_manager, self.block,
@@ -495,7 +628,13 @@ class REHRSegPredictor(nnUNetPredictor):
                                  segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
                                  save_or_return_probabilities: bool = False):
         """One LR image as an array (C, z, y, x as nnU-Net's reader gives it) with its properties ('spacing'; plus
-        'sitk_stuff' to write files): the HR segmentation (and probabilities), or files if output_file_truncated."""
+        'sitk_stuff' to write files): the HR segmentation (and probabilities), or files if output_file_truncated. The
+        array's thick axis must be the model's (files acquired along another axis are reoriented by
+        predict_from_files)."""
+        geometry = slice_geometry(list(image_properties["spacing"])[::-1], self.block.hr_spacing[0], "the array")
+        if geometry.axis != self.block.lr_axis_sitk:
+            raise InputError(f"the array's thick axis is {geometry.axis} (SimpleITK order), the model's "
+                             f"{self.block.lr_axis_sitk}: swap its axes first, or predict it from its file")
         adapter = PreprocessAdapterFromNpy([input_image], [segmentation_previous_stage], [image_properties],
                                            [output_file_truncated], self.plans_manager, self.dataset_json,
                                            self.configuration_manager, num_threads_in_multithreaded=1,

@@ -72,9 +72,7 @@ def validate_fold(trainer, save_probabilities: bool = False) -> Dict[str, float]
     rank, world = (dist.get_rank(), dist.get_world_size()) if trainer.is_ddp else (0, 1)
     for key in tqdm(sorted(val_keys)[rank::world], desc="final validation (LR in, HR out)",
                     disable=trainer.local_rank != 0):
-        data, properties = predictor.preprocess(images[key])
-        lr_logits, hr_logits = predictor.predict_logits(data)
-        predictor.export(lr_logits, hr_logits, properties, str(out_hr / key), str(out_lr / key), save_probabilities)
+        predictor.predict_case_files(images[key], str(out_hr / key), str(out_lr / key), save_probabilities)
     if trainer.is_ddp:
         dist.barrier()
     results = {}

@@ -5,7 +5,7 @@ of view). Its in-plane axes then carry true HR information: degrading one of the
 subsampling gives a thick-slice window whose thin sub-slices are known. Both in-plane axes and all r phases are used.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -63,7 +63,8 @@ class PairSampler:
     """
 
     def __init__(self, cases: List[Union[SRCase, DegradedViews]], r: int, fwhm: float, profile: str, num_classes: int,
-                 window: int, patch: int, label_dropout: float = 0.5, edge_replicate: float = 0.1, seed: int = 0):
+                 window: int, patch: int, label_dropout: float = 0.5, edge_replicate: float = 0.1, seed: int = 0,
+                 thick_cases: Optional[List[SRCase]] = None):
         if not cases:
             raise ValueError("no training cases for the self-SR")
         self.r, self.window, self.patch, self.num_classes = r, window, patch, num_classes
@@ -78,8 +79,9 @@ class PairSampler:
                 if lr.shape[axis] < window:
                     raise ValueError(f"an in-plane axis of {v.hr_image.shape[axis]} voxels gives {lr.shape[axis]} "
                                      f"thick slices at r={r}, fewer than the SR window ({window})")
-        # the real thick axis of the LR cases, for the consistency term (prepared views have no real thick slices)
-        self.thick_cases = [c for c in cases if isinstance(c, SRCase)]
+        # the real thick axis of the LR cases, for the consistency term (prepared views have no real thick slices):
+        # by default every LR case; in a dataset of several slice spacings only those acquired at this r
+        self.thick_cases = [c for c in cases if isinstance(c, SRCase)] if thick_cases is None else list(thick_cases)
         self.thick_side = thick_axis_side(r, fwhm, profile)
         self.rng = np.random.default_rng(seed)
 

@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, detect_lr_axis, majority_labels, noise_sigma,
-                                          profile_fwhm_in_voxels, resolve_scale)
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, majority_labels, noise_sigma,
+                                          profile_fwhm_in_voxels)
 from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
 from nnunetv2_rehrseg.errors import InputError
-from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
+from nnunetv2_rehrseg.geometry import (SCALE_WARNING_FRACTION, SliceGeometry, hr_grid, numpy_axis_of, resolve_scale,
+                                       slice_geometry)
 from nnunetv2_rehrseg.io import write_image, write_json_atomic
-from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING, Stage1Folder
+from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING, SELFSR_FINAL, Stage1Folder
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
 from nnunetv2_rehrseg.selfsr.config import configure
@@ -43,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Stage1Settings:
+    """A dataset's geometry as stage 1 reads it: the dataset's values (its most common thick axis, the median slice
+    spacing and its r: the grid the segmenter is planned for) and each case's own (`cases`: thick axis, slice spacing
+    and thickness, r). Folders written before per-case geometry have no `cases`: every case then has the dataset's
+    values, as it had."""
     r: int
     lr_axis: int                 # sitk index order (0 = x, 2 = z)
     slice_spacing: float         # median over the training cases, mm
@@ -52,6 +57,8 @@ class Stage1Settings:
     fwhm: float                  # slice profile FWHM in HR voxels
     profile: str
     preset: str
+    target_spacing: Optional[float] = None         # the HR spacing each case's r is taken against
+    cases: Dict[str, dict] = field(default_factory=dict)    # identifier -> SliceGeometry.to_dict()
 
     @classmethod
     def load(cls, path) -> "Stage1Settings":
@@ -64,7 +71,28 @@ class Stage1Settings:
         return cls(r=block.r, lr_axis=block.lr_axis_sitk, slice_spacing=block.lr_spacing[0],
                    in_plane_spacing=block.hr_spacing[1], hr_spacing=block.hr_spacing[0],
                    slice_thickness=block.slice_thickness, fwhm=block.fwhm, profile=block.slice_profile,
-                   preset="from the trained model")
+                   preset="from the trained model", target_spacing=block.hr_spacing[0])
+
+    def case(self, identifier: str) -> SliceGeometry:
+        if identifier in self.cases:
+            return SliceGeometry(**self.cases[identifier])
+        return SliceGeometry(self.lr_axis, self.slice_spacing, self.in_plane_spacing, self.r, self.slice_thickness)
+
+    def fwhm_of(self, geometry: SliceGeometry) -> float:
+        """A case's slice-profile FWHM in its own HR voxels."""
+        return profile_fwhm_in_voxels(geometry.slice_thickness, geometry.hr_spacing)
+
+    @property
+    def ratios(self) -> List[int]:
+        """Every r among the cases, the dataset's first (its self-SR network is trained first; the others start
+        from it)."""
+        others = sorted({c["r"] for c in self.cases.values()} - {self.r})
+        return [self.r] + others
+
+    def same_dataset_values(self, other: "Stage1Settings") -> bool:
+        keep = ("target_spacing", "cases")
+        return ({k: v for k, v in asdict(self).items() if k not in keep} ==
+                {k: v for k, v in asdict(other).items() if k not in keep})
 
 
 def lr_first(array: np.ndarray, lr_axis: int, channel_first: bool = True) -> np.ndarray:
@@ -100,47 +128,106 @@ def from_unit(image: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     return image * (ranges[:, 1:, None, None] - ranges[:, :1, None, None]) + ranges[:, :1, None, None]
 
 
+# a slice thicker than this many slice spacings overlaps its neighbours by more than a slab sequence acquires: a typo
+# (or the spacing and thickness swapped) more likely than data
+MAX_THICKNESS_PER_SPACING = 2.0
+
+
+def case_thicknesses(dataset_json: dict, identifiers: List[str], slice_thickness: Optional[float],
+                     source: str) -> Dict[str, Optional[float]]:
+    """Each case's slice thickness (mm) or None (its slice spacing): -slice_thickness for every case, else the
+    dataset.json rehrseg entry `slice_thickness`, one number or {case: mm} (NIfTI headers carry no thickness)."""
+    given = slice_thickness if slice_thickness is not None else dataset_json.get("rehrseg", {}).get("slice_thickness")
+    if given is None:
+        return {k: None for k in identifiers}
+    if isinstance(given, dict):
+        unknown = sorted(set(given) - set(identifiers))
+        if unknown:
+            raise InputError(f"{source}/dataset.json: rehrseg.slice_thickness names cases {unknown[:5]} that are not "
+                             f"training cases; fix the identifiers (imagesTr names without _0000 and the ending)")
+        values = {k: given.get(k) for k in identifiers}
+    else:
+        values = {k: given for k in identifiers}
+    for k, v in values.items():
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
+            raise InputError(f"{source}/dataset.json: slice thickness {v!r} of case {k}; give a positive number of "
+                             f"mm (or -slice_thickness)")
+    return {k: None if v is None else float(v) for k, v in values.items()}
+
+
 def derive_settings(cases: List[LoadedCase], dataset_json: dict, preset: str, r: Optional[int],
                     target_spacing: Optional[float], slice_thickness: Optional[float], profile: Optional[str],
                     source: str) -> Tuple[Stage1Settings, Optional[str]]:
-    """One r and LR axis per dataset (median spacing); every case must share the LR axis."""
-    spacings = np.array([c.grid.spacing for c in cases])
-    try:
-        axes = {c.identifier: detect_lr_axis(c.grid.spacing) for c in cases}
-    except ValueError as e:
-        raise InputError(f"{source}: {e}; REHRSeg needs thick-slice (anisotropic) volumes") from None
-    lr_axis = int(np.bincount(list(axes.values())).argmax())
-    odd = [k for k, a in axes.items() if a != lr_axis]
-    if odd:
-        raise InputError(f"{source}: cases {odd[:5]} have their thick axis elsewhere than the others (axis "
-                         f"{lr_axis}); reorient them so all cases share one slice direction")
-    slice_spacing = float(np.median(spacings[:, lr_axis]))
-    in_plane = float(np.median(np.delete(spacings, lr_axis, axis=1)))
+    """The dataset's geometry: one HR target spacing (the median in-plane spacing unless -target_spacing, or -r for
+    the median slice spacing), and per case its thick axis, r = round(its slice spacing / target) and thickness."""
+    spacings = {c.identifier: c.grid.spacing for c in cases}
     user = dataset_json.get("rehrseg", {})
-    asked_r = r if r is not None else user.get("r")
+    # the target first, from every case's largest spacing (the thick axis) and the others (in-plane)
     try:
-        r, hr_spacing, warning = resolve_scale(slice_spacing, in_plane, asked_r,
-                                               target_spacing if target_spacing is not None else
-                                               user.get("target_spacing"))
+        thick = {k: float(max(s)) for k, s in spacings.items()}
+        in_plane_all = [float(v) for s in spacings.values() for v in sorted(s)[:2]]
+    except ValueError:
+        raise InputError(f"{source}: cases without spacing") from None
+    slice_spacing = float(np.median(list(thick.values())))
+    in_plane = float(np.median(in_plane_all))
+    asked_r = r if r is not None else user.get("r")
+    asked_target = target_spacing if target_spacing is not None else user.get("target_spacing")
+    try:   # the median case must be thick-sliced against the target (the message names the flags that change it)
+        r, hr_spacing, _ = resolve_scale(slice_spacing, in_plane, asked_r, asked_target)
     except ValueError as e:
         raise InputError(f"{source}: {e} (slice spacing {slice_spacing:.4g} mm, in-plane {in_plane:.4g} mm); pass "
                          f"-r 2 or more, or a -target_spacing below the slice spacing") from None
-    thickness = float(slice_thickness if slice_thickness is not None else
-                      user.get("slice_thickness") or slice_spacing)
-    if thickness <= 0:
-        raise InputError(f"{source}: slice thickness {thickness:g} mm; pass a positive -slice_thickness")
+    target = float(asked_target) if (asked_r is None and asked_target is not None) else \
+        (in_plane if asked_r is None else hr_spacing)
+    thicknesses = case_thicknesses(dataset_json, list(spacings), slice_thickness, source)
+    geometries = {}
+    for case in cases:
+        geometry = slice_geometry(case.grid.spacing, target, f"case {case.identifier} ({case.grid.spacing} mm)",
+                                  thicknesses[case.identifier])
+        if geometry.slice_thickness > MAX_THICKNESS_PER_SPACING * geometry.slice_spacing:
+            raise InputError(f"case {case.identifier}: slice thickness {geometry.slice_thickness:g} mm is more than "
+                             f"{MAX_THICKNESS_PER_SPACING:g} x its slice spacing {geometry.slice_spacing:g} mm; fix "
+                             f"its rehrseg.slice_thickness in dataset.json")
+        geometries[case.identifier] = geometry
+    axes = [g.axis for g in geometries.values()]
+    lr_axis = int(np.bincount(axes).argmax())
+    # the dataset's r and HR spacing (what the segmenter is planned for): its median case's, so that with one slice
+    # spacing they are that spacing's exactly
+    ratios = sorted(g.r for g in geometries.values())
+    r = ratios[len(ratios) // 2]
+    hr_spacing = float(np.median([g.hr_spacing for g in geometries.values()]))
+    thickness = float(np.median([g.slice_thickness for g in geometries.values()]))
+    if slice_thickness is None and user.get("slice_thickness") is None:
+        thickness = slice_spacing        # as folders written before per-case geometry recorded it
     profile = profile or user.get("slice_profile", "gaussian")
     if profile not in SLICE_PROFILES:
         raise InputError(f"{source}: unknown slice profile '{profile}'; choose one of {SLICE_PROFILES}")
     fwhm = profile_fwhm_in_voxels(thickness, hr_spacing)
-    return Stage1Settings(r, lr_axis, slice_spacing, in_plane, hr_spacing, thickness, fwhm, profile, preset), warning
+    settings = Stage1Settings(r, lr_axis, slice_spacing, in_plane, hr_spacing, thickness, fwhm, profile, preset,
+                              target, {k: g.to_dict() for k, g in geometries.items()})
+    off = {k: g for k, g in geometries.items() if abs(g.slice_spacing / target - g.r) > SCALE_WARNING_FRACTION * g.r}
+    warning = None
+    if off:
+        warning = (f"slice spacing / target spacing {target:.4g} mm is not an integer for {len(off)} case(s) (e.g. "
+                   + ", ".join(f"{k}: {g.slice_spacing:.4g} mm -> r={g.r}, HR spacing {g.hr_spacing:.4g} mm"
+                               for k, g in list(off.items())[:3])
+                   + "): their HR grids keep their field of view and lie off the target; -target_spacing changes it")
+    others = sorted({g.r for g in geometries.values()} - {r})
+    if others or any(a != lr_axis for a in axes):
+        logger.info("per-case geometry: r %s (dataset r=%d at HR spacing %.4g mm); %d case(s) with another thick "
+                    "axis than %d", sorted({g.r for g in geometries.values()}), r, hr_spacing,
+                    sum(a != lr_axis for a in axes), lr_axis)
+    return settings, warning
 
 
-def _check_settings(stage1: Stage1Folder, settings: Stage1Settings) -> None:
+def _check_settings(stage1: Stage1Folder, settings: Stage1Settings) -> Stage1Settings:
+    """The settings to run with: these, written first; or a previous run's, which they must match (a folder written
+    before per-case geometry keeps its dataset values for every case, as its finished cases were made)."""
     folder, settings_file = stage1.root, stage1.settings
     if settings_file.is_file():
         previous = Stage1Settings.load(settings_file)
-        if previous != settings:
+        # a folder written before per-case geometry: its dataset values must match (its cases then use them)
+        if previous != settings and not (not previous.cases and previous.same_dataset_values(settings)):
             raise InputError(f"{settings_file} holds other stage-1 settings ({previous}); delete {folder} to start "
                              f"over with the new ones")
     else:
@@ -148,20 +235,54 @@ def _check_settings(stage1: Stage1Folder, settings: Stage1Settings) -> None:
         tmp = settings_file.with_suffix(".partial")
         tmp.write_text(json.dumps(asdict(settings), indent=1))
         tmp.replace(settings_file)
+    return settings
 
 
-def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges: np.ndarray,
-                         settings: Stage1Settings, paths: Dict[str, object]) -> None:
-    """Write pseudo-HR image channels, labels (if requested) and U on the HR grid derived from the LR header."""
-    grid = hr_grid(case.grid, settings.lr_axis, settings.r)
-    image = lr_first_inverse(from_unit(result["image"], ranges), settings.lr_axis)
+def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges: np.ndarray, axis: int, r: int,
+                         paths: Dict[str, object]) -> None:
+    """Write pseudo-HR image channels, labels (if requested) and U on the HR grid derived from the LR header (its
+    thick axis `axis`, SimpleITK order, r thin slices per thick one), in the case's own orientation."""
+    grid = hr_grid(case.grid, axis, r)
+    image = lr_first_inverse(from_unit(result["image"], ranges), axis)
     for c, path in enumerate(paths["images"]):
         write_image(image[c].astype(np.float32), grid, path)
     if paths.get("label") is not None:
-        write_image(lr_first_inverse(result["labels"], settings.lr_axis, False), grid, paths["label"])
+        write_image(lr_first_inverse(result["labels"], axis, False), grid, paths["label"])
     if "uncertainty" in result and paths.get("uncertainty") is not None:
-        write_image(lr_first_inverse(result["uncertainty"], settings.lr_axis, False).astype(np.float32), grid,
+        write_image(lr_first_inverse(result["uncertainty"], axis, False).astype(np.float32), grid,
                     paths["uncertainty"])
+
+
+# a self-SR network for a second (third, ...) slice spacing of a dataset starts from the dataset's own network (every
+# tensor but the r-sized heads carries over) and is fine-tuned for this fraction of its iterations
+OTHER_RATIO_ITERATIONS = 0.5
+
+
+def selfsr_folder(stage1: Stage1Folder, settings: Stage1Settings, r: int) -> Path:
+    """Where the self-SR network for r lives: the dataset's r in selfsr/ (as before per-case geometry), others beside."""
+    return stage1.selfsr if r == settings.r else stage1.selfsr_of_ratio(r)
+
+
+def train_selfsr_per_ratio(stage1: Stage1Folder, settings: Stage1Settings, cases: List[LoadedCase],
+                           sr_cases: List[SRCase], config, device: torch.device,
+                           init_checkpoint: Optional[str]) -> Dict[int, Path]:
+    """One self-SR network per r among the cases ({r: final checkpoint}): each learns from every case's in-plane
+    pairs (true HR detail at any ratio) and from the real thick slices of the cases acquired at its r."""
+    checkpoints = {}
+    for r in settings.ratios:
+        own = [sr for case, sr in zip(cases, sr_cases) if settings.case(case.identifier).r == r]
+        if r == settings.r:
+            checkpoints[r] = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint, thick_cases=own)
+            continue
+        fwhm = float(np.median([settings.fwhm_of(settings.case(c.identifier)) for c in cases
+                                if settings.case(c.identifier).r == r]))
+        ratio_config = replace(config, r=r, fwhm=fwhm,
+                               iterations=max(1, int(round(config.iterations * OTHER_RATIO_ITERATIONS))))
+        logger.info("self-SR for r=%d (%d case(s)), fine-tuned from the r=%d network for %d iterations", r, len(own),
+                    settings.r, ratio_config.iterations)
+        checkpoints[r] = train_selfsr(sr_cases, ratio_config, selfsr_folder(stage1, settings, r), device,
+                                      str(checkpoints[settings.r]), thick_cases=own)
+    return checkpoints
 
 
 def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r: Optional[int] = None,
@@ -183,15 +304,16 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                                         profile, source)
     if warning:
         logger.warning(warning)
-    lr_cases = [lr_first(c.image, settings.lr_axis) for c in cases]
+    geometries = {c.identifier: settings.case(c.identifier) for c in cases}
+    lr_cases = [lr_first(c.image, geometries[c.identifier].axis) for c in cases]
     window = config_overrides.get("window") or 4
     for case, image in zip(cases, lr_cases):
         if image.shape[1] < window:
             raise InputError(f"{case.identifier}: {image.shape[1]} thick slice(s), fewer than the self-SR window "
                              f"({window}); such volumes cannot be super-resolved")
-        if min(image.shape[2:]) < window * settings.r:
+        if min(image.shape[2:]) < window * max(settings.ratios):
             raise InputError(f"{case.identifier}: in-plane size {image.shape[2:]} is too small to make training "
-                             f"pairs at r={settings.r} (needs >= {window * settings.r} voxels)")
+                             f"pairs at r={max(settings.ratios)} (needs >= {window * max(settings.ratios)} voxels)")
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise InputError(f"{init_checkpoint}: initialisation checkpoint not found; check -init_checkpoint")
     try:
@@ -199,28 +321,30 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     except FileNotFoundError as e:
         raise InputError(str(e)) from None
     stage1 = Stage1Folder.of(dataset.name)
-    _check_settings(stage1, settings)
+    settings = _check_settings(stage1, settings)
+    geometries = {c.identifier: settings.case(c.identifier) for c in cases}
     logger.info("stage 1 on %s: %d cases, LR axis %d, r=%d, HR spacing %.4g mm, profile %s (FWHM %.3g HR voxels)",
                 dataset.name, len(cases), settings.lr_axis, settings.r, settings.hr_spacing, settings.profile,
                 settings.fwhm)
 
     ranges = [intensity_range(image) for image in lr_cases]
-    sr_cases = [SRCase(to_unit(image, rng), lr_first(c.labels, settings.lr_axis, False))
+    sr_cases = [SRCase(to_unit(image, rng), lr_first(c.labels, geometries[c.identifier].axis, False))
                 for image, rng, c in zip(lr_cases, ranges, cases)]
     num_classes = max(dataset.label_values) + 1
     frame_planes = [(settings.r * c.image.shape[1], min(c.image.shape[2:])) for c in sr_cases]
     config = configure(preset, device.type, dataset.num_channels, num_classes, settings.r, settings.fwhm,
                        settings.profile, frame_planes, **config_overrides)
-    if part_id > 0 and not stage1.selfsr_final.is_file():
+    if part_id > 0 and not all((selfsr_folder(stage1, settings, r) / SELFSR_FINAL).is_file() for r in settings.ratios):
         raise InputError(f"{stage1.selfsr_final} not found: the self-SR is trained once, by part 0 (rehrseg_selfsr "
                          f"-d {dataset_name_or_id} -num_parts {num_parts} -part_id 0, or without -num_parts); run "
                          f"the other parts after it")
     t_train = time.time()
-    checkpoint = train_selfsr(sr_cases, config, stage1.selfsr, device, init_checkpoint)
+    checkpoints = train_selfsr_per_ratio(stage1, settings, cases, sr_cases, config, device, init_checkpoint)
     if prior_weights is not None:
         fit_video_prior(prior_weights, stage1, sr_cases, settings, config, device, part_id, num_parts)
     train_seconds = time.time() - t_train
-    net = load_network(checkpoint, device)[0]
+    networks = {r: load_network(path, device)[0] for r, path in checkpoints.items()}
+    net = networks[settings.r]
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
             if not _case_done(stage1, case.identifier, dataset.num_channels)]
     # decided once, before the first case is written; a folder whose cases are all written keeps what it has
@@ -240,19 +364,20 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
         progress.update()
     t_case = time.time()
     if todo:       # the first case in this process: its time says whether worker processes pay for their start-up
-        done(job.generate(net, device, *todo[0]))
+        done(job.generate(networks, device, *todo[0]))
     rest, per_case = todo[1:], time.time() - t_case
     workers = min(num_processes, len(rest)) if device.type == "cpu" else 1
     if workers > 1 and per_case * len(rest) * (1 - 1 / workers) > WORKER_START_SECONDS:
         # as nnU-Net's preprocessing: worker processes, the cores shared among them
         threads = max(1, torch.get_num_threads() // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_start_generation_worker, initargs=(str(checkpoint), threads)) as pool:
+                                 initializer=_start_generation_worker,
+                                 initargs=({r: str(c) for r, c in checkpoints.items()}, threads)) as pool:
             for future in as_completed([pool.submit(_generate_in_worker, job, *item) for item in rest]):
                 done(future.result())
     else:
         for item in rest:
-            done(job.generate(net, device, *item))
+            done(job.generate(networks, device, *item))
     progress.close()
     infer_seconds = time.time() - t_infer
 
@@ -311,12 +436,14 @@ class GenerationJob:
     video_prior_weight: float = 0.0
     sources: Optional[LabelSources] = None     # None: the self-SR's probabilities for every label
 
-    def generate(self, net, device: torch.device, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
-        """Pseudo-HR image, labels and uncertainty of one case written, with its QC record; returns its montage
-        row."""
+    def generate(self, networks: Dict[int, object], device: torch.device, case: LoadedCase, sr_case: SRCase,
+                 rng: np.ndarray):
+        """Pseudo-HR image, labels and uncertainty of one case written (by the self-SR network of its r, on its own HR
+        grid), with its QC record; returns its montage row."""
         stage1 = Stage1Folder(self.stage1_root)
-        r, num_classes = self.settings.r, max(self.label_values) + 1
-        result = super_resolve_volume(net, sr_case.image, sr_case.labels, device)
+        geometry = self.settings.case(case.identifier)
+        r, num_classes = geometry.r, max(self.label_values) + 1
+        result = super_resolve_volume(networks[r], sr_case.image, sr_case.labels, device)
         if self.video_prior:
             carried = interpolate_thick_axis(_video_prior_network(stage1.video_prior, device), sr_case.image, r,
                                              sr_case.labels, num_classes, device)["probabilities"]
@@ -331,15 +458,15 @@ class GenerationJob:
         interpolated = None
         if sources.needs_interpolation(num_classes):
             interpolated = interpolation_probabilities(
-                sr_case.labels, r, lr_first_spacing(case.grid.spacing, self.settings.lr_axis), num_classes)
+                sr_case.labels, r, lr_first_spacing(case.grid.spacing, geometry.axis), num_classes)
         consistent, volumes = written_labels(result["probabilities"], interpolated, sr_case.labels, r, sources)
         written_dice = dice_per_label(majority_labels(consistent, 0, r, num_classes=num_classes), sr_case.labels,
                                       self.label_values[1:])
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
-        result["image"] = consistent_image(result["image"], sr_case.image, self.settings,
-                                           self.back_projection_iterations)
-        write_super_resolved(case, result, rng, self.settings,
+        result["image"] = consistent_image(result["image"], sr_case.image, r, self.settings.fwhm_of(geometry),
+                                           self.settings.profile, self.back_projection_iterations)
+        write_super_resolved(case, result, rng, geometry.axis, r,
                              stage1.pseudo_hr_case(case.identifier, self.num_channels))
         case_qc = stage1.case_qc(case.identifier)
         case_qc.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +498,8 @@ def label_sources_for(stage1: Stage1Folder, net, cases: List[LoadedCase], sr_cas
     t = time.time()
     with tqdm(total=len(picked), desc="label sources (in-plane task)") as progress:
         sources = decide_label_sources(net, [sr_cases[i] for i in picked],
-                                       [lr_first_spacing(cases[i].grid.spacing, settings.lr_axis) for i in picked],
+                                       [lr_first_spacing(cases[i].grid.spacing, settings.case(cases[i].identifier).axis)
+                                        for i in picked],
                                        settings.r, settings.fwhm, settings.profile, label_values[1:], device,
                                        progress=progress)
     stage1.qc.mkdir(parents=True, exist_ok=True)
@@ -383,16 +511,17 @@ def label_sources_for(stage1: Stage1Folder, net, cases: List[LoadedCase], sr_cas
     return sources
 
 
-def consistent_image(image: np.ndarray, lr_image: np.ndarray, settings: Stage1Settings, iterations: int) -> np.ndarray:
+def consistent_image(image: np.ndarray, lr_image: np.ndarray, r: int, fwhm: float, profile: str,
+                     iterations: int) -> np.ndarray:
     """The pseudo-HR image (C, rZ, Y, X) corrected towards the acquired thick slices (C, Z, Y, X), both in [0, 1]
-    units, with the dataset's slice profile, no closer than the thick slices' own noise; below-zero overshoot
-    clipped."""
-    image = np.stack([back_project(image[c], lr_image[c], 0, settings.r, settings.fwhm, settings.profile, iterations,
+    units, with the case's slice profile (FWHM in HR voxels), no closer than the thick slices' own noise; below-zero
+    overshoot clipped."""
+    image = np.stack([back_project(image[c], lr_image[c], 0, r, fwhm, profile, iterations,
                                    noise_sigma(lr_image[c])) for c in range(image.shape[0])])
     return np.clip(image, 0.0, None)
 
 
-_worker_network = None
+_worker_networks: Dict[int, object] = {}
 # what starting a generation worker costs (a Python process importing torch and loading the network): workers are
 # used only when the parallel part of the remaining cases saves more than this
 WORKER_START_SECONDS = 15.0
@@ -430,14 +559,14 @@ def fit_video_prior(weights: Path, stage1: Stage1Folder, sr_cases: List[SRCase],
     save_atomic({"network_weights": network.state_dict(), "source": weights.name}, stage1.video_prior)
 
 
-def _start_generation_worker(checkpoint: str, threads: int) -> None:
-    global _worker_network
+def _start_generation_worker(checkpoints: Dict[int, str], threads: int) -> None:
+    global _worker_networks
     torch.set_num_threads(threads)
-    _worker_network, _ = load_network(checkpoint, torch.device("cpu"))
+    _worker_networks = {r: load_network(path, torch.device("cpu"))[0] for r, path in checkpoints.items()}
 
 
 def _generate_in_worker(job: GenerationJob, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
-    return job.generate(_worker_network, torch.device("cpu"), case, sr_case, rng)
+    return job.generate(_worker_networks, torch.device("cpu"), case, sr_case, rng)
 
 
 def _montage_row(sr_case: SRCase, result: Dict[str, np.ndarray], r: int, name: str):
@@ -463,7 +592,7 @@ def _write_pseudo_dataset_json(stage1: Stage1Folder, dataset: RawDataset, settin
 
 
 def load_stage1(dataset_name_or_id, device: torch.device):
-    """(network, Stage1Settings) of a completed stage 1."""
+    """({r: network}, Stage1Settings) of a completed stage 1: a self-SR network per r among its cases."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     try:
@@ -473,5 +602,10 @@ def load_stage1(dataset_name_or_id, device: torch.device):
     stage1 = Stage1Folder.of(name)
     if not stage1.selfsr_final.is_file() or not stage1.settings.is_file():
         raise InputError(f"{stage1.selfsr_final} not found: run rehrseg_selfsr -d {dataset_name_or_id} first")
-    net, _ = load_network(stage1.selfsr_final, device)
-    return net, Stage1Settings.load(stage1.settings)
+    settings = Stage1Settings.load(stage1.settings)
+    networks = {}
+    for r in settings.ratios:
+        path = selfsr_folder(stage1, settings, r) / SELFSR_FINAL
+        if path.is_file():
+            networks[r] = load_network(path, device)[0]
+    return networks, settings

@@ -89,8 +89,10 @@ def _training_settings(config: SelfSRConfig) -> dict:
 
 def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: torch.device,
                  init_checkpoint: Optional[str] = None,
-                 on_iteration: Optional[Callable[[int, dict], None]] = None) -> Path:
-    """Fit the self-SR on the pooled cases; resumes from output_dir/checkpoint_latest.pth when present.
+                 on_iteration: Optional[Callable[[int, dict], None]] = None,
+                 thick_cases: Optional[List[SRCase]] = None) -> Path:
+    """Fit the self-SR on the pooled cases' in-plane pairs (and, for the thick-axis term, on `thick_cases`' real
+    thick slices: by default all cases); resumes from output_dir/checkpoint_latest.pth when present.
 
     Returns the path of the final checkpoint (UASR head).
     """
@@ -101,7 +103,7 @@ def train_selfsr(cases: List[SRCase], config: SelfSRConfig, output_dir, device: 
         return output_dir / FINAL
     torch.manual_seed(config.seed)
     sampler = PairSampler(cases, config.r, config.fwhm, config.profile, config.num_classes, config.window,
-                          config.patch, config.label_dropout, seed=config.seed)
+                          config.patch, config.label_dropout, seed=config.seed, thick_cases=thick_cases)
     net = build_network(config, uasr=False).to(device)
     iteration, history = 0, []
     latest = output_dir / LATEST
