@@ -25,11 +25,21 @@ def save_montage(rows: List[Dict[str, np.ndarray]], row_names: List[str], path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = list(rows[0])
+    # every panel any row has (a row may lack one: e.g. a case whose self-SR has no uncertainty head)
+    columns = list(dict.fromkeys(column for row in rows for column in row))
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.6 * len(columns), 2.6 * len(rows)), squeeze=False)
     for i, (row, name) in enumerate(zip(rows, row_names)):
         for j, column in enumerate(columns):
             ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if column not in row:
+                ax.set_frame_on(False)
+                continue
             panel = row[column]
             if "label" in column:
                 ax.imshow(panel, cmap="tab10", vmin=0, vmax=max(label_max or int(panel.max()), 1),
@@ -38,12 +48,6 @@ def save_montage(rows: List[Dict[str, np.ndarray]], row_names: List[str], path, 
                 ax.imshow(panel, cmap="magma", interpolation="nearest")
             else:
                 ax.imshow(panel, cmap="gray", interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(column, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

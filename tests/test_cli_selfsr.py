@@ -59,8 +59,12 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     for record in (folder / "qc" / "cases").iterdir():
         record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items()
                                       if k != "written_lr_dice"}))
+    # and a settings.json from before per-case geometry (no target spacing, no per-case entries)
+    old_settings = {k: v for k, v in settings.items() if k not in ("target_spacing", "cases")}
+    (folder / "settings.json").write_text(json.dumps(old_settings))
     labels_before = tree_checksum(pseudo / "labelsTr")
     selfsr_entry(["-d", "990"] + FAST)  # a rerun resumes: nothing to retrain, same settings accepted
+    assert json.loads((folder / "settings.json").read_text()) == old_settings
     assert tree_checksum(pseudo / "labelsTr") == labels_before
     assert not (folder / "qc" / "label_sources.json").exists()
     assert json.loads((folder / "qc" / "lr_dice.json").read_text())["written_min_per_label"] == {}
@@ -89,8 +93,14 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "parts" / name))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "whole" / name))))
 
-    wrong = tmp_path / "wrong_spacing"
-    write(lr, (1.0, 1.0, 2.0), wrong / "case09_0000.nii.gz")  # r would be 2, the model was trained for 4
+    # another slice spacing than the training cases': the trained network's r on the case's own grid
+    other = tmp_path / "other_spacing"
+    write(lr, (1.0, 1.0, 2.0), other / "case09_0000.nii.gz")
+    super_resolve_entry(["-i", str(other), "-o", str(tmp_path / "other_out"), "-d", "990", "-device", "cpu"])
+    assert_on_hr_grid(tmp_path / "other_out" / "case09_0000.nii.gz", other / "case09_0000.nii.gz", 2, 4)
+    # no thick axis at all: refused before any write
+    wrong = tmp_path / "isotropic"
+    write(lr, (1.0, 1.0, 1.0), wrong / "case09_0000.nii.gz")
     with pytest.raises(SystemExit) as exit_info:
         super_resolve_entry(["-i", str(wrong), "-o", str(tmp_path / "wrong_out"), "-d", "990", "-device", "cpu"])
     assert exit_info.value.code == 2 and not (tmp_path / "wrong_out").exists()

@@ -15,7 +15,9 @@ from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.evaluation import evaluate_folders, label_metrics, write_metrics, write_metrics_csv
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
-from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor, check_input_grid, slabs
+from nnunetv2_rehrseg.geometry import axes_swap, swap_array_axes
+from nnunetv2_rehrseg.inference.predictor import (REHRSegPredictor, case_geometry, hr_properties,
+                                                  resampling_note, slabs, swap_properties)
 from nnunetv2_rehrseg.io import read_image, write_image
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from synthetic_model import DATASET_JSON, StandInNetwork, make_plans
@@ -114,16 +116,41 @@ def test_a_case_too_big_for_the_logits_budget_is_predicted_in_slabs_with_the_sam
     assert written["whole"][0][0].shape == (32, 20, 40) and len(np.unique(written["whole"][0][0])) == 3
 
 
-def test_inputs_that_do_not_fit_the_model_are_refused():
+def test_the_model_takes_any_slice_spacing_and_axis_and_refuses_only_what_has_no_thick_axis():
     block = REHRSegPlanBlock.from_configuration(make_plans(2, 4, (1.0, 1.0, 1.0), (8, 16, 16))
                                                 ["configurations"]["3d_fullres"])
-    ok = Grid((10, 10, 5), (1.0, 1.0, 4.0), (0, 0, 0), OBLIQUE)
-    assert check_input_grid(ok, block, "x") is None
-    assert "resampled" in check_input_grid(Grid((10, 10, 5), (1.0, 1.0, 4.4), (0, 0, 0), OBLIQUE), block, "x")
-    with pytest.raises(InputError, match="r=4"):
-        check_input_grid(Grid((10, 10, 5), (1.0, 1.0, 2.0), (0, 0, 0), OBLIQUE), block, "a.nii.gz")
-    with pytest.raises(InputError, match="thick axis"):
-        check_input_grid(Grid((10, 10, 5), (4.0, 1.0, 1.0), (0, 0, 0), OBLIQUE), block, "a.nii.gz")
+    ok = case_geometry(Grid((10, 10, 5), (1.0, 1.0, 4.0), (0, 0, 0), OBLIQUE), block, "x")
+    assert (ok.axis, ok.r) == (2, 4) and resampling_note(ok, block, "x") is None
+    thinner = case_geometry(Grid((10, 10, 5), (1.0, 1.0, 2.0), (0, 0, 0), OBLIQUE), block, "x")
+    assert thinner.r == 2 and "r=2" in resampling_note(thinner, block, "x")
+    assert case_geometry(Grid((10, 10, 5), (1.0, 1.0, 4.4), (0, 0, 0), OBLIQUE), block, "x").r == 4
+    sideways = case_geometry(Grid((5, 10, 10), (7.0, 1.0, 1.0), (0, 0, 0), OBLIQUE), block, "x")
+    assert (sideways.axis, sideways.r, sideways.hr_spacing) == (0, 7, 1.0)
+    with pytest.raises(InputError, match="isotropic"):
+        case_geometry(Grid((10, 10, 5), (1.0, 1.0, 1.2), (0, 0, 0), OBLIQUE), block, "a.nii.gz")
+    # the HR properties of a case carry its own r, from its own spacing
+    properties = {"spacing": [2.0, 1.0, 1.0], "shape_before_cropping": [5, 10, 10],
+                  "shape_after_cropping_and_before_resampling": [5, 10, 10], "bbox_used_for_cropping": [[0, 5], [0, 10],
+                                                                                                       [0, 10]]}
+    hr = hr_properties(properties, block, [0, 1, 2])
+    assert hr["shape_after_cropping_and_before_resampling"] == (10, 10, 10) and hr["spacing"] == [1.0, 1.0, 1.0]
+
+
+def test_swapped_outputs_keep_their_world_geometry():
+    grid = Grid((6, 7, 8), (1.0, 1.0, 4.0), (3.0, -2.0, 5.0), OBLIQUE)
+    swapped = axes_swap(grid, 0, 2)
+    assert swapped.size == (8, 7, 6) and swapped.spacing == (4.0, 1.0, 1.0)
+    array = np.random.default_rng(0).random((8, 7, 6))
+    moved = swap_array_axes(array, 0, 2)
+    # the same voxel sits at the same world position under both index orders
+    for index in ((1, 2, 3), (5, 6, 7)):
+        np.testing.assert_allclose(grid.index_to_world(index), swapped.index_to_world(index[::-1]))
+        assert array[index[2], index[1], index[0]] == moved[index[0], index[1], index[2]]
+    properties = {"spacing": [4.0, 1.0, 1.0], "shape_before_cropping": [8, 7, 6],
+                  "sitk_stuff": {"spacing": grid.spacing, "origin": grid.origin, "direction": grid.direction}}
+    back = swap_properties(properties, 0, 2)
+    assert back["spacing"] == [1.0, 1.0, 4.0] and back["shape_before_cropping"] == [6, 7, 8]
+    assert back["sitk_stuff"]["spacing"] == swapped.spacing
 
 
 def test_metrics_on_hand_computed_cases():
