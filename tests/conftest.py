@@ -1,4 +1,5 @@
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -27,3 +28,25 @@ def nnunet_env(tmp_path, monkeypatch):
         v.mkdir()
         monkeypatch.setenv(k, str(v))
     return paths
+
+
+def command_env(root: Path) -> dict:
+    """The environment of the tests that run the real commands: an nnU-Net tree under `root`, no data-augmentation
+    workers, no compile, two threads."""
+    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir()
+        env[name] = str(root / name)
+    return env
+
+
+def expect_one_error_line(capsys, entry, argv) -> str:
+    """`entry(argv)` must exit with status 2 and one `error:` line, no traceback; returns the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        entry(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    error_lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1  # progress bars aside, one line that names the file and the fix
+    return error_lines[0]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_raw_dataset, tree_checksum, write
+from conftest import expect_one_error_line, make_raw_dataset, tree_checksum, write
 from nnunetv2_rehrseg.cli.selfsr import selfsr_entry
 from nnunetv2_rehrseg.cli.super_resolve import super_resolve_entry
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
@@ -114,14 +114,7 @@ def test_lr_axis_other_than_z(nnunet_env):
 
 
 def run_expecting_error(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        selfsr_entry(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    error_lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1  # progress bars aside, one line that names the file and the fix
-    return error_lines[0]
+    return expect_one_error_line(capsys, selfsr_entry, argv)
 
 
 def test_isotropic_input_is_refused_before_any_write(nnunet_env, capsys):

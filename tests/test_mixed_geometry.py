@@ -2,7 +2,6 @@
 acquired along another axis; test cases at a seen and at unseen thicknesses (thinner and thicker), one along another
 axis. Every output must lie on its own case's HR grid (slice spacing / its r, derived from its own header)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_raw_dataset, phantom, tree_checksum, write
+from conftest import command_env, expect_one_error_line, make_raw_dataset, phantom, tree_checksum, write
 from nnunetv2_rehrseg.cli.selfsr import selfsr_entry
 from nnunetv2_rehrseg.geometry import Grid, detect_lr_axis, hr_grid
 
@@ -45,10 +44,7 @@ def assert_on_grid(path: Path, expected: Grid) -> None:
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
-    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-        env[name] = str(root / name)
+    env = command_env(root)
     raw = make_raw_dataset(root / "nnUNet_raw", 997, "Mixed", n_cases=4, n_test=0, shape_zyx=(8, 40, 40),
                            slice_spacings={2: 3.0, 3: 3.0}, sideways=(1,))
     tests = root / "tests"
@@ -134,17 +130,6 @@ def test_super_resolve_takes_each_case_with_the_network_of_its_r(mixed):
         assert_on_grid(out / "uncertainty" / f"{name}.nii.gz", own_hr_grid(lr_file, r))
 
 
-def run_expecting_error(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        selfsr_entry(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert len(lines) == 1
-    return lines[0]
-
-
 FAST = ["-device", "cpu", "-iterations", "12", "-np", "1"]
 
 
@@ -164,7 +149,7 @@ def test_inconsistent_geometry_is_refused_in_one_line_before_any_write(nnunet_en
         dataset_json["rehrseg"] = {"slice_thickness": thickness}
         (raw / "dataset.json").write_text(json.dumps(dataset_json))
     before = tree_checksum(raw)
-    line = run_expecting_error(capsys, ["-d", "998"] + FAST)
+    line = expect_one_error_line(capsys, selfsr_entry, ["-d", "998"] + FAST)
     assert hint in line
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
     assert tree_checksum(raw) == before

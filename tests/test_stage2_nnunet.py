@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_raw_dataset, tree_checksum
+from conftest import command_env, make_raw_dataset, tree_checksum
 from nnunetv2_rehrseg.degradation import majority_labels
 
 BIN = Path(sys.executable).parent
@@ -31,10 +31,7 @@ def run(*args, env, check=True):
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage2")
-    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-        env[name] = str(root / name)
+    env = command_env(root)
     raw = make_raw_dataset(root / "nnUNet_raw", 990, n_cases=4, shape_zyx=(8, 40, 40))
     raw_checksum = tree_checksum(raw)
     pre = root / "nnUNet_preprocessed" / "Dataset990_Tiny"

@@ -50,7 +50,9 @@ def _refuse_other_stage1_settings(folder, args) -> None:
     from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
 
     used = Stage1Settings.load(folder.settings)
-    asked = {"-r": (args.r, used.r), "-target_spacing": (args.target_spacing, used.hr_spacing),
+    # the target each case's r was taken against (folders from before per-case geometry: the HR spacing)
+    target = used.target_spacing if used.target_spacing is not None else used.hr_spacing
+    asked = {"-r": (args.r, used.r), "-target_spacing": (args.target_spacing, target),
              "-slice_thickness": (args.slice_thickness, used.slice_thickness),
              "-slice_profile": (args.slice_profile, used.profile)}
     summary = json.loads(folder.summary.read_text())
