@@ -3,6 +3,7 @@ test subjects inside and outside the training range (thinner and thicker), throu
 
 Arms, each scored on every test subject's own HR grid (its slice spacing / its r, the HR truth's grid):
   rehrseg             REHRSeg started from the LR nnU-Net's checkpoint (the demo's protocol)
+  rehrseg_scratch     REHRSeg from scratch, the LR nnU-Net's budget
   lr_nnunet_linear    the LR nnU-Net (same topology and budget), softmax linearly resampled to the HR grid
   lr_nnunet_nearest   its LR labels by nearest neighbour
   lr_nnunet_shape     its LR labels by shape-based interpolation
@@ -39,9 +40,10 @@ AXIAL, SAGITTAL = 2, 0      # SimpleITK axes of the thick slices
 TRAIN = [(3, AXIAL), (4, AXIAL), (3, AXIAL), (4, AXIAL), (3, AXIAL), (4, SAGITTAL), (3, AXIAL), (4, AXIAL)]
 # test: inside the range (6, 8 mm), outside it (4 mm thinner, 10 mm thicker), and a sagittal 6 mm series
 TEST = [(3, AXIAL), (4, AXIAL), (2, AXIAL), (5, AXIAL), (3, SAGITTAL)]
-ARMS = {"rehrseg": "REHRSeg (started from the LR nnU-Net)",
+ARMS = {"rehrseg": "REHRSeg (started from the LR nnU-Net)", "rehrseg_scratch": "REHRSeg (from scratch)",
         "lr_nnunet_linear": "LR nnU-Net, softmax linear to HR", "lr_nnunet_nearest": "LR nnU-Net, nearest to HR",
         "lr_nnunet_shape": "LR nnU-Net, shape-based to HR"}
+SCRATCH_TRAINER = "REHRSegTrainer_fastScratch"
 BASELINES = ("lr_nnunet_linear", "lr_nnunet_nearest", "lr_nnunet_shape")
 
 
@@ -80,6 +82,9 @@ class MixedThicknessPipeline(Pipeline):
         super().__init__(out, "cpu", r=0, axis=AXIAL, preset=PRESETS["fast"], seed=seed)
         self.anatomy = anatomy
         self.plan_of: Dict[str, Tuple[int, int]] = {}
+        from research_trainers import with_research_trainers
+
+        self.env["nnUNet_extTrainer"] = with_research_trainers(self.env.get("nnUNet_extTrainer", ""))
 
     def build_data(self):
         data, self.plan_of = build_mixed_dataset(self.out / "nnUNet_raw", self.out / "truth", self.anatomy, self.seed)
@@ -88,8 +93,20 @@ class MixedThicknessPipeline(Pipeline):
     def arm_names(self) -> Dict[str, str]:
         return dict(ARMS)
 
+    def plan(self) -> None:
+        if (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / f"{BASELINE_PLANS}_3d_fullres").is_dir():
+            return      # a rerun: stage 1, planning and both preprocessings are done
+        super().plan()
+
+    def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
+        fold = (self.out / "nnUNet_results" / self.data.raw_folder.name / f"{trainer}__{plans}__3d_fullres" /
+                "fold_0")
+        if not (fold / "checkpoint_final.pth").is_file():
+            super().train(trainer, plans, dataset_id, *flags)
+
     def predict(self) -> None:
         self.predict_rehrseg(self.trainer, "rehrseg")
+        self.predict_rehrseg(SCRATCH_TRAINER, "rehrseg_scratch")
         self.predict_stock(str(self.data.raw_folder / "imagesTs"), "lr_nnunet_lr", DATASET_ID, self.baseline_trainer,
                            BASELINE_PLANS, probabilities=True)
         for identifier in self.data.test_ids:
@@ -121,15 +138,22 @@ class MixedThicknessPipeline(Pipeline):
         self.timed("stage 1 + planning + preprocessing", self.plan)
         self.timed("train LR nnU-Net", self.train, self.baseline_trainer, BASELINE_PLANS)
         self.timed("train REHRSeg", self.train_rehrseg)
+        self.timed("train REHRSeg from scratch", self.train, SCRATCH_TRAINER, "REHRSegPlans")
         self.timed("predict test subjects", self.predict)
         results = self.timed("evaluate", self.evaluate)
-        rows = per_subject_rows(results, self.plan_of, self.data.test_ids)
-        (self.out / "results.json").write_text(json.dumps({"rows": rows, "timings": self.timings,
-                                                           "train": {k: self.plan_of[k] for k in self.data.train_ids}},
-                                                          indent=1))
-        (self.out / "results.md").write_text(results_table(rows))
-        print(results_table(rows))
+        (self.out / "timings.json").write_text(json.dumps(self.timings, indent=1))
+        write_results(self.out, results)
         return results
+
+
+def write_results(out: Path, results: Dict[str, dict]) -> None:
+    """results.json and results.md from the arms' metrics."""
+    plan_of = dict(zip([f"sub{i:02d}" for i in range(len(TRAIN) + len(TEST))], TRAIN + TEST))
+    test_ids = sorted(results["rehrseg"]["per_case"])
+    rows = per_subject_rows(results, plan_of, test_ids)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "train": TRAIN, "test": TEST}, indent=1))
+    (out / "results.md").write_text(results_table(rows))
+    print(results_table(rows))
 
 
 def per_subject_rows(results: Dict[str, dict], plan_of: Dict[str, Tuple[int, int]], test_ids: List[str]) -> List[dict]:
@@ -140,22 +164,27 @@ def per_subject_rows(results: Dict[str, dict], plan_of: Dict[str, Tuple[int, int
         row = {"subject": identifier, "slice_spacing_mm": r * SPACING_MM, "plane": "sagittal" if axis == SAGITTAL
                else "axial", "in_training_range": min(trained) <= r <= max(trained)}
         for arm, result in results.items():
-            case = result["per_case"][f"{identifier}.nii.gz"]["mean"]
+            case = result["per_case"][identifier]["mean"]
             row[f"{arm}_dice"], row[f"{arm}_hd95"] = case["Dice"], case["HD95"]
-        row["lead_points"] = 100 * (row["rehrseg_dice"] - max(row[f"{b}_dice"] for b in BASELINES))
+        best_baseline = max(row[f"{b}_dice"] for b in BASELINES)
+        row["lead_points"] = 100 * (row["rehrseg_dice"] - best_baseline)
+        if "rehrseg_scratch_dice" in row:
+            row["scratch_lead_points"] = 100 * (row["rehrseg_scratch_dice"] - best_baseline)
         rows.append(row)
     return rows
 
 
 def results_table(rows: List[dict]) -> str:
+    arms = [a for a in ARMS if f"{a}_dice" in rows[0]]
     header = ("| subject | slice spacing | plane | in training range | " +
-              " | ".join(f"{ARMS[a]} Dice / HD95" for a in ARMS) + " | REHRSeg lead (points) |")
-    lines = [header, "|" + "---|" * (5 + len(ARMS))]
+              " | ".join(f"{ARMS[a]} Dice / HD95" for a in arms) + " | REHRSeg lead (points) |")
+    header += " from scratch: lead |"
+    lines = [header, "|" + "---|" * (6 + len(arms))]
     for row in rows:
         lines.append(f"| {row['subject']} | {row['slice_spacing_mm']:g} mm | {row['plane']} | "
                      f"{'yes' if row['in_training_range'] else 'no'} | " +
-                     " | ".join(f"{row[f'{a}_dice']:.3f} / {row[f'{a}_hd95']:.1f}" for a in ARMS) +
-                     f" | {row['lead_points']:+.1f} |")
+                     " | ".join(f"{row[f'{a}_dice']:.3f} / {row[f'{a}_hd95']:.1f}" for a in arms) +
+                     f" | {row['lead_points']:+.1f} | {row.get('scratch_lead_points', float('nan')):+.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,10 +193,15 @@ def main() -> None:
     parser.add_argument("-o", required=True, help="output folder (resumable)")
     parser.add_argument("-anatomy", default="mni152", choices=sorted(ANATOMIES))
     parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true", help="only rewrite results.json/.md from DIR's metrics")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        write_results(out, {arm: json.loads((out / f"metrics_{arm}.json").read_text()) for arm in ARMS
+                            if (out / f"metrics_{arm}.json").is_file()})
+        return
     MixedThicknessPipeline(out, args.anatomy, args.seed)()
 
 

@@ -13,6 +13,11 @@ from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import (REHRSegTrainer_50
 from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch as _plugin_iterations_per_epoch
 
 
+class REHRSegTrainer_fastScratch(REHRSegTrainer_fast):
+    """REHRSegTrainer_fast under another name: a from-scratch arm beside the one started from the LR nnU-Net (same
+    plans, its own results folder; benchmarks/mixed_thickness.py)."""
+
+
 class REHRSegTrainer_noKD(REHRSegTrainer):
     kd_spatial_weight = 0.0
     kd_correlation_weight = 0.0
