@@ -219,8 +219,9 @@ def swap_properties(properties: dict, a: int, b: int) -> dict:
             properties[key] = type(properties[key])(values) if isinstance(properties[key], tuple) else values
     stuff = properties.get("sitk_stuff")
     if stuff is not None:
-        size = tuple(properties["shape_before_cropping"][::-1]) if "shape_before_cropping" in properties else (1,) * 3
-        grid = axes_swap(Grid(size, tuple(stuff["spacing"]), tuple(stuff["origin"]), tuple(stuff["direction"])), a, b)
+        # the header alone (its size is not kept in the properties' sitk_stuff and not needed for the swap)
+        grid = axes_swap(Grid((0, 0, 0), tuple(stuff["spacing"]), tuple(stuff["origin"]), tuple(stuff["direction"])),
+                         a, b)
         properties["sitk_stuff"] = {**stuff, "spacing": grid.spacing, "origin": grid.origin,
                                     "direction": grid.direction}
     return properties
