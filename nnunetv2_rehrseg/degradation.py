@@ -157,10 +157,12 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: int, phase: int = 0,
-                    num_classes: Optional[int] = None) -> Union[np.ndarray, torch.Tensor]:
+                    num_classes: Optional[int] = None, ignore_label: Optional[int] = None) -> Union[np.ndarray, torch.Tensor]:
     """LR labels as an annotator on thick slices draws them: per-voxel majority over the r sub-slices.
 
-    Ties go to the lowest label value (deterministic; argmax picks the first maximum).
+    Ties go to the lowest label value (deterministic; argmax picks the first maximum). With an `ignore_label`, ignored
+    sub-slices do not vote: a thick voxel is ignored only where all its sub-slices are (the annotation it would carry
+    is that of its annotated part).
     """
     is_numpy = isinstance(hr_labels, np.ndarray)
     y = torch.from_numpy(np.ascontiguousarray(hr_labels)) if is_numpy else hr_labels
@@ -177,5 +179,8 @@ def majority_labels(hr_labels: Union[np.ndarray, torch.Tensor], axis: int, r: in
     # one class at a time in bytes: a full int64 one-hot took 1.8x as long (it runs on every training step)
     count_dtype = torch.uint8 if r < 256 else torch.int32
     counts = torch.stack([(y == c).sum(dim=axis + 1, dtype=count_dtype) for c in range(num_classes)], dim=-1)
+    if ignore_label is not None and ignore_label < num_classes:
+        ignored = counts[..., ignore_label]
+        counts[..., ignore_label] = torch.where(ignored == r, ignored, torch.zeros_like(ignored))
     lr = counts.argmax(dim=-1)
     return lr.numpy().astype(hr_labels.dtype) if is_numpy else lr.to(hr_labels.dtype)

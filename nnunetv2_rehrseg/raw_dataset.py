@@ -40,8 +40,25 @@ class RawDataset:
         return len(self.dataset_json["channel_names"])
 
     @property
+    def label_manager(self):
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+        return LabelManager(self.dataset_json["labels"], self.dataset_json.get("regions_class_order"))
+
+    @property
     def label_values(self) -> List[int]:
-        return sorted(int(v) for v in self.dataset_json["labels"].values() if not isinstance(v, (list, tuple)))
+        """The integer values drawn in the label maps (background included, the ignore label not): for a region-based
+        dataset, the plain labels its regions are built from."""
+        return [int(v) for v in self.label_manager.all_labels]
+
+    @property
+    def ignore_label(self) -> Optional[int]:
+        return self.label_manager.ignore_label
+
+    @property
+    def num_label_classes(self) -> int:
+        """Channels of a one-hot label map: every value a label map may hold, the ignore label included."""
+        return max(self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])) + 1
 
 
 def open_raw_dataset(dataset_name_or_id) -> RawDataset:
@@ -65,12 +82,7 @@ def open_raw_dataset(dataset_name_or_id) -> RawDataset:
     for key in ("channel_names", "labels", "file_ending"):
         if key not in dataset_json:
             raise InputError(f"{json_file}: missing '{key}'; add it as in nnU-Net's dataset_format.md")
-    if any(isinstance(v, (list, tuple)) for v in dataset_json["labels"].values()) or "regions_class_order" in \
-            dataset_json:
-        raise InputError(f"{json_file}: region-based labels are not supported by REHRSeg; use plain integer labels")
-    if "ignore" in dataset_json["labels"]:
-        raise InputError(f"{json_file}: an 'ignore' label is not supported by REHRSeg (sparse annotations cannot "
-                         f"be super-resolved); remove it")
+    check_labels(dataset_json, json_file)
     try:
         files = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
     except (OSError, FileNotFoundError) as e:
@@ -79,6 +91,20 @@ def open_raw_dataset(dataset_name_or_id) -> RawDataset:
         raise InputError(f"{folder}/imagesTr holds no training cases ending in {dataset_json['file_ending']}")
     cases = {k: RawCase(k, list(v["images"]), v.get("label")) for k, v in sorted(files.items())}
     return RawDataset(name, folder, dataset_json, cases)
+
+
+def check_labels(dataset_json: dict, json_file: Path) -> None:
+    """The label declaration as nnU-Net's LabelManager accepts it (background 0; regions with regions_class_order;
+    the ignore label an integer above every other), refused in one line naming the file otherwise."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    labels = dataset_json["labels"]
+    try:
+        LabelManager(labels, dataset_json.get("regions_class_order"))
+    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"{json_file}: nnU-Net refuses its 'labels' ({str(e).strip() or type(e).__name__}); declare "
+                         f"them as in nnU-Net's dataset_format.md (regions: region_based_training.md, the ignore "
+                         f"label: ignore_label.md)") from None
 
 
 def read_channels(paths: List[str], identifier: str) -> Tuple[np.ndarray, Grid]:
@@ -129,7 +155,8 @@ def load_case(dataset: RawDataset, case: RawCase, need_label: bool = True) -> Lo
             raise InputError(f"{case.label}: geometry (size/spacing/origin/direction) differs from "
                              f"{case.images[0]}; resample the label onto the image grid")
         values = np.unique(label_array)
-        undeclared = sorted(set(values.tolist()) - set(dataset.label_values))
+        declared = set(dataset.label_values) | ({dataset.ignore_label} if dataset.ignore_label is not None else set())
+        undeclared = sorted(set(values.tolist()) - declared)
         if undeclared:
             raise InputError(f"{case.label}: label values {undeclared} are not declared in dataset.json; declare "
                              f"them or fix the label map")

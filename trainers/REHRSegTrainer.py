@@ -21,9 +21,9 @@ from torch import autocast
 from torch import distributed as dist
 
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss, get_tp_fp_fn_tn
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -37,7 +37,9 @@ from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients,
                                                       broadcast_parameters, teacher_stage_for)
-from nnunetv2_rehrseg.segmenter.losses import IgnoringUncertainty, UncertaintyWeightedCE, deep_supervision_weights
+from nnunetv2_rehrseg.segmenter.label_targets import LabelTargets
+from nnunetv2_rehrseg.segmenter.losses import (IgnoringUncertainty, UncertaintyWeightedBCE, UncertaintyWeightedCE,
+                                               deep_supervision_weights)
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter import pretrained
@@ -80,6 +82,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self.rehrseg = REHRSegPlanBlock.from_configuration(self.configuration_manager.configuration,
                                                            f"{self.plans_manager.plans_name}.json")
         self.margin = margin_slices(self.rehrseg.r, self.rehrseg.fwhm, self.rehrseg.slice_profile)
+        self.targets = LabelTargets(self.label_manager)   # integer label maps -> what the losses take
         self.teacher = None            # frozen self-SR, built in on_train_start (training only)
         self.distillation = None       # KD adapter, built with the optimizer
         self.teacher_stage = None
@@ -160,19 +163,33 @@ class REHRSegTrainer(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _dice_kwargs(self) -> dict:
-        return {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": self.is_ddp}
+        # regions have no background channel: every output is scored (as nnU-Net does)
+        return {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                "do_bg": self.label_manager.has_regions, "ddp": self.is_ddp}
 
-    def _dice_ce(self) -> DC_and_CE_loss:
-        return DC_and_CE_loss(self._dice_kwargs(), {}, weight_ce=1, weight_dice=1,
-                              ignore_label=self.label_manager.ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+    def _dice_ce(self):
+        """nnU-Net's loss of this dataset: Dice + CE, or Dice + BCE for regions; the ignore label masked."""
+        labels = self.label_manager
+        if labels.has_regions:
+            return DC_and_BCE_loss({}, self._dice_kwargs(), use_ignore_label=labels.ignore_label is not None,
+                                   dice_class=MemoryEfficientSoftDiceLoss)
+        return DC_and_CE_loss(self._dice_kwargs(), {}, weight_ce=1, weight_dice=1, ignore_label=labels.ignore_label,
+                              dice_class=MemoryEfficientSoftDiceLoss)
+
+    def _uncertainty_weighted(self):
+        labels = self.label_manager
+        if labels.has_regions:
+            dice = MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid, **self._dice_kwargs())
+            return UncertaintyWeightedBCE(self.uncertainty_scale, dice, self.lr_dice_weight,
+                                          use_ignore_label=labels.ignore_label is not None)
+        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **self._dice_kwargs())
+        return UncertaintyWeightedCE(self.uncertainty_scale, dice, self.lr_dice_weight, labels.ignore_label)
 
     def _build_loss(self):
         """LR-head loss (self.loss, deep supervised, called as loss(logits, targets, uncertainties)); the HR-head
         Dice+CE goes to self.hr_loss."""
         self.hr_loss = self._dice_ce()
-        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **self._dice_kwargs())
-        lr_loss = (UncertaintyWeightedCE(self.uncertainty_scale, dice, self.lr_dice_weight) if self.uncertainty_weighting
-                   else IgnoringUncertainty(self._dice_ce()))
+        lr_loss = self._uncertainty_weighted() if self.uncertainty_weighting else IgnoringUncertainty(self._dice_ce())
         if self.enable_deep_supervision:
             weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),
                                                self.is_ddp and not self._do_i_compile())
@@ -212,7 +229,8 @@ class REHRSegTrainer(nnUNetTrainer):
                                                         ignore_label=labels.ignore_label)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         ranges = {k: v["intensity_range"] for k, v in stamp["cases"].items()}
-        common = dict(sampling_probabilities=None, pad_sides=None, num_classes=labels.num_segmentation_heads,
+        common = dict(sampling_probabilities=None, pad_sides=None, num_classes=self.targets.num_values,
+                      ignore_label=labels.ignore_label,
                       deep_supervision_scales=self.deep_supervision_scales_or_none(),
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, r=self.rehrseg.r,
@@ -239,10 +257,11 @@ class REHRSegTrainer(nnUNetTrainer):
         b, channels, r = self.configuration_manager.batch_size, self.num_input_channels, self.rehrseg.r
         lr_shape = self.rehrseg.lr_patch_size
         hr_shape = [r * lr_shape[0], *lr_shape[1:]]
-        classes = self.label_manager.num_segmentation_heads
+        classes = self.targets.num_values
         hr_labels = torch.randint(0, classes, (b, 1, *hr_shape), generator=generator).to(torch.int16)
         lr_labels, uncertainty = lr_training_targets(hr_labels, torch.rand(b, 1, *lr_shape, generator=generator), r,
-                                                     classes, self.deep_supervision_scales_or_none())
+                                                     classes, self.deep_supervision_scales_or_none(),
+                                                     self.label_manager.ignore_label)
         return {"data": torch.randn(b, channels, *lr_shape, generator=generator), "target": hr_labels,
                 "target_lr": lr_labels, "uncertainty": uncertainty,
                 "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
@@ -274,8 +293,9 @@ class REHRSegTrainer(nnUNetTrainer):
         targets, uncertainties = self.deep_supervision_targets(pseudo)
         teacher = self.teacher_features(pseudo, batch["intensity_range"]) if with_kd else None
         lr_logits, hr_logits, skips = self.network(pseudo.image)
-        terms = {"loss_lr": self.lr_head_loss(lr_logits, targets, uncertainties, batch.get("phase")),
-                 "loss_hr": self.hr_loss(hr_logits, pseudo.hr_labels)}
+        terms = {"loss_lr": self.lr_head_loss(lr_logits, self.targets.loss_targets(targets), uncertainties,
+                                              batch.get("phase")),
+                 "loss_hr": self.hr_loss(hr_logits, self.targets.loss_target(pseudo.hr_labels))}
         if teacher is not None:
             terms.update(self.distillation(skips[self.kd_student_stage], teacher))
         return terms, hr_logits, pseudo
@@ -355,10 +375,9 @@ class REHRSegTrainer(nnUNetTrainer):
         with torch.no_grad(), self._autocast():
             terms, hr_logits, pseudo = self.loss_terms(batch, with_kd=False)
             total = self.weighted_total(terms)
-        prediction = torch.zeros_like(hr_logits, dtype=torch.float16).scatter_(1, hr_logits.argmax(1, keepdim=True), 1)
-        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, pseudo.hr_labels, axes=[0, 2, 3, 4])
-        return {"loss": total.detach().float().cpu().numpy(), "tp_hard": tp.cpu().numpy()[1:], "fp_hard": fp.cpu().numpy()[1:],
-                "fn_hard": fn.cpu().numpy()[1:]}
+        tp, fp, fn = self.targets.hard_counts(hr_logits, pseudo.hr_labels, axes=[0, 2, 3, 4])
+        return {"loss": total.detach().float().cpu().numpy(), "tp_hard": tp.cpu().numpy(), "fp_hard": fp.cpu().numpy(),
+                "fn_hard": fn.cpu().numpy()}
 
     def on_train_start(self):
         super().on_train_start()

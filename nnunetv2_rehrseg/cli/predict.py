@@ -94,6 +94,7 @@ def predict_entry(argv=None) -> None:
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
 
     from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
+    from nnunetv2_rehrseg.inference.review import write_review_summary
 
     device = resolve_device(args.device)
     predictor = REHRSegPredictor(tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
@@ -110,6 +111,9 @@ def predict_entry(argv=None) -> None:
                                             num_parts=args.num_parts, part_id=args.part_id)
     logger.info("prediction finished in %.1f s", time.time() - t0)
     print(f"HR segmentations in {out_folder}" + (f", LR ones in {out_folder / 'lr'}" if args.lr_output else ""))
+    summary = write_review_summary(out_folder)
+    if summary is not None:
+        print(f"review table (HR volumes, head disagreement; the cases to read first on top): {summary}")
     if failures:
         for case, reason in failures.items():
             print(f"error: {reason}" if reason.startswith(case) else f"error: {case}: {reason}", file=sys.stderr)

@@ -39,6 +39,7 @@ from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import (Grid, SliceGeometry, axes_swap, hr_grid, numpy_axis_of, slice_geometry,
                                        swap_array_axes)
+from nnunetv2_rehrseg.inference.review import REVIEW_FOLDER, case_record, head_disagreement, write_case_record
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of
 from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
 
@@ -173,6 +174,10 @@ def write_case(lr, hr, properties: dict, plans_manager: PlansManager,
             export_prediction_from_logits(array, its_properties, configuration, plans_manager, dataset_json,
                                           str(partial / stem), save_probabilities)
     endings = ([".npz", ".pkl"] if save_probabilities else []) + [dataset_json["file_ending"]]
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    record = case_record(Path(hr_file_truncated).name, partial / f"hr{dataset_json['file_ending']}",
+                         head_disagreement(labels_of_output(lr, label_manager), labels_of_output(hr, label_manager),
+                                           block.r, label_manager), label_manager)
     if swap is not None:
         for stem, *_ in outputs:
             swap_outputs_back(partial / stem, dataset_json["file_ending"], save_probabilities, *swap)
@@ -180,7 +185,16 @@ def write_case(lr, hr, properties: dict, plans_manager: PlansManager,
         target.parent.mkdir(parents=True, exist_ok=True)
         for ending in endings:
             os.replace(partial / f"{stem}{ending}", f"{target}{ending}")
+    write_case_record(record, Path(hr_file_truncated).parent / REVIEW_FOLDER)
     shutil.rmtree(partial, ignore_errors=True)
+
+
+def labels_of_output(array, label_manager) -> np.ndarray:
+    """A segmentation as it is, or the segmentation of logits (K, ...)."""
+    if is_segmentation(array):
+        return np.asarray(array)
+    segmentation = label_manager.convert_logits_to_segmentation(torch.as_tensor(array).float())
+    return np.asarray(segmentation)
 
 
 def swap_outputs_back(stem: Path, file_ending: str, probabilities: bool, a: int, b: int) -> None:

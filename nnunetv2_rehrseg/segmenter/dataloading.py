@@ -33,11 +33,12 @@ class REHRSegDataset(nnUNetDatasetBlosc2):
 
 class REHRSegDataLoader(nnUNetDataLoader):
     def __init__(self, *args, r: int, fwhm: float, slice_profile: str, margin: int, random_phase: bool,
-                 intensity_ranges: Dict[str, list], num_classes: int,
+                 intensity_ranges: Dict[str, list], num_classes: int, ignore_label: Optional[int],
                  deep_supervision_scales: Optional[Sequence[Sequence[float]]],
                  annotated_phase_probability: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.num_classes, self.deep_supervision_scales = num_classes, deep_supervision_scales
+        self.ignore_label = ignore_label
         self._thread_pools = None       # found once per process: a fresh search took 3 of a batch's ~40 ms
         self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
@@ -85,7 +86,8 @@ class REHRSegDataLoader(nnUNetDataLoader):
                 uncertainties.append(sample["regression_target"])
             hr_labels = torch.stack(labels)
             lr_labels, uncertainty = lr_training_targets(hr_labels, torch.stack(uncertainties), self.r,
-                                                         self.num_classes, self.deep_supervision_scales)
+                                                         self.num_classes, self.deep_supervision_scales,
+                                                         self.ignore_label)
         return {"data": torch.stack(images), "target": hr_labels, "target_lr": lr_labels, "uncertainty": uncertainty,
                 "phase": torch.tensor(phases), "keys": keys,
                 "intensity_range": torch.tensor([self.intensity_ranges[k] for k in keys], dtype=torch.float32)}

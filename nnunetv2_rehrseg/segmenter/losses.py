@@ -14,17 +14,56 @@ class UncertaintyWeightedCE(nn.Module):
     The paper's R5 is CE only (dice_weight 0). With U about 0.03 its weights are about 0.97 everywhere and it acts as
     plain CE, which neglects thin classes; the Dice term weighs every class equally."""
 
-    def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0):
+    def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0,
+                 ignore_label: Optional[int] = None):
         super().__init__()
         self.scale = scale
         self.dice = dice if dice_weight else None
         self.dice_weight = dice_weight
+        self.ignore_label = ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target[:, 0].long(), reduction="none")
-        loss = ((1 - self.scale * uncertainty[:, 0].float()) * ce).mean()
+        weight = 1 - self.scale * uncertainty[:, 0].float()
+        if self.ignore_label is None:
+            ce = F.cross_entropy(logits.float(), target[:, 0].long(), reduction="none")
+            loss = (weight * ce).mean()
+            dice = self.dice(logits, target) if self.dice is not None else None
+        else:   # ignored voxels count for neither term, as in nnU-Net's DC_and_CE_loss
+            valid = target != self.ignore_label
+            target = torch.where(valid, target, torch.zeros_like(target))
+            ce = F.cross_entropy(logits.float(), target[:, 0].long(), reduction="none")
+            loss = (weight * ce * valid[:, 0]).sum() / valid.sum().clamp_min(1)
+            dice = self.dice(logits, target, loss_mask=valid) if self.dice is not None else None
+        if dice is not None:
+            loss = loss + self.dice_weight * dice
+        return loss
+
+
+class UncertaintyWeightedBCE(nn.Module):
+    """R5 for region-based datasets (sigmoid outputs, one per region): mean over voxels and regions of w * BCE with
+    w = 1 - scale * U, plus `dice_weight` x a soft Dice loss over the regions. Targets as nnU-Net's DC_and_BCE_loss
+    takes them: one binary channel per region, with `use_ignore_label` the ignore mask last (voxels left out)."""
+
+    def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0,
+                 use_ignore_label: bool = False):
+        super().__init__()
+        self.scale = scale
+        self.dice = dice if dice_weight else None
+        self.dice_weight = dice_weight
+        self.use_ignore_label = use_ignore_label
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if self.use_ignore_label:
+            mask, target = ~target[:, -1:].bool(), target[:, :-1]
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+        weighted = (1 - self.scale * uncertainty.float()) * bce
+        if mask is None:
+            loss = weighted.mean()
+        else:
+            loss = (weighted * mask).sum() / (mask.sum() * weighted.shape[1]).clamp_min(1)
         if self.dice is not None:
-            loss = loss + self.dice_weight * self.dice(logits, target)
+            loss = loss + self.dice_weight * self.dice(logits, target, loss_mask=mask)
         return loss
 
 

@@ -67,11 +67,13 @@ class PseudoLRBatch:
 
 
 def lr_training_targets(hr_labels: torch.Tensor, uncertainty: torch.Tensor, r: int, num_classes: int,
-                        scales: Optional[Sequence[Sequence[float]]]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+                        scales: Optional[Sequence[Sequence[float]]], ignore_label: Optional[int] = None
+                        ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """The LR head's targets of an augmented batch (HR labels (B, 1, r*D, H, W), uncertainty (B, 1, D, H, W)):
     pseudo-LR labels and uncertainty per deep-supervision output (scales None: the full resolution alone). Made in
-    the loader's workers, where stock nnU-Net makes its deep-supervision targets, not on the training step's path."""
-    labels = majority_labels(hr_labels, LR_AXIS, r, num_classes=num_classes)
+    the loader's workers, where stock nnU-Net makes its deep-supervision targets, not on the training step's path.
+    `num_classes`: the values a label map holds (the ignore label included); ignored sub-slices do not vote."""
+    labels = majority_labels(hr_labels, LR_AXIS, r, num_classes=num_classes, ignore_label=ignore_label)
     if scales is None:
         return [labels], [uncertainty]
     return downsample_for_deep_supervision(labels, uncertainty, scales)

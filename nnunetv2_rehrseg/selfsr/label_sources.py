@@ -74,7 +74,8 @@ class LabelSources:
 
 
 def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.ndarray], lr_labels: np.ndarray, r: int,
-                   sources: LabelSources, implied_axes: Sequence[int] = (1, 2)) -> Tuple[np.ndarray, dict]:
+                   sources: LabelSources, implied_axes: Sequence[int] = (1, 2),
+                   fixed: Sequence[int] = ()) -> Tuple[np.ndarray, dict]:
     """The labels stage 1 writes (rZ, Y, X), consistent with the annotation; returns them and the volume record of
     `volume_calibrated_labels` (the self-SR's where any label takes it, else interpolation's).
 
@@ -82,10 +83,12 @@ def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.n
     volume-calibrated, stage 1's rule for the self-SR) and interpolation's. Wherever either map holds a label that
     takes the self-SR, the self-SR's map is written (so such a label keeps the shape the self-SR gives it, and its
     neighbours yield to it), elsewhere interpolation's; a last consistency step settles the thick slices where the
-    two meet. `interpolated` (`interpolation_probabilities`) may be None when every label takes the self-SR."""
+    two meet. `interpolated` (`interpolation_probabilities`) may be None when every label takes the self-SR. `fixed`:
+    classes whose volume is not calibrated (the ignore label, whose voxels are decided by the annotation alone)."""
     num_classes = selfsr_probabilities.shape[0]
+    calibrate = [c not in fixed for c in range(num_classes)]
     if not sources.needs_interpolation(num_classes) or interpolated is None:
-        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
+        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes, calibrate=calibrate)
     chosen = np.zeros(num_classes, bool)
     chosen[list(sources.selfsr_labels)] = True
     no_calibration = [False] * num_classes
@@ -93,7 +96,8 @@ def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.n
                                                                        calibrate=no_calibration, axes=implied_axes)
     if not chosen.any():
         return interpolation_map, interpolation_record
-    selfsr_map, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes)
+    selfsr_map, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes,
+                                                  calibrate=calibrate)
     from_selfsr = chosen[selfsr_map] | chosen[interpolation_map]
     shifted = np.exp(np.log(np.clip(selfsr_probabilities, 1e-6, None)) +
                      np.asarray(record["offsets"], np.float32)[:, None, None, None])

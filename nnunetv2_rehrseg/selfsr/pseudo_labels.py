@@ -49,6 +49,19 @@ def labels_consistent_with_lr(probabilities: np.ndarray, lr_labels: np.ndarray, 
     return result.reshape(hr.shape)
 
 
+def keep_ignored_ignored(probabilities: np.ndarray, lr_labels: np.ndarray, r: int, ignore_label: int) -> np.ndarray:
+    """Probabilities (K, rZ, Y, X) under which the written labels keep the annotator's ignore label exactly where it
+    was drawn: every sub-slice of an ignored thick voxel is certain to be ignored (no class the annotator did not draw
+    appears there), and no annotated voxel can be turned into the ignore label (its annotation is kept)."""
+    ignored = np.repeat(lr_labels == ignore_label, r, axis=0)
+    out = probabilities.copy()
+    out[ignore_label] = 0
+    out /= np.maximum(out.sum(0, keepdims=True), 1e-12)
+    out[:, ignored] = 0
+    out[ignore_label, ignored] = 1
+    return out
+
+
 def class_volumes(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels.ravel().astype(np.int64), minlength=num_classes)[:num_classes].astype(np.float64)
 

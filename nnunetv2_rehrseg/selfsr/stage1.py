@@ -34,6 +34,7 @@ from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.label_sources import (SAFETY_MARGIN, SELFSR_ONLY, LabelSources, decide_label_sources,
                                                    interpolation_probabilities, written_labels)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
+from nnunetv2_rehrseg.selfsr.pseudo_labels import keep_ignored_ignored
 from nnunetv2_rehrseg.selfsr.training import load_network, train_selfsr
 from nnunetv2_rehrseg.selfsr.video_prior import (FrameInterpolator, InPlanePairs, find_rife_weights,
                                                  finetune_frame_interpolator, interpolate_thick_axis,
@@ -330,7 +331,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     ranges = [intensity_range(image) for image in lr_cases]
     sr_cases = [SRCase(to_unit(image, rng), lr_first(c.labels, geometries[c.identifier].axis, False))
                 for image, rng, c in zip(lr_cases, ranges, cases)]
-    num_classes = max(dataset.label_values) + 1
+    num_classes = dataset.num_label_classes      # the ignore label, if any, is a class of its own here
     frame_planes = [(settings.r * c.image.shape[1], min(c.image.shape[2:])) for c in sr_cases]
     config = configure(preset, device.type, dataset.num_channels, num_classes, settings.r, settings.fwhm,
                        settings.profile, frame_planes, **config_overrides)
@@ -354,7 +355,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     t_infer = time.time()
     job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
                         config.back_projection_iterations, prior_weights is not None, config.video_prior_weight,
-                        sources)
+                        sources, dataset.ignore_label)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
 
@@ -435,6 +436,19 @@ class GenerationJob:
     video_prior: bool = False          # stage1.video_prior holds the fine-tuned frame interpolator
     video_prior_weight: float = 0.0
     sources: Optional[LabelSources] = None     # None: the self-SR's probabilities for every label
+    ignore_label: Optional[int] = None
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])) + 1
+
+    def annotated_dice(self, hr_labels: np.ndarray, lr_labels: np.ndarray, r: int) -> Dict[int, float]:
+        """Per label, Dice of HR labels degraded back (thick-slice majority) against the annotation, where it is
+        annotated (ignored voxels count for neither side)."""
+        back_to_lr = majority_labels(hr_labels, 0, r, num_classes=self.num_classes)
+        if self.ignore_label is not None:
+            back_to_lr = np.where(lr_labels == self.ignore_label, lr_labels, back_to_lr)
+        return dice_per_label(back_to_lr, lr_labels, self.label_values[1:])
 
     def generate(self, networks: Dict[int, object], device: torch.device, case: LoadedCase, sr_case: SRCase,
                  rng: np.ndarray):
@@ -442,7 +456,7 @@ class GenerationJob:
         grid), with its QC record; returns its montage row."""
         stage1 = Stage1Folder(self.stage1_root)
         geometry = self.settings.case(case.identifier)
-        r, num_classes = geometry.r, max(self.label_values) + 1
+        r, num_classes = geometry.r, self.num_classes
         result = super_resolve_volume(networks[r], sr_case.image, sr_case.labels, device)
         if self.video_prior:
             carried = interpolate_thick_axis(_video_prior_network(stage1.video_prior, device), sr_case.image, r,
@@ -452,16 +466,20 @@ class GenerationJob:
             result["labels"] = result["probabilities"].argmax(0).astype(np.uint8)
         # QC of the network itself: its labels degraded back against the annotation; then the written labels, from
         # each label's source, are made to agree with the annotation on the annotated thick slices
-        back_to_lr = majority_labels(result["labels"], 0, r, num_classes=num_classes)
-        dice = dice_per_label(back_to_lr, sr_case.labels, self.label_values[1:])
+        dice = self.annotated_dice(result["labels"], sr_case.labels, r)
         sources = self.sources or LabelSources.selfsr_only(num_classes)
         interpolated = None
         if sources.needs_interpolation(num_classes):
             interpolated = interpolation_probabilities(
                 sr_case.labels, r, lr_first_spacing(case.grid.spacing, geometry.axis), num_classes)
-        consistent, volumes = written_labels(result["probabilities"], interpolated, sr_case.labels, r, sources)
-        written_dice = dice_per_label(majority_labels(consistent, 0, r, num_classes=num_classes), sr_case.labels,
-                                      self.label_values[1:])
+        probabilities = result["probabilities"]
+        if self.ignore_label is not None:
+            probabilities = keep_ignored_ignored(probabilities, sr_case.labels, r, self.ignore_label)
+            interpolated = (None if interpolated is None else
+                            keep_ignored_ignored(interpolated, sr_case.labels, r, self.ignore_label))
+        fixed = () if self.ignore_label is None else (self.ignore_label,)
+        consistent, volumes = written_labels(probabilities, interpolated, sr_case.labels, r, sources, fixed=fixed)
+        written_dice = self.annotated_dice(consistent, sr_case.labels, r)
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"] = consistent
         result["image"] = consistent_image(result["image"], sr_case.image, r, self.settings.fwhm_of(geometry),
