@@ -1,9 +1,13 @@
 import hashlib
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 # the benchmark's modules (not installed with the plugin: research trainers, harness) for the tests that cover them
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -50,3 +54,41 @@ def expect_one_error_line(capsys, entry, argv) -> str:
     error_lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1  # progress bars aside, one line that names the file and the fix
     return error_lines[0]
+
+
+BIN = Path(sys.executable).parent
+TINY_TRAINER = "REHRSegTrainer_tiny"
+
+
+def run_command_line(*args, env):
+    """A console script of the venv with these arguments; fails the test with its output when it fails."""
+    result = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True,
+                            timeout=900)
+    if result.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_tiny_and_predict(root: Path, dataset_id: int, kind: str) -> dict:
+    """A tiny phantom dataset of `kind` (make_raw_dataset's label_kind) planned, trained (fold 0, --npz) and its test
+    case predicted with probabilities and the LR output, through the real commands."""
+    env = command_env(root)
+    raw = make_raw_dataset(root / "nnUNet_raw", dataset_id, kind.capitalize(), n_cases=3, n_test=1,
+                           shape_zyx=(8, 32, 32), label_kind=kind)
+    checksum = tree_checksum(raw)
+    run_command_line("rehrseg_plan_and_preprocess", "-d", dataset_id, "-device", "cpu", "-iterations", 12, "-np", 1,
+                     env=env)
+    pre = root / "nnUNet_preprocessed" / raw.name
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["case00", "case01"], "val": ["case02"]}]))
+    env["nnUNet_extTrainer"] = run_command_line("rehrseg_env", env=env).stdout.strip().split("=", 1)[1]
+    run_command_line("nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", TINY_TRAINER, "-p", "REHRSegPlans",
+                     "-device", "cpu", "--npz", env=env)
+    out = root / "predicted"
+    run_command_line("rehrseg_predict", "-i", raw / "imagesTs", "-o", out, "-d", dataset_id, "-tr", TINY_TRAINER,
+                     "-f", 0, "-device", "cpu", "--save_probabilities", "--lr_output", "-npp", 1, "-nps", 1, env=env)
+    fold = root / "nnUNet_results" / raw.name / f"{TINY_TRAINER}__REHRSegPlans__3d_fullres" / "fold_0"
+    return {"root": root, "env": env, "raw": raw, "pre": pre, "fold": fold, "out": out, "checksum": checksum}
+
+
+def read_array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
