@@ -23,7 +23,10 @@ counted apart; the review table's head disagreement of each REHRSeg arm against 
 Goal: REHRSeg >= the better LR arm (linear or shape-based) + 3 Dice points on every region of every test subject, and
 a volume error at most half the nearest-neighbour arm's.
 
-    python benchmarks/lesions.py -o DIR [-seed 0] [--report]
+    python benchmarks/lesions.py -o DIR [-seed 0] [--sparse] [--report]
+
+--sparse: the same subjects with every other thick slice of each training annotation ignored (nnU-Net's ignore label);
+only the LR nnU-Net and REHRSeg from it are trained, to compare with a full-annotation DIR of the same seed.
 
 DIR is resumable: finished stages are skipped on a rerun.
 """
@@ -56,6 +59,7 @@ LESION_LABELS = {"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 
 REGIONS = {"whole tumour": (1, 2, 3), "tumour core": (2, 3), "enhancing": (3,)}
 REGIONS_CLASS_ORDER = [1, 2, 3]        # oedema, necrosis, enhancing: the plain labels the regions are built from
 OEDEMA, NECROSIS, ENHANCING = 1, 2, 3
+IGNORE = 4
 HR_ID = DATASET_ID + 1
 SMALL_MM = 10.0
 ARMS = {"rehrseg": "REHRSeg (from the LR nnU-Net)", "rehrseg_scratch": "REHRSeg (from scratch)",
@@ -125,9 +129,11 @@ def lesion_contrasts(t1: np.ndarray, tissue: np.ndarray, lesions: np.ndarray, rn
                     ).clip(0, None).astype(np.float32)
 
 
-def build_lesion_dataset(raw_root: Path, truth_root: Path, seed: int) -> Tuple[DemoDataset, Dict]:
+def build_lesion_dataset(raw_root: Path, truth_root: Path, seed: int, sparse: bool = False
+                         ) -> Tuple[DemoDataset, Dict]:
     """The LR raw dataset (two channels, region labels, each subject at its own r and axis), the test subjects' HR
-    truth (labels, images) and the training subjects' HR truth (the upper bound's data)."""
+    truth (labels, images) and the training subjects' HR truth (the upper bound's data). `sparse`: every other thick
+    slice of the training annotations is ignored."""
     t1, tissue, grid = ANATOMIES["mni152"].load(SPACING_MM)
     folder = Path(raw_root) / f"Dataset{DATASET_ID:03d}_Lesions"
     train_ids = [f"sub{i:02d}" for i in range(len(TRAIN))]
@@ -150,14 +156,18 @@ def build_lesion_dataset(raw_root: Path, truth_root: Path, seed: int) -> Tuple[D
             write_image(lr_image, lr, folder / f"images{split}" / f"{identifier}_{c:04d}.nii.gz")
         truth = Path(truth_root) / ("train" if split == "Tr" else "")
         if split == "Tr":
+            if sparse:
+                lr_labels = lr_labels.copy()
+                np.moveaxis(lr_labels, numpy_axis_of(axis), 0)[1::2] = IGNORE
             write_image(lr_labels, lr, folder / "labelsTr" / f"{identifier}.nii.gz")
         else:
             write_image(lr_labels, lr, truth / "lr_labels" / f"{identifier}.nii.gz")
         write_image(lesions, hr, truth / "labels" / f"{identifier}.nii.gz")
         for c, channel in enumerate(channels):
             write_image(channel, hr, truth / "images" / f"{identifier}_{c:04d}.nii.gz")
+    labels = {**LESION_LABELS, **({"ignore": IGNORE} if sparse else {})}
     (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1c", "1": "FLAIR"}, "labels": LESION_LABELS,
+        "channel_names": {"0": "T1c", "1": "FLAIR"}, "labels": labels,
         "regions_class_order": REGIONS_CLASS_ORDER, "numTraining": len(train_ids), "file_ending": ".nii.gz",
         "name": "MNI152 subjects with tumours at 6 and 8 mm slices, one sagittal series"}, indent=1))
     return DemoDataset(folder, Path(truth_root), train_ids, test_ids), plan
@@ -165,8 +175,9 @@ def build_lesion_dataset(raw_root: Path, truth_root: Path, seed: int) -> Tuple[D
 
 # ---------------------------------------------------------------------------------------------------- pipeline
 class LesionPipeline(Pipeline):
-    def __init__(self, out: Path, seed: int):
+    def __init__(self, out: Path, seed: int, sparse: bool = False):
         super().__init__(out, "cpu", r=0, axis=AXIAL, preset=PRESETS["fast"], seed=seed)
+        self.sparse = sparse
         self.plan_of: Dict[str, Tuple[int, int]] = {}
         from research_trainers import with_research_trainers
 
@@ -179,7 +190,7 @@ class LesionPipeline(Pipeline):
             folder = next((self.out / "nnUNet_raw").glob(f"Dataset{DATASET_ID:03d}_*"))
             return DemoDataset(folder, self.out / "truth", [k for k in self.plan_of if k < f"sub{len(TRAIN):02d}"],
                                [k for k in self.plan_of if k >= f"sub{len(TRAIN):02d}"])
-        data, self.plan_of = build_lesion_dataset(self.out / "nnUNet_raw", self.out / "truth", self.seed)
+        data, self.plan_of = build_lesion_dataset(self.out / "nnUNet_raw", self.out / "truth", self.seed, self.sparse)
         marker.write_text(json.dumps(self.plan_of))
         return data
 
@@ -262,6 +273,8 @@ class LesionPipeline(Pipeline):
         self.timed("train REHRSeg from the LR nnU-Net", self.train_rehrseg)
         self.timed("predict", self._predict_first)
         report(self.out)            # the main comparison as soon as it exists
+        if self.sparse:
+            return report(self.out)
         self.timed("train REHRSeg from scratch", self.train, SCRATCH_TRAINER, "REHRSegPlans")
         self.timed("predict from scratch", self.predict_arm, SCRATCH_TRAINER, "rehrseg_scratch")
         self.timed("HR upper bound", self.upper_bound)
@@ -428,6 +441,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", required=True, help="output folder (resumable)")
     parser.add_argument("-seed", type=int, default=0)
+    parser.add_argument("--sparse", action="store_true", help="every other annotated thick slice ignored")
     parser.add_argument("--report", action="store_true", help="only rewrite results.json/.md from DIR's predictions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -436,7 +450,7 @@ def main() -> None:
     if args.report:
         report(out)
         return
-    LesionPipeline(out, args.seed)()
+    LesionPipeline(out, args.seed, args.sparse)()
 
 
 if __name__ == "__main__":
