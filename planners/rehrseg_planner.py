@@ -55,7 +55,11 @@ class REHRSegPlannerMixin:
         checkpoint fits (-pretrained_weights); the extra share is reported, with the -gpu_memory_target that leaves
         room for it (a smaller patch, whose topology may then differ from a stock LR model's)."""
         arch = plan["architecture"]
-        classes = len(self.dataset_json["labels"])
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+        # the network's outputs: one per class or region, none for the ignore label
+        classes = LabelManager(self.dataset_json["labels"],
+                               self.dataset_json.get("regions_class_order")).num_segmentation_heads
         lr_network = self.static_estimate_VRAM_usage(lr_patch, len(self.dataset_json["channel_names"]), classes,
                                                      arch["network_class_name"], arch["arch_kwargs"],
                                                      arch["_kw_requires_import"])
