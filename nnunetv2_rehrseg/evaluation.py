@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,9 +42,12 @@ def _prediction_on_reference_grid(pred_path: Path, ref_image: sitk.Image, source
     return sitk.GetArrayFromImage(sitk.Resample(pred_image, ref_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
 
 
-def evaluate_folders(reference_folder: str, prediction_folder: str, labels: Optional[List[int]] = None,
-                     file_ending: str = ".nii.gz", chill: bool = False) -> dict:
-    """chill: score only the references that have a prediction (as nnU-Net's -chill), instead of refusing."""
+def evaluate_folders(reference_folder: str, prediction_folder: str,
+                     labels: Optional[List[Union[int, Tuple[int, ...]]]] = None, file_ending: str = ".nii.gz",
+                     chill: bool = False) -> dict:
+    """labels: label values, or regions (tuples of values, scored as their union and keyed as nnU-Net keys them,
+    "(1, 2)"); default every non-zero value found. chill: score only the references that have a prediction (as
+    nnU-Net's -chill), instead of refusing."""
     ref_folder, pred_folder = Path(reference_folder), Path(prediction_folder)
     for folder, flag in ((ref_folder, "-ref"), (pred_folder, "-pred")):
         if not folder.is_dir():
@@ -72,7 +75,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: Opti
                                                                                          np.unique(pred)) if v != 0})
     per_case = {}
     for case, (ref, pred, spacing) in loaded.items():
-        metrics = {str(label): label_metrics(ref == label, pred == label, spacing) for label in labels}
+        metrics = {str(label): label_metrics(mask_of(ref, label), mask_of(pred, label), spacing) for label in labels}
         metrics["mean"] = {m: _nanmean([v[m] for v in metrics.values()]) for m in METRICS}
         per_case[case] = metrics
     summary = {"labels": labels, "cases": len(per_case),
@@ -82,6 +85,24 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, labels: Opti
                                                       for label in labels))}
     summary["mean"] = {m: _nanmean([v[m] for v in summary["mean_per_label"].values()]) for m in METRICS}
     return {"summary": summary, "per_case": per_case}
+
+
+def mask_of(segmentation: np.ndarray, label: Union[int, Tuple[int, ...]]) -> np.ndarray:
+    return np.isin(segmentation, label) if isinstance(label, tuple) else segmentation == label
+
+
+def regions_of(dataset_json_file: Path) -> Optional[List[Tuple[int, ...]]]:
+    """The foreground regions of a region-based model's dataset.json (as rehrseg_predict writes beside its outputs),
+    else None."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    if not Path(dataset_json_file).is_file():
+        return None
+    dataset_json = json.loads(Path(dataset_json_file).read_text())
+    manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    if not manager.has_regions:
+        return None
+    return [tuple(int(v) for v in np.atleast_1d(region)) for region in manager.foreground_regions]
 
 
 def _nanmean(values) -> float:

@@ -164,17 +164,19 @@ def test_nan_voxels_2d_images_and_missing_labels_are_refused(nnunet_env, capsys)
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
 
 
-def test_too_few_thick_slices_and_region_labels_are_refused(nnunet_env, capsys):
+def test_too_few_thick_slices_and_label_declarations_nnunet_refuses_are_refused(nnunet_env, capsys):
     make_raw_dataset(nnunet_env["nnUNet_raw"], 995, "Thin", shape_zyx=(3, 32, 32))
     err = run_expecting_error(capsys, ["-d", "995"] + FAST)
     assert "case00" in err and "window" in err
     raw = make_raw_dataset(nnunet_env["nnUNet_raw"], 996, "Regions")
     dataset_json = json.loads((raw / "dataset.json").read_text())
-    dataset_json["labels"] = {"background": 0, "whole": [1, 2], "inner": 2}
-    dataset_json["regions_class_order"] = [1, 2]
-    (raw / "dataset.json").write_text(json.dumps(dataset_json))
-    err = run_expecting_error(capsys, ["-d", "996"] + FAST)
-    assert "dataset.json" in err and "region" in err
+    # regions without regions_class_order; an ignore label below another label
+    for labels, order in (({"background": 0, "whole": [1, 2], "inner": 2}, None),
+                          ({"background": 0, "outer": 1, "inner": 2, "ignore": 1}, None)):
+        dataset_json["labels"] = labels
+        (raw / "dataset.json").write_text(json.dumps(dataset_json))
+        err = run_expecting_error(capsys, ["-d", "996"] + FAST)
+        assert "dataset.json" in err and "labels" in err and "dataset_format.md" in err
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
 
 

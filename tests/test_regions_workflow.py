@@ -56,3 +56,13 @@ def test_find_best_configuration_takes_the_region_model(regions):
     merged = regions["fold"].parent / "crossval_results_folds_0"
     assert set(json.loads((merged / "summary.json").read_text())["mean"]) == {"(1, 2)", "(2,)"}
     assert (merged / "postprocessing.pkl").is_file()
+
+
+def test_rehrseg_evaluate_scores_the_regions_of_a_region_model(regions):
+    out = regions["out"]
+    metrics = out.parent / "metrics.json"
+    run("rehrseg_evaluate", "-ref", out, "-pred", out, "-o", metrics, env=regions["env"])
+    summary = json.loads(metrics.read_text())["summary"]
+    assert set(summary["mean_per_label"]) == {"(1, 2)", "(2,)"}
+    assert summary["mean"]["Dice"] == 1.0
+    assert "(1, 2)" in (out.parent / "metrics.csv").read_text()

@@ -7,7 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class UncertaintyWeightedCE(nn.Module):
+class UncertaintyWeighted(nn.Module):
+    """The settings R5's losses share: w = 1 - scale * U per voxel, and an optional soft Dice term beside it."""
+
+    def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0):
+        super().__init__()
+        self.scale = scale
+        self.dice = dice if dice_weight else None
+        self.dice_weight = dice_weight
+
+
+class UncertaintyWeightedCE(UncertaintyWeighted):
     """R5: mean over voxels of w * CE with w = 1 - scale * U; U used as produced, in (0, 1), no per-volume rescaling;
     plus `dice_weight` x a soft Dice loss (unweighted: a ratio over the whole patch cannot carry per-voxel weights).
 
@@ -16,10 +26,7 @@ class UncertaintyWeightedCE(nn.Module):
 
     def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0,
                  ignore_label: Optional[int] = None):
-        super().__init__()
-        self.scale = scale
-        self.dice = dice if dice_weight else None
-        self.dice_weight = dice_weight
+        super().__init__(scale, dice, dice_weight)
         self.ignore_label = ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
@@ -39,17 +46,14 @@ class UncertaintyWeightedCE(nn.Module):
         return loss
 
 
-class UncertaintyWeightedBCE(nn.Module):
+class UncertaintyWeightedBCE(UncertaintyWeighted):
     """R5 for region-based datasets (sigmoid outputs, one per region): mean over voxels and regions of w * BCE with
     w = 1 - scale * U, plus `dice_weight` x a soft Dice loss over the regions. Targets as nnU-Net's DC_and_BCE_loss
     takes them: one binary channel per region, with `use_ignore_label` the ignore mask last (voxels left out)."""
 
     def __init__(self, scale: float = 0.99, dice: Optional[nn.Module] = None, dice_weight: float = 0.0,
                  use_ignore_label: bool = False):
-        super().__init__()
-        self.scale = scale
-        self.dice = dice if dice_weight else None
-        self.dice_weight = dice_weight
+        super().__init__(scale, dice, dice_weight)
         self.use_ignore_label = use_ignore_label
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
