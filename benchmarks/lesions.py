@@ -23,7 +23,7 @@ counted apart; the review table's head disagreement of each REHRSeg arm against 
 Goal: REHRSeg >= the better LR arm (linear or shape-based) + 3 Dice points on every region of every test subject, and
 a volume error at most half the nearest-neighbour arm's.
 
-    python benchmarks/lesions.py -o DIR [-seed 0] [--sparse] [--report]
+    python benchmarks/lesions.py -o DIR [-seed 0] [--sparse] [--upper_bound] [--report]
 
 --sparse: the same subjects with every other thick slice of each training annotation ignored (nnU-Net's ignore label);
 only the LR nnU-Net and REHRSeg from it are trained, to compare with a full-annotation DIR of the same seed.
@@ -37,17 +37,17 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 from scipy.ndimage import binary_erosion, gaussian_filter
 from scipy.ndimage import label as connected_components
 
 from nnunetv2_rehrseg.demo.anatomy import ANATOMIES, LABELS as TISSUE
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, DATASET_ID
-from nnunetv2_rehrseg.demo.pipeline import PRESETS, Pipeline, resample_to, shape_based_to_hr
+from nnunetv2_rehrseg.demo.pipeline import resample_to
 from nnunetv2_rehrseg.demo.subjects import DemoDataset, crop_to_multiple, make_subject, simulate_lr
-from nnunetv2_rehrseg.geometry import Grid, hr_grid, lr_grid, numpy_axis_of
+from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.inference.review import DISAGREEMENT, REVIEW_FOLDER
 from nnunetv2_rehrseg.io import read_image, write_image
+from mixed_thickness import MixedThicknessPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -174,14 +174,12 @@ def build_lesion_dataset(raw_root: Path, truth_root: Path, seed: int, sparse: bo
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
-class LesionPipeline(Pipeline):
-    def __init__(self, out: Path, seed: int, sparse: bool = False):
-        super().__init__(out, "cpu", r=0, axis=AXIAL, preset=PRESETS["fast"], seed=seed)
-        self.sparse = sparse
-        self.plan_of: Dict[str, Tuple[int, int]] = {}
-        from research_trainers import with_research_trainers
+class LesionPipeline(MixedThicknessPipeline):
+    """The mixed-thickness benchmark's pipeline (per-case geometry, resumable training) on the lesion subjects."""
 
-        self.env["nnUNet_extTrainer"] = with_research_trainers(self.env.get("nnUNet_extTrainer", ""))
+    def __init__(self, out: Path, seed: int, sparse: bool = False):
+        super().__init__(out, "mni152", seed)
+        self.sparse = sparse
 
     def build_data(self):
         marker = self.out / "truth" / "plan.json"
@@ -193,20 +191,6 @@ class LesionPipeline(Pipeline):
         data, self.plan_of = build_lesion_dataset(self.out / "nnUNet_raw", self.out / "truth", self.seed, self.sparse)
         marker.write_text(json.dumps(self.plan_of))
         return data
-
-    def done(self, trainer: str, plans: str, dataset: str) -> bool:
-        return (self.out / "nnUNet_results" / dataset / f"{trainer}__{plans}__3d_fullres" / "fold_0" /
-                "checkpoint_final.pth").is_file()
-
-    def plan(self) -> None:
-        if (self.out / "nnUNet_preprocessed" / self.data.raw_folder.name / f"{BASELINE_PLANS}_3d_fullres").is_dir():
-            return
-        super().plan()
-
-    def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
-        name = next((self.out / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*")).name
-        if not self.done(trainer, plans, name):
-            super().train(trainer, plans, dataset_id, *flags)
 
     def upper_bound(self) -> None:
         """Stock nnU-Net on the HR truth of the same training subjects, the same planner budget and steps."""
@@ -252,19 +236,9 @@ class LesionPipeline(Pipeline):
         for identifier in self.data.test_ids:
             self._baseline_to_own_hr_grid(identifier)
 
-    def _baseline_to_own_hr_grid(self, identifier: str) -> None:
-        r, axis = self.plan_of[identifier]
-        preds = self.out / "predictions"
-        lr_seg = sitk.ReadImage(str(preds / "lr_nnunet_lr" / f"{identifier}.nii.gz"))
-        lr = Grid.of(lr_seg)
-        hr = hr_grid(lr, axis, r)
-        probabilities = np.load(preds / "lr_nnunet_lr" / f"{identifier}.npz")["probabilities"]
-        write_image(regions_to_labels(np.stack([resample_to(p, lr, hr) for p in probabilities])), hr,
-                    preds / "lr_nnunet_linear" / f"{identifier}.nii.gz")
-        labels = sitk.GetArrayFromImage(lr_seg)
-        write_image(np.repeat(labels, r, axis=numpy_axis_of(axis)).astype(np.uint8), hr,
-                    preds / "lr_nnunet_nearest" / f"{identifier}.nii.gz")
-        write_image(shape_based_to_hr(labels, lr, axis, r), hr, preds / "lr_nnunet_shape" / f"{identifier}.nii.gz")
+    def labels_of_resampled(self, probabilities: np.ndarray, lr: Grid, hr: Grid) -> np.ndarray:
+        """Region probabilities linearly resampled to the HR grid, then nnU-Net's rule for region outputs."""
+        return regions_to_labels(np.stack([resample_to(p, lr, hr) for p in probabilities]))
 
     def __call__(self) -> dict:
         self.data = self.timed("build subjects", self.build_data)
@@ -442,6 +416,8 @@ def main() -> None:
     parser.add_argument("-o", required=True, help="output folder (resumable)")
     parser.add_argument("-seed", type=int, default=0)
     parser.add_argument("--sparse", action="store_true", help="every other annotated thick slice ignored")
+    parser.add_argument("--upper_bound", action="store_true",
+                        help="only the HR upper bound (a second process beside a running full one)")
     parser.add_argument("--report", action="store_true", help="only rewrite results.json/.md from DIR's predictions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -450,7 +426,13 @@ def main() -> None:
     if args.report:
         report(out)
         return
-    LesionPipeline(out, args.seed, args.sparse)()
+    pipeline = LesionPipeline(out, args.seed, args.sparse)
+    if args.upper_bound:
+        pipeline.data = pipeline.build_data()
+        pipeline.timed("HR upper bound", pipeline.upper_bound)
+        report(out)
+        return
+    pipeline()
 
 
 if __name__ == "__main__":

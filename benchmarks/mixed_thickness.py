@@ -99,8 +99,8 @@ class MixedThicknessPipeline(Pipeline):
         super().plan()
 
     def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
-        fold = (self.out / "nnUNet_results" / self.data.raw_folder.name / f"{trainer}__{plans}__3d_fullres" /
-                "fold_0")
+        name = next((self.out / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*")).name
+        fold = self.out / "nnUNet_results" / name / f"{trainer}__{plans}__3d_fullres" / "fold_0"
         if not (fold / "checkpoint_final.pth").is_file():
             super().train(trainer, plans, dataset_id, *flags)
 
@@ -119,11 +119,16 @@ class MixedThicknessPipeline(Pipeline):
         lr = Grid.of(lr_seg)
         hr = hr_grid(lr, axis, r)
         probabilities = np.load(preds / "lr_nnunet_lr" / f"{identifier}.npz")["probabilities"]
-        write_image(argmax_resampled(probabilities, lr, hr), hr, preds / "lr_nnunet_linear" / f"{identifier}.nii.gz")
+        write_image(self.labels_of_resampled(probabilities, lr, hr), hr,
+                    preds / "lr_nnunet_linear" / f"{identifier}.nii.gz")
         labels = sitk.GetArrayFromImage(lr_seg)
         write_image(np.repeat(labels, r, axis=numpy_axis_of(axis)).astype(np.uint8), hr,
                     preds / "lr_nnunet_nearest" / f"{identifier}.nii.gz")
         write_image(shape_based_to_hr(labels, lr, axis, r), hr, preds / "lr_nnunet_shape" / f"{identifier}.nii.gz")
+
+    def labels_of_resampled(self, probabilities: np.ndarray, lr: Grid, hr: Grid) -> np.ndarray:
+        """The LR nnU-Net's probabilities linearly resampled to the HR grid, then its labels (argmax)."""
+        return argmax_resampled(probabilities, lr, hr)
 
     def evaluate(self) -> Dict[str, dict]:
         results = {}
