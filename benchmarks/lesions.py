@@ -24,6 +24,7 @@ Goal: REHRSeg >= the better LR arm (linear or shape-based) + 3 Dice points on ev
 a volume error at most half the nearest-neighbour arm's.
 
     python benchmarks/lesions.py -o DIR [-seed 0] [--sparse] [--upper_bound] [--report]
+    python benchmarks/lesions.py -o DIR_SPARSE --sparse -stage1_vs_full DIR   # stage 1: sparse vs full annotation
 
 --sparse: the same subjects with every other thick slice of each training annotation ignored (nnU-Net's ignore label);
 only the LR nnU-Net and REHRSeg from it are trained, to compare with a full-annotation DIR of the same seed.
@@ -411,6 +412,27 @@ def results_markdown(result: dict, test_ids: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sparse_stage1_scores(full: Path, sparse: Path) -> dict:
+    """Stage 1's pseudo-HR labels of a full and a --sparse run (same seed) against the training subjects' HR truth,
+    Dice per region on the voxels the sparse annotation labels (mean over the subjects)."""
+    per_subject = {}
+    stage1 = f"nnUNet_preprocessed/Dataset{DATASET_ID:03d}_Lesions/rehrseg/pseudo_hr/labelsTr"
+    for identifier in [f"sub{i:02d}" for i in range(len(TRAIN))]:
+        truth, _ = read_image(full / "truth" / "train" / "labels" / f"{identifier}.nii.gz")
+        labels = {run: read_image(folder / stage1 / f"{identifier}.nii.gz")[0]
+                  for run, folder in (("full", full), ("sparse", sparse))}
+        annotated = labels["sparse"] != IGNORE
+        row = {"annotated_fraction": float(annotated.mean())}
+        for name, values in REGIONS.items():
+            t = np.isin(truth, values)[annotated]
+            for run, array in labels.items():
+                p = np.isin(array, values)[annotated]
+                row[f"{name}/{run}"] = float(2 * (t & p).sum() / max(t.sum() + p.sum(), 1))
+        per_subject[identifier] = row
+    mean = {k: float(np.mean([r[k] for r in per_subject.values()])) for k in next(iter(per_subject.values()))}
+    return {"per_subject": per_subject, "mean": mean}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", required=True, help="output folder (resumable)")
@@ -419,10 +441,18 @@ def main() -> None:
     parser.add_argument("--upper_bound", action="store_true",
                         help="only the HR upper bound (a second process beside a running full one)")
     parser.add_argument("--report", action="store_true", help="only rewrite results.json/.md from DIR's predictions")
+    parser.add_argument("-stage1_vs_full", default=None,
+                        help="with --sparse: score DIR's stage-1 labels and those of this full run's DIR against the "
+                             "HR truth (DIR/sparse_stage1.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
+    if args.stage1_vs_full:
+        scores = sparse_stage1_scores(Path(args.stage1_vs_full), out)
+        (out / "sparse_stage1.json").write_text(json.dumps(scores, indent=1))
+        print(json.dumps(scores["mean"], indent=1))
+        return
     if args.report:
         report(out)
         return
