@@ -70,6 +70,18 @@ class REHRSegTrainer_annotatedLR(REHRSegTrainer):
     lr_loss_annotated_phase_only = True
 
 
+class REHRSegTrainer_softTargets(REHRSegTrainer):
+    """The HR head toward soft pseudo-HR targets: half the pseudo-HR label's one-hot, half stage 1's class
+    probabilities."""
+    soft_targets = True
+
+
+class REHRSegTrainer_softTargetsOnly(REHRSegTrainer):
+    """The HR head toward stage 1's class probabilities alone (the written labels only where a crop is padded)."""
+    soft_targets = True
+    soft_target_weight = 1.0
+
+
 class REHRSegTrainer_fromLRSkipSegLayers(REHRSegTrainer):
     """`-pretrained_weights` as nnU-Net loads them: every segmentation layer skipped, even for the same labels."""
     pretrained_lr_seg_layers = False
@@ -113,7 +125,8 @@ class REHRSegTrainer_6000steps(TrainingBudget, REHRSegTrainer):
 VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHRSegTrainer_noPseudoData,
                          REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
                          REHRSegTrainer_fromLR, REHRSegTrainer_fromLRSkipSegLayers, REHRSegTrainer_transposedHead,
-                         REHRSegTrainer_subpixelHead, REHRSegTrainer_subsliceHead, REHRSegTrainer_kdEveryStep)
+                         REHRSegTrainer_subpixelHead, REHRSegTrainer_subsliceHead, REHRSegTrainer_kdEveryStep,
+                         REHRSegTrainer_softTargets, REHRSegTrainer_softTargetsOnly)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 

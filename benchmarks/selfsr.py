@@ -39,7 +39,8 @@ from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
-from nnunetv2_rehrseg.selfsr.label_sources import decide_label_sources, interpolation_probabilities, written_labels
+from nnunetv2_rehrseg.selfsr.label_sources import (decide_label_sources, interpolation_probabilities,
+                                                   offset_probabilities, written_targets)
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
 from nnunetv2_rehrseg.selfsr.stage1 import consistent_image, from_unit, intensity_range, to_unit
@@ -149,11 +150,12 @@ def label_source_rows(net, case: SRCase, probabilities: np.ndarray, hr_labels: n
     decision_seconds = time.time() - t
     nearest = decide_label_sources(net, [case], [lr_spacing], r, fwhm, "gaussian", foreground, device,
                                    label_context="nearest")
-    written, _ = written_labels(probabilities, interpolated, case.labels, r, sources)
+    written, soft, _ = written_targets(probabilities, interpolated, case.labels, r, sources)
     lr_dice = dice_per_label(majority_labels(written, 0, r, num_classes=num_classes), case.labels, foreground)
     rows["self-SR UASR, as written (each label's source chosen on the in-plane task)"] = {
         **label_scores(written, hr_labels), **volume_ratios(written), "lr_dice_of_written": lr_dice}
-    return rows, {**sources.to_dict(), "seconds": decision_seconds, "nearest_context": nearest.to_dict()}
+    return rows, {**sources.to_dict(), "seconds": decision_seconds, "nearest_context": nearest.to_dict(),
+                  "soft_targets_as_written": soft_target_scores(soft, written, hr_labels, foreground)}
 
 
 def main(argv=None) -> int:
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
                 # stage 1's rule before the per-label sources: consistent with the annotation, volumes calibrated
                 written, record = volume_calibrated_labels(res["probabilities"], case.labels, r)
                 if head == "UASR":
-                    soft_targets = soft_target_scores(res["probabilities"], record["offsets"], written, hr_labels,
+                    soft_targets = soft_target_scores(offset_probabilities(res["probabilities"], record["offsets"]),
+                                                      written, hr_labels,
                                                       [v for v in names.values() if v > 0])
                 results[f"{key}, self-SR only (consistent, volume-calibrated)"] = {
                     **label_scores(written, hr_labels), **volume_ratios(written)}
@@ -294,7 +297,8 @@ def main(argv=None) -> int:
             u = s["uncertainty"]
             print(f"{name}: mean U {u['mean_u']:.4f} vs mean |error| {u['mean_abs_error']:.4f}, "
                   f"Pearson(U, |error|) {u['pearson_u_error']:.3f}")
-    for name, s in soft_targets.items():
+    for name, s in [(f"self-SR only, {k}", v) for k, v in soft_targets.items()] + [
+            (f"as written, {k}", v) for k, v in label_sources["soft_targets_as_written"].items()]:
         print(f"HR-head target, {name}: NLL of the truth {s['nll']:.4f}, Brier {s['brier']:.4f}, soft Dice "
               f"{s['mean_soft_dice']:.4f} ({'/'.join(f'{v:.3f}' for v in s['soft_dice'].values())}), truth's "
               f"probability where the written label is wrong {s['truth_probability_where_wrong']:.3f}"

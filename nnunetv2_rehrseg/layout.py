@@ -7,7 +7,8 @@ nnUNet_preprocessed/<dataset>/rehrseg/
   selfsr/                  self-SR checkpoints (latest, plain, final) and training log; video_prior.pth (the frame
                            interpolator fine-tuned on the dataset, with -video_prior)
   selfsr_r<R>/             the self-SR of the cases acquired at another r than the dataset's (one folder per r)
-  pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz
+  pseudo_hr/               dataset.json, imagesTr/<id>_000C.nii.gz, labelsTr/<id>.nii.gz, uncertaintyTr/<id>.nii.gz,
+                           probabilitiesTr/<id>_000K.nii.gz (the class probabilities of label value K, uint8 levels)
   lr_images/               copies of the LR training images (<id>_000C + the dataset's file ending), written with the
                            preprocessed data: final validation reads them without nnUNet_raw
   dataset_fingerprint.json nnU-Net's fingerprint of the pseudo-HR data
@@ -72,6 +73,12 @@ class Stage1Folder:
                            for c in range(num_channels)],
                 "label": self.pseudo_hr_labels / f"{identifier}{PSEUDO_HR_ENDING}",
                 "uncertainty": self.pseudo_hr / "uncertaintyTr" / f"{identifier}{PSEUDO_HR_ENDING}"}
+
+    def pseudo_hr_probabilities(self, identifier: str, num_values: int) -> List[Path]:
+        """The class probabilities of one case's pseudo-HR labels, one file per label value 0..num_values-1
+        (class_probabilities: uint8 levels), the soft pseudo-HR targets."""
+        return [self.pseudo_hr / "probabilitiesTr" / f"{identifier}_{k:04d}{PSEUDO_HR_ENDING}"
+                for k in range(num_values)]
 
     @property
     def lr_images(self) -> Path:

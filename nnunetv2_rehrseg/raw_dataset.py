@@ -58,7 +58,15 @@ class RawDataset:
     @property
     def num_label_classes(self) -> int:
         """Channels of a one-hot label map: every value a label map may hold, the ignore label included."""
-        return max(self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])) + 1
+        return num_label_values(self.label_manager)
+
+
+def num_label_values(label_manager) -> int:
+    """How many values a label map of this declaration (an nnU-Net LabelManager) may hold: its plain labels and the
+    ignore label, 0..max."""
+    values = [int(v) for v in label_manager.all_labels]
+    ignore = label_manager.ignore_label
+    return max(values + ([int(ignore)] if ignore is not None else [])) + 1
 
 
 def open_raw_dataset(dataset_name_or_id) -> RawDataset:

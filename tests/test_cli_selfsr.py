@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,6 +53,26 @@ def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     assert (folder / "qc" / "montage.png").stat().st_size > 1000
     assert (folder / "summary.json").is_file() and (folder / "selfsr" / "checkpoint_final.pth").is_file()
     assert not list(folder.rglob("*.partial*"))
+    # beside the labels, the class probabilities they were decided from (the soft pseudo-HR targets): one uint8
+    # volume per label value on the HR grid, a distribution per voxel, never certain against the written label
+    for case in ("case00", "case01"):
+        files = [pseudo / "probabilitiesTr" / f"{case}_{k:04d}.nii.gz" for k in range(3)]
+        for f in files:
+            assert_on_hr_grid(f, raw / "imagesTr" / f"{case}_0000.nii.gz", 2, 4)
+        levels = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files])
+        assert levels.dtype == np.uint8 and np.abs(levels.sum(0).astype(int) - 255).max() <= 2
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(pseudo / "labelsTr" / f"{case}.nii.gz")))
+        assert np.take_along_axis(levels, labels[None].astype(np.int64), 0).min() > 0
+        assert (levels.argmax(0) == labels).mean() > 0.8
+
+    # a stage-1 folder from before the class probabilities: a rerun writes them by the trained self-SR, the labels
+    # unchanged
+    probabilities_before = tree_checksum(pseudo / "probabilitiesTr")
+    labels_before = tree_checksum(pseudo / "labelsTr")
+    shutil.rmtree(pseudo / "probabilitiesTr")
+    selfsr_entry(["-d", "990"] + FAST)
+    assert tree_checksum(pseudo / "probabilitiesTr") == probabilities_before
+    assert tree_checksum(pseudo / "labelsTr") == labels_before
 
     # a stage-1 folder from before the per-label sources (no decision, case records without the written labels'
     # scores): a rerun resumes, nothing to retrain or rewrite, and its summary still comes out

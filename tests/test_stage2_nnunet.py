@@ -76,6 +76,20 @@ def test_plans_and_preprocessed_data(planned):
     import blosc2
     image = blosc2.open(urlpath=str(data / "case00.b2nd"), mode="r")
     assert u.shape == image.shape and 0 <= u.min() and u.max() <= 1
+    # the soft pseudo-HR targets: uint8 levels of the 3 label values on the image's grid, outside nnU-Net's case list
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from nnunetv2_rehrseg.planners.preprocessing import load_stamp
+
+    assert sorted(nnUNetDatasetBlosc2.get_identifiers(str(data))) == CASES
+    assert load_stamp(str(data))["soft_targets"]
+    for case in CASES:
+        levels = blosc2.open(urlpath=str(data / "soft_targets" / f"{case}.b2nd"), mode="r")[:]
+        assert levels.dtype == np.uint8 and levels.shape == (3, *image.shape[1:])
+        assert np.abs(levels.sum(0).astype(int) - 255).max() <= 3
+    seg = blosc2.open(urlpath=str(data / "case00_seg.b2nd"), mode="r")[:][0]
+    levels = blosc2.open(urlpath=str(data / "soft_targets" / "case00.b2nd"), mode="r")[:]
+    assert (levels.argmax(0) == seg)[seg >= 0].mean() > 0.8    # the labels' own probabilities, aligned with them
     assert (pre / "rehrseg" / "dataset_fingerprint.json").is_file()
     assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
 
@@ -549,6 +563,50 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     assert all(np.isfinite(v) for v in out.values())
     assert np.isfinite(tiny.validation_step(next(tiny.dataloader_val))["loss"])
     tiny.on_train_end()
+
+
+def test_soft_targets_reach_the_hr_head_and_older_stage1_folders_train_on_hard_labels(planned, make, monkeypatch):
+    """Stage 1's class probabilities come out of the real loader as distributions aligned with the HR labels, in the
+    batch the HR head's loss takes; a preprocessed folder without them (an earlier version's) trains on the hard
+    labels, saying so in one log line."""
+    import importlib
+
+    from research_trainers import REHRSegTrainer_softTargets
+
+    trainer_module = importlib.import_module("nnunetv2_rehrseg.trainers.REHRSegTrainer")   # the package holds the class
+
+    soft = make(REHRSegTrainer_softTargets)
+    soft.initialize()
+    soft.on_train_start()
+    r = soft.rehrseg.r
+    for loader in (soft.dataloader_train, soft.dataloader_val):
+        batch = next(loader)
+        probabilities = batch["target_soft"]
+        assert probabilities.dtype == torch.float16 and probabilities.shape == (batch["target"].shape[0], 3,
+                                                                                *batch["target"].shape[2:])
+        torch.testing.assert_close(probabilities.float().sum(1), torch.ones_like(batch["target"][:, 0].float()),
+                                   atol=2e-3, rtol=0)
+        assert (probabilities.argmax(1, keepdim=True) == batch["target"]).float().mean() > 0.8
+        assert batch["uncertainty"][0].shape[2] * r == batch["target"].shape[2]
+    out = soft.train_step(next(soft.dataloader_train))
+    assert all(np.isfinite(v) for v in out.values())
+    hard_loss = soft.hr_loss(soft.network(soft.make_pseudo_lr_batch(batch).image)[1],
+                             soft.targets.loss_target(batch["target"]))
+    assert np.isfinite(soft.validation_step(batch)["loss"]) and torch.isfinite(hard_loss)
+    soft.on_train_end()
+
+    stamp = trainer_module.load_stamp
+    monkeypatch.setattr(trainer_module, "load_stamp",
+                        lambda folder: {k: v for k, v in stamp(folder).items() if k != "soft_targets"})
+    older = make(REHRSegTrainer_softTargets)
+    logged = []
+    older.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
+    older.initialize()
+    older.on_train_start()
+    assert "target_soft" not in next(older.dataloader_train)
+    assert [line for line in logged if "soft targets" in line and "hard pseudo-HR labels" in line]
+    assert all(np.isfinite(v) for v in older.train_step(next(older.dataloader_train)).values())
+    older.on_train_end()
 
 
 def test_stock_training_still_works_after_ours(planned, monkeypatch):

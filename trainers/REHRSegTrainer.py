@@ -4,7 +4,8 @@ In the loader: HR patches (phase-aligned, with a margin of whole thick slices) -
 blur and r-fold subsampling -> nnU-Net's augmentation on the LR grid -> pseudo-LR labels (thick-slice majority of the
 HR labels) and deep-supervision targets. Per training step, on the device: network on the LR grid -> losses:
 uncertainty-weighted CE + soft Dice on the deep-supervised LR head vs the pseudo-LR labels, Dice+CE on the HR head
-(upsampled LR logits + a learned correction) vs the pseudo-HR labels, and on every kd_every_n_steps-th step (at that
+(upsampled LR logits + a learned correction) vs the pseudo-HR labels (with soft_targets: vs their blend with stage
+1's class probabilities), and on every kd_every_n_steps-th step (at that
 many times the KD weights) spatial and correlation distillation from the frozen self-SR encoder (which sees the
 pseudo-LR image and one-hot pseudo-LR labels). The teacher lives outside `self.network` and is built in
 on_train_start; the KD adapter joins the optimizer and is saved under an extra checkpoint key.
@@ -38,8 +39,8 @@ from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDat
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients,
                                                       broadcast_parameters, teacher_stage_for)
 from nnunetv2_rehrseg.segmenter.label_targets import LabelTargets
-from nnunetv2_rehrseg.segmenter.losses import (IgnoringUncertainty, UncertaintyWeightedBCE, UncertaintyWeightedCE,
-                                               deep_supervision_weights)
+from nnunetv2_rehrseg.segmenter.losses import (IgnoringUncertainty, SoftDiceCE, UncertaintyWeightedBCE,
+                                               UncertaintyWeightedCE, deep_supervision_weights)
 from nnunetv2_rehrseg.segmenter.network import build_rehrseg_network, hr_head_form_of, unwrap
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from nnunetv2_rehrseg.segmenter import pretrained
@@ -75,6 +76,10 @@ class REHRSegTrainer(nnUNetTrainer):
     pretrained_lr_seg_layers = True    # -pretrained_weights with the same labels: take its LR segmentation layers too
     kd_every_n_steps = 4               # distil on every n-th training step at n x the KD weights: the same expected
                                        # gradient for a quarter of the teacher's and the KD terms' cost
+    soft_targets = False               # the HR head trains toward stage 1's class probabilities too, where the
+                                       # stage-1 folder holds them (else on the hard pseudo-HR labels, logged)
+    soft_target_weight = 0.5           # its target: (1 - w) one-hot(pseudo-HR label) + w probabilities; below 0.5
+                                       # the written label stays the target's most probable class
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -87,6 +92,7 @@ class REHRSegTrainer(nnUNetTrainer):
         self.distillation = None       # KD adapter, built with the optimizer
         self.teacher_stage = None
         self.hr_loss = None
+        self.hr_soft_loss = None       # the HR-head loss toward soft targets (used on batches that carry them)
         self.selfsr_state = None       # the stage-1 model file's content (load_selfsr)
         self.steps_this_epoch = 0      # kd_every_n_steps counts from each epoch's first step (every epoch distils)
         for key in self.loss_term_keys():
@@ -176,6 +182,15 @@ class REHRSegTrainer(nnUNetTrainer):
         return DC_and_CE_loss(self._dice_kwargs(), {}, weight_ce=1, weight_dice=1, ignore_label=labels.ignore_label,
                               dice_class=MemoryEfficientSoftDiceLoss)
 
+    def _soft_dice_ce(self):
+        """The HR-head loss toward soft targets (LabelTargets.soft_loss_target): nnU-Net's Dice + BCE for regions (it
+        takes probabilities as they are), its Dice + CE with a soft CE otherwise; on one-hot targets, `_dice_ce`."""
+        labels = self.label_manager
+        if labels.has_regions:
+            return self._dice_ce()
+        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **self._dice_kwargs())
+        return SoftDiceCE(dice, use_ignore_label=labels.ignore_label is not None)
+
     def _uncertainty_weighted(self):
         labels = self.label_manager
         if labels.has_regions:
@@ -189,6 +204,7 @@ class REHRSegTrainer(nnUNetTrainer):
         """LR-head loss (self.loss, deep supervised, called as loss(logits, targets, uncertainties)); the HR-head
         Dice+CE goes to self.hr_loss."""
         self.hr_loss = self._dice_ce()
+        self.hr_soft_loss = self._soft_dice_ce()
         lr_loss = self._uncertainty_weighted() if self.uncertainty_weighting else IgnoringUncertainty(self._dice_ce())
         if self.enable_deep_supervision:
             weights = deep_supervision_weights(len(self._get_deep_supervision_scales()),
@@ -228,6 +244,12 @@ class REHRSegTrainer(nnUNetTrainer):
                                                         foreground_labels=labels.foreground_labels, regions=None,
                                                         ignore_label=labels.ignore_label)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        soft = self.soft_targets and bool(stamp.get("soft_targets"))
+        if self.soft_targets and not soft:
+            self.print_to_log_file(f"soft targets: {self.preprocessed_dataset_folder} holds no class probabilities "
+                                   f"(a stage-1 folder of an earlier version): the HR head trains on the hard "
+                                   f"pseudo-HR labels; rerun rehrseg_plan_and_preprocess -d "
+                                   f"{self.plans_manager.dataset_name} to add them")
         ranges = {k: v["intensity_range"] for k, v in stamp["cases"].items()}
         common = dict(sampling_probabilities=None, pad_sides=None, num_classes=self.targets.num_values,
                       ignore_label=labels.ignore_label,
@@ -235,7 +257,7 @@ class REHRSegTrainer(nnUNetTrainer):
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, r=self.rehrseg.r,
                       fwhm=self.rehrseg.fwhm, slice_profile=self.rehrseg.slice_profile, margin=self.margin,
-                      intensity_ranges=ranges)
+                      intensity_ranges=ranges, soft_targets=soft)
         dl_tr = REHRSegDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, labels,
                                   transforms=tr_transforms, random_phase=self.random_phase,
                                   annotated_phase_probability=self.annotated_phase_probability, **common)
@@ -262,9 +284,12 @@ class REHRSegTrainer(nnUNetTrainer):
         lr_labels, uncertainty = lr_training_targets(hr_labels, torch.rand(b, 1, *lr_shape, generator=generator), r,
                                                      classes, self.deep_supervision_scales_or_none(),
                                                      self.label_manager.ignore_label)
-        return {"data": torch.randn(b, channels, *lr_shape, generator=generator), "target": hr_labels,
-                "target_lr": lr_labels, "uncertainty": uncertainty,
-                "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
+        batch = {"data": torch.randn(b, channels, *lr_shape, generator=generator), "target": hr_labels,
+                 "target_lr": lr_labels, "uncertainty": uncertainty,
+                 "intensity_range": torch.tensor([[[-2.0, 4.0]] * channels] * b)}
+        if self.soft_targets:
+            batch["target_soft"] = torch.randn(b, classes, *hr_shape, generator=generator).softmax(1).half()
+        return batch
 
     def make_pseudo_lr_batch(self, batch: dict) -> PseudoLRBatch:
         to = dict(device=self.device, non_blocking=True)
@@ -295,10 +320,20 @@ class REHRSegTrainer(nnUNetTrainer):
         lr_logits, hr_logits, skips = self.network(pseudo.image)
         terms = {"loss_lr": self.lr_head_loss(lr_logits, self.targets.loss_targets(targets), uncertainties,
                                               batch.get("phase")),
-                 "loss_hr": self.hr_loss(hr_logits, self.targets.loss_target(pseudo.hr_labels))}
+                 "loss_hr": self.hr_head_loss(hr_logits, pseudo.hr_labels, batch.get("target_soft"))}
         if teacher is not None:
             terms.update(self.distillation(skips[self.kd_student_stage], teacher))
         return terms, hr_logits, pseudo
+
+    def hr_head_loss(self, hr_logits: torch.Tensor, hr_labels: torch.Tensor,
+                     probabilities: Optional[torch.Tensor]) -> torch.Tensor:
+        """Dice + CE (BCE) toward the pseudo-HR labels, or toward their blend with stage 1's class probabilities
+        where the batch carries them."""
+        if probabilities is None:
+            return self.hr_loss(hr_logits, self.targets.loss_target(hr_labels))
+        probabilities = probabilities.to(self.device, non_blocking=True)
+        return self.hr_soft_loss(hr_logits, self.targets.soft_loss_target(probabilities, hr_labels,
+                                                                          self.soft_target_weight))
 
     def lr_head_loss(self, lr_logits, targets, uncertainties, phase: Optional[torch.Tensor]) -> torch.Tensor:
         """The LR-head loss; with lr_loss_annotated_phase_only, over the batch's phase-0 samples alone: at other

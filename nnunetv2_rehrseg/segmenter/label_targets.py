@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from nnunetv2_rehrseg.raw_dataset import num_label_values
+
 
 class LabelTargets:
     """Targets and hard predictions for one dataset's label declaration (an nnU-Net LabelManager)."""
@@ -18,8 +20,7 @@ class LabelTargets:
     def __init__(self, label_manager):
         self.has_regions: bool = label_manager.has_regions
         self.ignore_label: Optional[int] = label_manager.ignore_label
-        values = list(label_manager.all_labels) + ([self.ignore_label] if self.ignore_label is not None else [])
-        self.num_values = int(max(values)) + 1          # values a label map holds: one-hot width, majority classes
+        self.num_values = num_label_values(label_manager)   # values a label map holds: one-hot width, majority classes
         self.regions: Optional[List[Tuple[int, ...]]] = (
             [tuple(int(v) for v in (r if isinstance(r, (list, tuple)) else [r]))
              for r in label_manager.foreground_regions] if self.has_regions else None)
@@ -38,6 +39,23 @@ class LabelTargets:
         if isinstance(labels, torch.Tensor):
             return self.loss_target(labels)
         return [self.loss_target(t) for t in labels]
+
+    def soft_loss_target(self, probabilities: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
+        """The HR head's soft target in the layout of `loss_target`: per voxel (1 - weight) x the one-hot of the
+        integer labels (B, 1, ...) + weight x the class probabilities (B, num_values, ...), the ignore label's share
+        dropped (its voxels are masked by the labels); for regions, each region's probability is the sum of its
+        values'. Channels per class (or region), plus the ignore mask last where the dataset has an ignore label
+        (losses.SoftDiceCE, nnU-Net's DC_and_BCE_loss)."""
+        one_hot = torch.zeros_like(probabilities, dtype=torch.float32).scatter_(1, labels.long(), 1.0)
+        blend = (1 - weight) * one_hot + weight * probabilities.float()
+        if self.ignore_label is not None:
+            blend = blend[:, :self.ignore_label]
+            blend = blend / blend.sum(1, keepdim=True).clamp_min(1e-6)
+        if self.has_regions:
+            blend = torch.stack([blend[:, list(region)].sum(1) for region in self.regions], 1)
+        if self.ignore_label is not None:
+            blend = torch.cat([blend, (labels == self.ignore_label).float()], 1)
+        return blend
 
     def hard_counts(self, logits: torch.Tensor, labels: torch.Tensor, axes: Sequence[int]):
         """nnU-Net's online-validation counts (tp, fp, fn per foreground label or region) of a batch's logits against

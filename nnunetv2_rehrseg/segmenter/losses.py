@@ -71,6 +71,26 @@ class UncertaintyWeightedBCE(UncertaintyWeighted):
         return loss
 
 
+class SoftDiceCE(nn.Module):
+    """nnU-Net's Dice + CE (DC_and_CE_loss at weights 1 and 1) toward class probabilities (B, K, ...) instead of labels:
+    CE = -sum_c q_c log softmax(x)_c, and nnU-Net's soft Dice with q where it takes the labels' one-hot. With
+    `use_ignore_label` the last target channel is the ignore mask (its voxels count for neither term, as nnU-Net
+    leaves the ignore label out; the layout of its region targets). On one-hot q it is DC_and_CE_loss."""
+
+    def __init__(self, dice: nn.Module, use_ignore_label: bool = False):
+        super().__init__()
+        self.dice = dice
+        self.use_ignore_label = use_ignore_label
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mask = None
+        if self.use_ignore_label:
+            mask, target = (1 - target[:, -1:]).bool(), target[:, :-1]
+        ce = -(target.float() * F.log_softmax(logits.float(), 1)).sum(1, keepdim=True)
+        ce = ce.mean() if mask is None else (ce * mask).sum() / mask.sum().clamp_min(1)
+        return ce + self.dice(logits, target, loss_mask=mask)
+
+
 class IgnoringUncertainty(nn.Module):
     """Gives an unweighted loss (e.g. nnU-Net's DC_and_CE_loss) the (logits, target, uncertainty) call of R5."""
 

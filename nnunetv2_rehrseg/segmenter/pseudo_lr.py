@@ -41,6 +41,24 @@ def degrade_patch(hr_image: torch.Tensor, hr_labels: torch.Tensor, hr_uncertaint
     return image.to(hr_image.dtype).contiguous(), labels.contiguous(), uncertainty
 
 
+def hr_regression_target(hr_uncertainty: torch.Tensor, hr_probabilities: torch.Tensor, r: int,
+                         margin: int) -> torch.Tensor:
+    """(1 + K, r*D, H, W): the uncertainty and the class probabilities of the r*D core slices of an HR crop, stacked so
+    that nnU-Net's augmentation moves both with the image as one regression target (for soft pseudo-HR targets)."""
+    n_lr = (hr_uncertainty.shape[LR_AXIS] - 2 * margin) // r
+    return torch.cat([hr_uncertainty.narrow(LR_AXIS, margin, r * n_lr),
+                      hr_probabilities.narrow(LR_AXIS, margin, r * n_lr)]).contiguous()
+
+
+def split_hr_regression_target(target: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An augmented `hr_regression_target` -> (uncertainty averaged per thick slice (1, D, H, W), as degrade_patch
+    makes it, class probabilities (K, r*D, H, W)). Averaging after the (in-plane, linear) augmentation equals
+    averaging before it."""
+    uncertainty = target[:1]
+    _, d_hr, h, w = uncertainty.shape
+    return uncertainty.reshape(1, d_hr // r, r, h, w).mean(2), target[1:]
+
+
 def blur_subsample_core(hr_image: torch.Tensor, r: int, fwhm: float, profile: str, margin: int,
                         n_lr: int) -> torch.Tensor:
     """`blur_subsample` along the LR axis for the n_lr thick slices after the margin only: the margin holds the

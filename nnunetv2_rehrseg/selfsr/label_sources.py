@@ -76,38 +76,62 @@ class LabelSources:
 def written_labels(selfsr_probabilities: np.ndarray, interpolated: Optional[np.ndarray], lr_labels: np.ndarray, r: int,
                    sources: LabelSources, implied_axes: Sequence[int] = (1, 2),
                    fixed: Sequence[int] = ()) -> Tuple[np.ndarray, dict]:
-    """The labels stage 1 writes (rZ, Y, X), consistent with the annotation; returns them and the volume record of
+    """The labels stage 1 writes (rZ, Y, X), consistent with the annotation, and the volume record (`written_targets`
+    without the class probabilities)."""
+    labels, _, record = written_targets(selfsr_probabilities, interpolated, lr_labels, r, sources, implied_axes, fixed)
+    return labels, record
+
+
+def written_targets(selfsr_probabilities: np.ndarray, interpolated: Optional[np.ndarray], lr_labels: np.ndarray,
+                    r: int, sources: LabelSources, implied_axes: Sequence[int] = (1, 2),
+                    fixed: Sequence[int] = ()) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """What stage 1 writes for the HR head: labels (rZ, Y, X) consistent with the annotation, the class probabilities
+    they were decided from (K, rZ, Y, X; the soft pseudo-HR targets) and the volume record of
     `volume_calibrated_labels` (the self-SR's where any label takes it, else interpolation's).
 
     Two complete label maps are made, each consistent with the annotation: the self-SR's (every class
     volume-calibrated, stage 1's rule for the self-SR) and interpolation's. Wherever either map holds a label that
     takes the self-SR, the self-SR's map is written (so such a label keeps the shape the self-SR gives it, and its
     neighbours yield to it), elsewhere interpolation's; a last consistency step settles the thick slices where the
-    two meet. `interpolated` (`interpolation_probabilities`) may be None when every label takes the self-SR. `fixed`:
-    classes whose volume is not calibrated (the ignore label, whose voxels are decided by the annotation alone)."""
+    two meet. The probabilities are, voxel by voxel, those of the source written there: the self-SR's with the volume
+    calibration's per-class offsets applied (the distribution whose argmax the calibration takes), or interpolation's.
+    They are not made consistent with the annotation (the labels are): a voxel the consistency step switched keeps
+    the doubt its source had. `interpolated` (`interpolation_probabilities`) may be None when every label takes the
+    self-SR. `fixed`: classes whose volume is not calibrated (the ignore label, whose voxels are decided by the
+    annotation alone)."""
     num_classes = selfsr_probabilities.shape[0]
     calibrate = [c not in fixed for c in range(num_classes)]
     if not sources.needs_interpolation(num_classes) or interpolated is None:
-        return volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes, calibrate=calibrate)
+        labels, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes,
+                                                  calibrate=calibrate)
+        return labels, offset_probabilities(selfsr_probabilities, record["offsets"]), record
     chosen = np.zeros(num_classes, bool)
     chosen[list(sources.selfsr_labels)] = True
     no_calibration = [False] * num_classes
     interpolation_map, interpolation_record = volume_calibrated_labels(interpolated, lr_labels, r,
                                                                        calibrate=no_calibration, axes=implied_axes)
     if not chosen.any():
-        return interpolation_map, interpolation_record
+        return interpolation_map, interpolated, interpolation_record
     selfsr_map, record = volume_calibrated_labels(selfsr_probabilities, lr_labels, r, axes=implied_axes,
                                                   calibrate=calibrate)
     from_selfsr = chosen[selfsr_map] | chosen[interpolation_map]
-    shifted = np.exp(np.log(np.clip(selfsr_probabilities, 1e-6, None)) +
-                     np.asarray(record["offsets"], np.float32)[:, None, None, None])
-    shifted /= shifted.sum(0, keepdims=True)
+    shifted = offset_probabilities(selfsr_probabilities, record["offsets"])
     combined = np.where(from_selfsr, selfsr_map, interpolation_map)
+    probabilities = np.where(from_selfsr[None], shifted, interpolated)
     # the consistency step starts from the combined map (its argmax) and switches sub-slices in the order of the
     # probabilities of the map each voxel came from
-    merged = 0.5 * np.where(from_selfsr[None], shifted, interpolated) + 0.5 * one_hot(combined, num_classes)
+    merged = 0.5 * probabilities + 0.5 * one_hot(combined, num_classes)
     labels, _ = volume_calibrated_labels(merged, lr_labels, r, calibrate=no_calibration)
-    return labels, record
+    return labels, probabilities, record
+
+
+def offset_probabilities(probabilities: np.ndarray, offsets: Sequence[float]) -> np.ndarray:
+    """softmax(log p + offsets) over the classes (K, ...): the distribution whose argmax the volume calibration
+    takes (p clipped at 1e-6, so the exponent stays in range)."""
+    shift = np.asarray(offsets, np.float32).reshape(-1, *[1] * (probabilities.ndim - 1))
+    shifted = np.exp(np.log(np.clip(probabilities, 1e-6, None)) + shift)
+    shifted /= shifted.sum(0, keepdims=True)
+    return shifted.astype(np.float32, copy=False)
 
 
 def _counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, majority_labels, noise_sigma,
                                           profile_fwhm_in_voxels)
 from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
+from nnunetv2_rehrseg.class_probabilities import quantise
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import (SCALE_WARNING_FRACTION, SliceGeometry, hr_grid, numpy_axis_of, resolve_scale,
                                        slice_geometry)
@@ -32,7 +33,7 @@ from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open
 from nnunetv2_rehrseg.selfsr.config import configure
 from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
 from nnunetv2_rehrseg.selfsr.label_sources import (SAFETY_MARGIN, SELFSR_ONLY, LabelSources, decide_label_sources,
-                                                   interpolation_probabilities, written_labels)
+                                                   interpolation_probabilities, written_targets)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import keep_ignored_ignored
 from nnunetv2_rehrseg.selfsr.training import load_network, train_selfsr
@@ -241,8 +242,9 @@ def _check_settings(stage1: Stage1Folder, settings: Stage1Settings) -> Stage1Set
 
 def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges: np.ndarray, axis: int, r: int,
                          paths: Dict[str, object]) -> None:
-    """Write pseudo-HR image channels, labels (if requested) and U on the HR grid derived from the LR header (its
-    thick axis `axis`, SimpleITK order, r thin slices per thick one), in the case's own orientation."""
+    """Write pseudo-HR image channels, labels (if requested), U and the labels' class probabilities (if given, as
+    uint8 levels) on the HR grid derived from the LR header (its thick axis `axis`, SimpleITK order, r thin slices
+    per thick one), in the case's own orientation."""
     grid = hr_grid(case.grid, axis, r)
     image = lr_first_inverse(from_unit(result["image"], ranges), axis)
     for c, path in enumerate(paths["images"]):
@@ -252,6 +254,9 @@ def write_super_resolved(case: LoadedCase, result: Dict[str, np.ndarray], ranges
     if "uncertainty" in result and paths.get("uncertainty") is not None:
         write_image(lr_first_inverse(result["uncertainty"], axis, False).astype(np.float32), grid,
                     paths["uncertainty"])
+    if "soft" in result and paths.get("probabilities"):
+        for levels, path in zip(quantise(result["soft"]), paths["probabilities"]):
+            write_image(lr_first_inverse(levels, axis, False), grid, path)
 
 
 # a self-SR network for a second (third, ...) slice spacing of a dataset starts from the dataset's own network (every
@@ -347,10 +352,14 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     networks = {r: load_network(path, device)[0] for r, path in checkpoints.items()}
     net = networks[settings.r]
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
-            if not _case_done(stage1, case.identifier, dataset.num_channels)]
-    # decided once, before the first case is written; a folder whose cases are all written keeps what it has
+            if not _case_done(stage1, case.identifier, dataset.num_channels, num_classes)]
+    older = [c.identifier for c, _, _ in todo if stage1.case_qc(c.identifier).is_file()]
+    if older:
+        logger.info("%d case(s) written before stage 1 wrote the class probabilities (soft pseudo-HR targets): "
+                    "generated again by the trained self-SR", len(older))
+    # decided once, before the first case is written; a folder whose cases were all written keeps what it has
     sources = label_sources_for(stage1, net, cases, sr_cases, settings, config, dataset.label_values, device,
-                                decide=bool(todo))
+                                decide=len(older) < len(todo))
 
     t_infer = time.time()
     job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
@@ -419,9 +428,10 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     return stage1.root
 
 
-def _case_done(stage1: Stage1Folder, identifier: str, num_channels: int) -> bool:
+def _case_done(stage1: Stage1Folder, identifier: str, num_channels: int, num_classes: int) -> bool:
     paths = stage1.pseudo_hr_case(identifier, num_channels)
     written = [Path(p) for p in paths["images"] + [paths["label"], paths["uncertainty"]]]
+    written += stage1.pseudo_hr_probabilities(identifier, num_classes)
     return stage1.case_qc(identifier).is_file() and all(p.is_file() for p in written)
 
 
@@ -478,14 +488,16 @@ class GenerationJob:
             interpolated = (None if interpolated is None else
                             keep_ignored_ignored(interpolated, sr_case.labels, r, self.ignore_label))
         fixed = () if self.ignore_label is None else (self.ignore_label,)
-        consistent, volumes = written_labels(probabilities, interpolated, sr_case.labels, r, sources, fixed=fixed)
+        consistent, soft, volumes = written_targets(probabilities, interpolated, sr_case.labels, r, sources,
+                                                    fixed=fixed)
         written_dice = self.annotated_dice(consistent, sr_case.labels, r)
         relabelled = float(np.mean(consistent != result["labels"]))
-        result["labels"] = consistent
+        result["labels"], result["soft"] = consistent, soft
         result["image"] = consistent_image(result["image"], sr_case.image, r, self.settings.fwhm_of(geometry),
                                            self.settings.profile, self.back_projection_iterations)
         write_super_resolved(case, result, rng, geometry.axis, r,
-                             stage1.pseudo_hr_case(case.identifier, self.num_channels))
+                             {**stage1.pseudo_hr_case(case.identifier, self.num_channels),
+                              "probabilities": stage1.pseudo_hr_probabilities(case.identifier, num_classes)})
         case_qc = stage1.case_qc(case.identifier)
         case_qc.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(case_qc, {"lr_dice": {str(k): v for k, v in dice.items()}, "relabelled": relabelled,
