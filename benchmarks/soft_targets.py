@@ -7,7 +7,15 @@ against the truth, an oracle choice that favours them; the soft targets are the 
 beside its labels (`label_sources.written_targets`: the self-SR's with the volume calibration's per-class offsets
 applied, or interpolation's, voxel by voxel as the labels were made), alone and blended with the written labels as
 the trainer blends them.
+
+    python benchmarks/soft_targets.py -stage1 nnUNet_preprocessed/DATASET/rehrseg -truth TRUTH_LABELS [-o JSON]
+
+scores what a stage-1 folder wrote (labels and class probabilities of every training case) against HR truth labels of
+the same cases (e.g. a benchmark's DIR/truth/train/labels); the mean over the cases is printed.
 """
+import argparse
+import json
+from pathlib import Path
 from typing import Dict, Sequence
 
 import numpy as np
@@ -51,3 +59,49 @@ def soft_target_scores(soft: np.ndarray, written: np.ndarray, truth: np.ndarray,
     for a in blends:
         scores[f"blend {a:g} soft + {1 - a:g} written"] = scored((1 - a) * written_one_hot + a * soft)
     return scores
+
+
+def stage1_folder_scores(stage1_root: Path, truth_folder: Path) -> Dict[str, dict]:
+    """soft_target_scores of every case a stage-1 folder wrote (labels + class probabilities) against the truth
+    labels of the same name; {target: {score: mean over the cases}} plus the cases' names."""
+    from nnunetv2_rehrseg.class_probabilities import dequantise
+    from nnunetv2_rehrseg.io import read_image
+    from nnunetv2_rehrseg.layout import Stage1Folder
+
+    stage1 = Stage1Folder(Path(stage1_root))
+    per_case = {}
+    for label_file in sorted(stage1.pseudo_hr_labels.glob("*.nii.gz")):
+        identifier = label_file.name[:-len(".nii.gz")]
+        written, _ = read_image(label_file)
+        truth, _ = read_image(Path(truth_folder) / label_file.name)
+        k = int(max(written.max(), truth.max())) + 1
+        files = stage1.pseudo_hr_probabilities(identifier, k)
+        levels = np.stack([read_image(f)[0] for f in files])
+        soft = dequantise(levels).numpy()
+        soft /= np.maximum(soft.sum(0, keepdims=True), 1e-6)
+        per_case[identifier] = soft_target_scores(soft, written, truth, list(range(1, k)))
+    first = next(iter(per_case.values()))
+    mean = {target: {score: float(np.mean([c[target][score] for c in per_case.values()]))
+                     for score, value in first[target].items() if isinstance(value, float)}
+            for target in first}
+    return {"mean_over_cases": mean, "cases": sorted(per_case)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-stage1", required=True, help="a stage-1 folder (nnUNet_preprocessed/<dataset>/rehrseg)")
+    parser.add_argument("-truth", required=True, help="folder of HR truth labels named as the training cases")
+    parser.add_argument("-o", default=None, help="JSON to write")
+    args = parser.parse_args(argv)
+    scores = stage1_folder_scores(Path(args.stage1), Path(args.truth))
+    for target, values in scores["mean_over_cases"].items():
+        print(f"{target:45s} NLL {values['nll']:.4f}  Brier {values['brier']:.4f}  soft Dice "
+              f"{values['mean_soft_dice']:.4f}  truth's probability where the label is wrong "
+              f"{values['truth_probability_where_wrong']:.3f}")
+    if args.o:
+        Path(args.o).write_text(json.dumps(scores, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
