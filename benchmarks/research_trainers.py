@@ -76,10 +76,21 @@ class REHRSegTrainer_softTargets(REHRSegTrainer):
     soft_targets = True
 
 
+class REHRSegTrainer_hardTargets(REHRSegTrainer):
+    """The HR head toward the hard pseudo-HR labels alone (REHRSeg before soft targets)."""
+    soft_targets = False
+
+
 class REHRSegTrainer_softTargetsOnly(REHRSegTrainer):
     """The HR head toward stage 1's class probabilities alone (the written labels only where a crop is padded)."""
     soft_targets = True
     soft_target_weight = 1.0
+
+
+class REHRSegTrainer_annotatedPhaseHalf(REHRSegTrainer):
+    """The annotated phase drawn half of the time (1/r by default), both heads learning from every phase: the middle
+    way between the r phases of pseudo-data and the real LR phase alone (noPseudoData), for the LR head."""
+    annotated_phase_probability = 0.5
 
 
 class REHRSegTrainer_fromLRSkipSegLayers(REHRSegTrainer):
@@ -126,7 +137,8 @@ VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHR
                          REHRSegTrainer_paperR5, REHRSegTrainer_noResidualHead, REHRSegTrainer_annotatedLR,
                          REHRSegTrainer_fromLR, REHRSegTrainer_fromLRSkipSegLayers, REHRSegTrainer_transposedHead,
                          REHRSegTrainer_subpixelHead, REHRSegTrainer_subsliceHead, REHRSegTrainer_kdEveryStep,
-                         REHRSegTrainer_softTargets, REHRSegTrainer_softTargetsOnly)
+                         REHRSegTrainer_softTargets, REHRSegTrainer_softTargetsOnly, REHRSegTrainer_hardTargets,
+                         REHRSegTrainer_annotatedPhaseHalf)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 
