@@ -336,6 +336,7 @@ class _PhaseOnly(REHRSegDataLoader):
     def __init__(self, r, random_phase, annotated_phase_probability=None):  # only the phase logic, no data
         self.r, self.random_phase = r, random_phase
         self.annotated_phase_probability = annotated_phase_probability
+        self.soft_targets = False
 
 
 def test_loader_phase_is_random_and_aligned_to_the_volume_grid():
