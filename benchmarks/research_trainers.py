@@ -8,7 +8,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_rehrseg.trainers.REHRSegTrainer import REHRSegTrainer
 from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import (REHRSegTrainer_50epochs, REHRSegTrainer_fast,
-                                                               REHRSegTrainer_fromLR, REHRSegTrainer_tiny,
+                                                               REHRSegTrainer_fromLR, REHRSegTrainer_softTargets,
+                                                               REHRSegTrainer_tiny,
                                                                TrainingBudget)
 from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import iterations_per_epoch as _plugin_iterations_per_epoch
 
@@ -68,12 +69,6 @@ class REHRSegTrainer_annotatedLR(REHRSegTrainer):
     phase's pseudo-HR labels."""
     annotated_phase_probability = 0.5
     lr_loss_annotated_phase_only = True
-
-
-class REHRSegTrainer_softTargets(REHRSegTrainer):
-    """The HR head toward soft pseudo-HR targets: half the pseudo-HR label's one-hot, half stage 1's class
-    probabilities."""
-    soft_targets = True
 
 
 class REHRSegTrainer_hardTargets(REHRSegTrainer):

@@ -1,4 +1,5 @@
-"""The plugin's thin REHRSegTrainer variants: the start-from-LR form and training budgets, one override each.
+"""The plugin's thin REHRSegTrainer variants: the start-from-LR form, soft targets and training budgets, one override
+each.
 Ablations and the benchmark's budgets live with the benchmark (benchmarks/research_trainers.py)."""
 from typing import Tuple
 
@@ -12,6 +13,12 @@ from nnunetv2_rehrseg.trainers.REHRSegTrainer import REHRSegTrainer
 class REHRSegTrainer_fromLR(REHRSegTrainer):
     """REHRSeg started from an LR nnU-Net checkpoint (`-pretrained_weights`, the paper's protocol): the same trainer
     under its own name, so that its model folder sits beside the one trained from scratch."""
+
+
+class REHRSegTrainer_softTargets(REHRSegTrainer):
+    """The HR head toward soft pseudo-HR targets (half the pseudo-HR label's one-hot, half stage 1's class
+    probabilities): on the benchmark, the same Dice and a better HD95 at some LR-head Dice (docs/training.md)."""
+    soft_targets = True
 
 
 class TrainingBudget:
