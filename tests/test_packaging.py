@@ -33,7 +33,8 @@ def test_the_plugin_offers_the_users_trainers_and_no_research_code():
     import nnunetv2_rehrseg.trainers as trainers
 
     assert set(trainers.__all__) == {
-        "REHRSegTrainer", "REHRSegTrainer_fromLR", "REHRSegTrainer_fast", "REHRSegTrainer_5epochs",
+        "REHRSegTrainer", "REHRSegTrainer_fromLR", "REHRSegTrainer_softTargets", "REHRSegTrainer_fast",
+        "REHRSegTrainer_5epochs",
         "REHRSegTrainer_50epochs", "REHRSegTrainer_tiny", "nnUNetTrainer_rehrsegFastBudget",
         "nnUNetTrainer_rehrsegTinyBudget", "REHRSegTrainer_selftest", "REHRSegTrainer_selftestCPU",
         "nnUNetTrainer_rehrsegSelftestBudget", "nnUNetTrainer_rehrsegSelftestCPUBudget"}
