@@ -31,7 +31,7 @@ from nnunetv2_rehrseg.demo.pipeline import (PRESETS, DemoPreset, Pipeline, with_
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics, write_metrics_csv
 from nnunetv2_rehrseg.geometry import hr_grid, numpy_axis_of
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 
 logger = logging.getLogger(__name__)
 INTERP_ID, PSEUDO_HR_ID, HR_ID, WRONG_PROFILE_ID = 701, 702, 703, 704

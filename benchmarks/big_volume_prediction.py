@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_rehrseg.geometry import Grid
 from nnunetv2_rehrseg.inference.predictor import REHRSegPredictor
-from nnunetv2_rehrseg.io import write_image
+from nnunetv2_rehrseg.image_io import write_image
 from peak_memory import PeakMemory
 from synthetic_model import StandInNetwork, dataset_json, make_plans
 

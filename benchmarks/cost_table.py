@@ -56,8 +56,8 @@ def measured(command, env=None) -> dict:
 
 
 def stage1_cost(out: Path, cases: int, shape_zyx) -> dict:
-    from nnunetv2_rehrseg.commands import nnunet_tree
-    from nnunetv2_rehrseg.phantom import make_raw_dataset
+    from nnunetv2_rehrseg.tools.commands import nnunet_tree
+    from nnunetv2_rehrseg.tools.phantom import make_raw_dataset
 
     folder = out / f"stage1_{cases}cases_{'x'.join(map(str, shape_zyx))}"
     env = nnunet_tree(folder)

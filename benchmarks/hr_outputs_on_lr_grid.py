@@ -16,7 +16,7 @@ import numpy as np
 from nnunetv2_rehrseg.degradation import majority_labels
 from nnunetv2_rehrseg.evaluation import evaluate_folders
 from nnunetv2_rehrseg.geometry import numpy_axis_of
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 from nnunetv2_rehrseg.planners.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
 
 

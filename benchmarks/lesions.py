@@ -47,7 +47,7 @@ from nnunetv2_rehrseg.demo.pipeline import resample_to
 from nnunetv2_rehrseg.demo.subjects import DemoDataset, crop_to_multiple, make_subject, simulate_lr
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.inference.review import DISAGREEMENT, REVIEW_FOLDER
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 from mixed_thickness import MixedThicknessPipeline
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from nnunetv2_rehrseg.demo.pipeline import PRESETS, Pipeline, argmax_resampled, 
 from nnunetv2_rehrseg.demo.subjects import DemoDataset, crop_to_multiple, make_subject, simulate_lr
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid, lr_grid, numpy_axis_of
-from nnunetv2_rehrseg.io import write_image
+from nnunetv2_rehrseg.image_io import write_image
 
 logger = logging.getLogger(__name__)
 

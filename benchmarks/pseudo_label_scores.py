@@ -6,7 +6,7 @@ from typing import Dict, Sequence
 from nnunetv2_rehrseg.demo.pipeline import shape_based_to_hr, upsample_nearest, with_spread
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import hr_grid
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 
 
 def score_pseudo_hr_labels(raw_folder: Path, pseudo_labels: Path, truth_labels: Path, ids: Sequence[str],

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunetv2_rehrseg.commands import nnunet_tree
+from nnunetv2_rehrseg.tools.commands import nnunet_tree
 from nnunetv2_rehrseg.demo.arms import DATASET_ID
 from nnunetv2_rehrseg.demo.anatomy import ANATOMIES
-from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.image_io import read_image
 from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes
 

@@ -88,6 +88,11 @@ class REHRSegTrainer_annotatedPhaseHalf(REHRSegTrainer):
     annotated_phase_probability = 0.5
 
 
+class REHRSegTrainer_fromLRSoftTargets(REHRSegTrainer_softTargets):
+    """Soft targets started from an LR nnU-Net checkpoint (`-pretrained_weights`): arm 5b's soft counterpart, under
+    its own name so that its model folder sits beside the one trained from scratch."""
+
+
 class REHRSegTrainer_fromLRSkipSegLayers(REHRSegTrainer):
     """`-pretrained_weights` as nnU-Net loads them: every segmentation layer skipped, even for the same labels."""
     pretrained_lr_seg_layers = False
@@ -133,7 +138,7 @@ VARIANTS_WITH_BUDGETS = (REHRSegTrainer_noKD, REHRSegTrainer_noUncertainty, REHR
                          REHRSegTrainer_fromLR, REHRSegTrainer_fromLRSkipSegLayers, REHRSegTrainer_transposedHead,
                          REHRSegTrainer_subpixelHead, REHRSegTrainer_subsliceHead, REHRSegTrainer_kdEveryStep,
                          REHRSegTrainer_softTargets, REHRSegTrainer_softTargetsOnly, REHRSegTrainer_hardTargets,
-                         REHRSegTrainer_annotatedPhaseHalf)
+                         REHRSegTrainer_annotatedPhaseHalf, REHRSegTrainer_fromLRSoftTargets)
 BUDGETS = {"fast": REHRSegTrainer_fast.budget, "1500steps": REHRSegTrainer_1500steps.budget,
            "3000steps": REHRSegTrainer_3000steps.budget, "50epochs": REHRSegTrainer_50epochs.budget}
 
@@ -160,7 +165,7 @@ SHIM_FOLDER = Path(__file__).resolve().parent / "nnunet_ext"
 
 def with_research_trainers(ext_trainer: str) -> str:
     """An nnUNet_extTrainer value that lets nnU-Net find the plugin's and the research trainers."""
-    from nnunetv2_rehrseg.cli.train import with_plugin_trainers
+    from nnunetv2_rehrseg.trainer_registration import with_plugin_trainers
 
     folders = [f for f in with_plugin_trainers(ext_trainer).split(os.pathsep) if f]
     return os.pathsep.join(folders + ([str(SHIM_FOLDER)] if str(SHIM_FOLDER) not in folders else []))

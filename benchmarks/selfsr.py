@@ -37,13 +37,13 @@ from nnunetv2_rehrseg.demo.anatomy import ANATOMIES, LABELS
 from nnunetv2_rehrseg.interpolation import shape_based_upsample
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.selfsr.config import configure
-from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.inference import consistent_image, super_resolve_volume
 from nnunetv2_rehrseg.demo.subjects import make_subject
 from nnunetv2_rehrseg.selfsr.label_sources import (decide_label_sources, interpolation_probabilities,
                                                    offset_probabilities, written_targets)
 from nnunetv2_rehrseg.selfsr.pairs import DegradedViews, SRCase
 from nnunetv2_rehrseg.selfsr.pseudo_labels import class_volumes, implied_hr_volumes, volume_calibrated_labels
-from nnunetv2_rehrseg.selfsr.stage1 import consistent_image, from_unit, intensity_range, to_unit
+from nnunetv2_rehrseg.selfsr.stage1 import from_unit, intensity_range, to_unit
 from nnunetv2_rehrseg.selfsr.training import FINAL, PLAIN, load_network, train_selfsr
 from soft_targets import soft_target_scores
 

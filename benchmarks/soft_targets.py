@@ -64,8 +64,10 @@ def soft_target_scores(soft: np.ndarray, written: np.ndarray, truth: np.ndarray,
 def stage1_folder_scores(stage1_root: Path, truth_folder: Path) -> Dict[str, dict]:
     """soft_target_scores of every case a stage-1 folder wrote (labels + class probabilities) against the truth
     labels of the same name; {target: {score: mean over the cases}} plus the cases' names."""
-    from nnunetv2_rehrseg.class_probabilities import dequantise
-    from nnunetv2_rehrseg.io import read_image
+    import torch
+
+    from nnunetv2_rehrseg.class_probabilities import dequantise, soft_target
+    from nnunetv2_rehrseg.image_io import read_image
     from nnunetv2_rehrseg.layout import Stage1Folder
 
     stage1 = Stage1Folder(Path(stage1_root))
@@ -77,8 +79,8 @@ def stage1_folder_scores(stage1_root: Path, truth_folder: Path) -> Dict[str, dic
         k = int(max(written.max(), truth.max())) + 1
         files = stage1.pseudo_hr_probabilities(identifier, k)
         levels = np.stack([read_image(f)[0] for f in files])
-        soft = dequantise(levels).numpy()
-        soft /= np.maximum(soft.sum(0, keepdims=True), 1e-6)
+        # as the loader makes its targets: renormalised, the written label where (padding) no mass was stored
+        soft = soft_target(dequantise(levels), torch.from_numpy(written[None].astype(np.int64)), k).numpy()
         per_case[identifier] = soft_target_scores(soft, written, truth, list(range(1, k)))
     first = next(iter(per_case.values()))
     mean = {target: {score: float(np.mean([c[target][score] for c in per_case.values()]))

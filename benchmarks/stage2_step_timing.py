@@ -1,5 +1,5 @@
 """Training-step time of REHRSegTrainer vs stock nnUNetTrainer on the same LR network plans (same run, same batch
-size), without data loading and, with -with_loading, also with it (nnunetv2_rehrseg.step_timing; the with-loading comparison is here). Run after
+size), without data loading and, with -with_loading, also with it (nnunetv2_rehrseg.tools.step_timing; the with-loading comparison is here). Run after
 rehrseg_plan_and_preprocess -d D:
 
     python benchmarks/stage2_step_timing.py -d 990 [-steps 12] [-device cpu] [-tr REHRSegTrainer] [-with_loading 2]
@@ -14,7 +14,7 @@ import torch
 
 import research_trainers
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
-from nnunetv2_rehrseg.step_timing import compare_step_times, new_trainer, seconds_per_step, trainer_class
+from nnunetv2_rehrseg.tools.step_timing import compare_step_times, new_trainer, seconds_per_step, trainer_class
 
 
 def research_trainer(name: str) -> type:

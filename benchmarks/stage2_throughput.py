@@ -4,7 +4,7 @@ subjects, 2 mm, r = 4, REHRSegPlannerCPU), with the same number of augmentation 
 - augmentation throughput per worker: samples/s of each trainer's training loader run in one process with one thread;
 - seconds per step with data loading: each trainer trained by nnU-Net's own loop (`rehrseg_train`, the demo's budget,
   8 x 50 steps), median epoch time (first epoch left out, validation steps included) per training step;
-- seconds per step without data loading: synthetic batches (nnunetv2_rehrseg.step_timing), nnU-Net's
+- seconds per step without data loading: synthetic batches (nnunetv2_rehrseg.tools.step_timing), nnU-Net's
   `_noDataLoading` split;
 - the workers a GPU doing one step in 100-150 ms would need to keep fed, from the per-worker throughput.
 
@@ -50,7 +50,7 @@ def dataset_name() -> str:
 def trainer_instance(name: str, plans_name: str, device: torch.device):
     import nnunetv2_rehrseg.trainers as trainers
     from nnunetv2_rehrseg.planners.plans import load_dataset_plans
-    from nnunetv2_rehrseg.step_timing import initialized_trainer
+    from nnunetv2_rehrseg.tools.step_timing import initialized_trainer
 
     plans, dataset_json = load_dataset_plans(DATASET_ID, plans_name)
     return initialized_trainer(getattr(trainers, name), plans, dataset_json, device)
@@ -75,7 +75,7 @@ def augmentation_samples_per_second(name: str, plans_name: str, batches: int) ->
 
 
 def seconds_per_step_with_loading(pipeline, name: str, plans_name: str, workers: int) -> float:
-    from nnunetv2_rehrseg.step_timing import seconds_per_step
+    from nnunetv2_rehrseg.tools.step_timing import seconds_per_step
     from research_trainers import iterations_per_epoch
 
     fold = pipeline.out / "nnUNet_results" / dataset_name() / f"{name}__{plans_name}__3d_fullres" / "fold_0"
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
-    from nnunetv2_rehrseg.step_timing import compare_step_times
+    from nnunetv2_rehrseg.tools.step_timing import compare_step_times
 
     out = Path(args.o).resolve()
     out.mkdir(parents=True, exist_ok=True)

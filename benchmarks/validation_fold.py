@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from research_trainers import with_research_trainers
-from nnunetv2_rehrseg.commands import nnunet_tree, run_command
+from nnunetv2_rehrseg.tools.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS, DATASET_ID
 from nnunetv2_rehrseg.demo.pipeline import shape_based_to_hr, upsample_nearest
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders
 from nnunetv2_rehrseg.geometry import hr_grid
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 from nnunetv2_rehrseg.planners.plans import CONFIGURATION, PLANS_NAME, REHRSegPlanBlock
 
 

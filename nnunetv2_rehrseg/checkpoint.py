@@ -13,7 +13,7 @@ SELFSR_CHECKPOINT_KEY = "rehrseg_selfsr"
 def save_atomic(obj, path: Union[str, Path]) -> None:
     """torch.save to a writer-unique temporary name (io.writer_unique_partial), then rename: an interrupted write
     never leaves a file that looks complete, and folds copying the shared self-SR model at once never interleave."""
-    from nnunetv2_rehrseg.io import writer_unique_partial
+    from nnunetv2_rehrseg.image_io import writer_unique_partial
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

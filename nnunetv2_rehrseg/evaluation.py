@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from medpy.metric.binary import assd, hd95
 
 from nnunetv2_rehrseg.errors import InputError
-from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.image_io import read_image
 from nnunetv2_rehrseg.raw_dataset import grids_match
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import numpy as np
 
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import Grid
-from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.image_io import read_image
 
 GEOMETRY_TOLERANCE = 1e-3
 

@@ -73,15 +73,16 @@ def load_dataset_plans(dataset_name_or_id, plans_name: str = PLANS_NAME):
             json.loads((base / "dataset.json").read_text()))
 
 
-def save_stock_lr_plans(dataset_name_or_id, plans_name: str) -> None:
-    """Write stock_lr_plans of the dataset's REHRSegPlans as `plans_name`.json (own data identifier), ready for
-    nnUNetv2_preprocess -plans_name: the LR nnU-Net baseline with REHRSeg's topology, patch and budget."""
+def save_stock_lr_plans(dataset_name_or_id, plans_name: str, rehrseg_plans: str = PLANS_NAME) -> None:
+    """Write stock_lr_plans of the dataset's REHRSeg plans (`rehrseg_plans`) as `plans_name`.json (own data
+    identifier), ready for nnU-Net's preprocessing: the LR nnU-Net baseline with REHRSeg's topology, patch and budget
+    (rehrseg_plan_and_preprocess -stock_lr_plans)."""
     import json
     from pathlib import Path
 
     from nnunetv2.paths import nnUNet_preprocessed
 
-    plans, _ = load_dataset_plans(dataset_name_or_id)
+    plans, _ = load_dataset_plans(dataset_name_or_id, rehrseg_plans)
     stock = stock_lr_plans(plans)
     stock["plans_name"] = plans_name
     stock["configurations"][CONFIGURATION]["data_identifier"] = f"{plans_name}_{CONFIGURATION}"

@@ -138,7 +138,7 @@ class REHRSegPlanner(REHRSegPlannerMixin, ExperimentPlanner):
 
 class CPUBudgetMixin:
     """A CPU-practical segmenter: 16..128 features and nnU-Net's patch search run with a 1/8 GB budget, used here as
-    a compute budget (about 14x64x64 LR voxels: 0.5-0.7 s per training step on 2 cores). Its topology differs from
+    a compute budget (training steps short enough for a 2-core CPU). Its topology differs from
     default plans, so -pretrained_weights of a default-width model do not fit."""
 
     def __init__(self, dataset_name_or_id: Union[str, int], *args, **kwargs):

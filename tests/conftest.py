@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
-from nnunetv2_rehrseg.phantom import OBLIQUE, make_raw_dataset, phantom, write  # noqa: E402,F401 (the tests' imports)
+from nnunetv2_rehrseg.tools.phantom import OBLIQUE, make_raw_dataset, phantom, write  # noqa: E402,F401 (the tests' imports)
 
 
 def tree_checksum(folder: Path) -> str:
@@ -76,7 +76,7 @@ def train_tiny_and_predict(root: Path, dataset_id: int, kind: str) -> dict:
     raw = make_raw_dataset(root / "nnUNet_raw", dataset_id, kind.capitalize(), n_cases=3, n_test=1,
                            shape_zyx=(8, 32, 32), label_kind=kind)
     checksum = tree_checksum(raw)
-    run_command_line("rehrseg_plan_and_preprocess", "-d", dataset_id, "-device", "cpu", "-iterations", 12, "-np", 1,
+    run_command_line("rehrseg_plan_and_preprocess", "-d", dataset_id, "-device", "cpu", "-pl", "ExperimentPlanner", "-iterations", 12, "-np", 1,
                      env=env)
     pre = root / "nnUNet_preprocessed" / raw.name
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["case00", "case01"], "val": ["case02"]}]))

@@ -82,7 +82,7 @@ def test_arm_5b_starts_from_arm_1_and_arm_1c_writes_hr_labels(tmp_path):
     from benchmark import Benchmark, resolve_benchmark_preset
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
-    from nnunetv2_rehrseg.io import read_image, write_image
+    from nnunetv2_rehrseg.image_io import read_image, write_image
 
     bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
     bench.data = DemoDataset(tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices", tmp_path / "truth", ["a"], ["t"])
@@ -125,7 +125,7 @@ def test_pseudo_hr_labels_are_scored_beside_interpolation_of_the_annotation(tmp_
     from benchmark_report import pseudo_label_rows
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
-    from nnunetv2_rehrseg.io import write_image
+    from nnunetv2_rehrseg.image_io import write_image
 
     bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
     raw = tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices"
@@ -195,7 +195,7 @@ def test_montage_of_a_partial_run_leaves_out_the_panels_it_has_not_made(tmp_path
     from benchmark import Benchmark, resolve_benchmark_preset
     from nnunetv2_rehrseg.demo.subjects import DemoDataset
     from nnunetv2_rehrseg.geometry import Grid, hr_grid
-    from nnunetv2_rehrseg.io import write_image
+    from nnunetv2_rehrseg.image_io import write_image
 
     bench = Benchmark(tmp_path, "cpu", 4, 2, resolve_benchmark_preset("fast", "cpu"), seed=0)
     raw = tmp_path / "nnUNet_raw" / "Dataset700_MNIThickSlices"

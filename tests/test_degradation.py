@@ -199,7 +199,7 @@ def test_back_projection_makes_thin_slices_agree_with_the_thick_ones(profile):
     """Landweber steps on ||blur_subsample(x) - lr||: the residual shrinks geometrically, a consistent estimate (the
     truth) is a fixed point, zero iterations change nothing, and a crude estimate gets closer to the truth."""
     from nnunetv2_rehrseg.degradation import back_project
-    from nnunetv2_rehrseg.phantom import phantom as make_phantom
+    from nnunetv2_rehrseg.tools.phantom import phantom as make_phantom
 
     r, fwhm = 4, 4.0
     truth, _ = make_phantom((32, 24, 24), 2)
@@ -223,7 +223,7 @@ def test_back_projection_stops_at_the_noise_of_the_thick_slices():
     """The discrepancy principle: an estimate already as close to noisy thick slices as their noise is left alone;
     without that stop, the thin slices take the noise over. noise_sigma reads the noise off an image."""
     from nnunetv2_rehrseg.degradation import back_project, noise_sigma
-    from nnunetv2_rehrseg.phantom import phantom as make_phantom
+    from nnunetv2_rehrseg.tools.phantom import phantom as make_phantom
 
     r, fwhm = 4, 4.0
     truth = make_phantom((32, 48, 48), 3)[0].astype(np.float32)

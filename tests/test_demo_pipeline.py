@@ -6,6 +6,8 @@ import json
 import pytest
 
 from nnunetv2_rehrseg.cli.demo import demo_entry
+from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
+from nnunetv2_rehrseg.demo.report import LEARNED_DICE, baseline_check
 
 
 def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
@@ -31,6 +33,15 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     assert float(rows[-1]["LR Dice"]) == pytest.approx(lr_scores["mean"]["Dice"])
     # the preset's REHRSeg starts from arm 1's final checkpoint, and the report says so
     assert rows[-1]["arm"].startswith("(5b)") and "starts from arm 1's final checkpoint" in (out / "report.md").read_text()
+    # arm 1's plans came from rehrseg_plan_and_preprocess -stock_lr_plans: stock plans with REHRSeg's LR topology,
+    # preprocessed by nnU-Net
+    pre = next((out / "nnUNet_preprocessed").glob("Dataset700_*"))
+    stock = json.loads((pre / f"{BASELINE_PLANS}.json").read_text())["configurations"]["3d_fullres"]
+    ours = json.loads((pre / "REHRSegPlans.json").read_text())["configurations"]["3d_fullres"]
+    assert "rehrseg" not in stock and stock["patch_size"] == ours["rehrseg"]["lr_patch_size"]
+    assert stock["architecture"]["arch_kwargs"]["features_per_stage"] == ours["architecture"]["arch_kwargs"][
+        "features_per_stage"]
+    assert list((pre / f"{BASELINE_PLANS}_3d_fullres").glob("sub*"))
     # nnU-Net's model selection ranked both models (and their ensemble) by the same LR-grid validation Dice
     selection = json.loads((out / "model_selection.json").read_text())["all_results"]
     names = list(selection)
@@ -38,3 +49,15 @@ def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     assert any(n.startswith("nnUNetTrainer_rehrsegTinyBudget__") for n in names)
     assert any(n.startswith("ensemble___") for n in names) and all(0 <= v <= 1 for v in selection.values())
     assert "model selection" in (out / "report.md").read_text()
+    # the report says whether arm 1 learned every label before it was compared (its validation subject)
+    validation = json.loads(next((out / "nnUNet_results").glob(
+        "Dataset700_*/nnUNetTrainer_rehrsegTinyBudget__*/fold_0/validation/summary.json")).read_text())["mean"]
+    learned = all(v["Dice"] >= LEARNED_DICE for v in validation.values())
+    report = (out / "report.md").read_text()
+    assert ("Arm 1 learned every label" in report) == learned and ("has not learned" in report) == (not learned)
+
+
+def test_the_report_names_labels_the_baseline_missed():
+    assert baseline_check({"1": 0.61, "2": 0.82}, LEARNED_DICE).startswith("Arm 1 learned every label")
+    missed = baseline_check({"1": 0.61, "4": 0.0}, LEARNED_DICE)
+    assert "has not learned ventricles" in missed and "ventricles 0.000" in missed and "CSF 0.610" in missed

@@ -9,7 +9,7 @@ from scipy.ndimage import label as connected_components
 from nnunetv2_rehrseg.demo.anatomy import DESIKAN_LABELS, icbm_desikan, mni152
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset, make_subject
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
-from nnunetv2_rehrseg.io import read_image
+from nnunetv2_rehrseg.image_io import read_image
 
 
 def test_subjects_are_deterministic_and_keep_the_label_set():

@@ -18,7 +18,7 @@ from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
 from nnunetv2_rehrseg.geometry import axes_swap, swap_array_axes
 from nnunetv2_rehrseg.inference.predictor import (REHRSegPredictor, case_geometry, hr_properties,
                                                   resampling_note, slabs, swap_properties)
-from nnunetv2_rehrseg.io import read_image, write_image
+from nnunetv2_rehrseg.image_io import read_image, write_image
 from nnunetv2_rehrseg.planners.plans import REHRSegPlanBlock
 from synthetic_model import DATASET_JSON, StandInNetwork, make_plans
 

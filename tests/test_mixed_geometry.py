@@ -54,8 +54,15 @@ def mixed(tmp_path_factory):
             image = np.swapaxes(image, 0, 2).copy()
         write(image, (spacing, 1.0, 1.0) if sideways else (1.0, 1.0, spacing), tests / f"{name}_0000.nii.gz")
     checksum = tree_checksum(raw)
-    run("rehrseg_plan_and_preprocess", "-d", "997", "-device", "cpu", "-iterations", "12", "-np", "1", env=env)
+    # no -preset, no -pl: both follow the device (the CPU budget here), each choice logged with its flag
+    planned = run("rehrseg_plan_and_preprocess", "-d", "997", "-device", "cpu", "-iterations", "12", "-np", "1",
+                  env=env)
     pre = root / "nnUNet_preprocessed" / "Dataset997_Mixed"
+    logged = planned.stdout + planned.stderr
+    assert "-preset fast, the CPU budget" in logged and "-preset default for the GPU budget" in logged
+    assert "-pl REHRSegPlannerCPU, the CPU budget" in logged
+    plans = json.loads((pre / "REHRSegPlans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"][0] == 16
     # the series along another axis and a case at the other thickness are validated
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["case00", "case02"], "val": ["case01", "case03"]}]))
     env["nnUNet_extTrainer"] = run("rehrseg_env", env=env).stdout.strip().split("=", 1)[1]

@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
     pre = root / "nnUNet_preprocessed" / DATASET
     (pre / "splits_final.json").write_text(json.dumps([{"train": CASES[2:], "val": CASES[:2]},
                                                        {"train": CASES[:2], "val": CASES[2:]}]))
-    run("rehrseg_plan_and_preprocess", "-d", 980, "-device", "cpu", "-iterations", 12, "-np", 1, env=env)
+    run("rehrseg_plan_and_preprocess", "-d", 980, "-device", "cpu", "-pl", "ExperimentPlanner", "-iterations", 12, "-np", 1, env=env)
     env["nnUNet_extTrainer"] = run("rehrseg_env", env=env).stdout.strip().split("=", 1)[1]
     # a compute node with nnUNet_preprocessed and nnUNet_results only, as stock nnU-Net needs
     node = {k: v for k, v in env.items() if k != "nnUNet_raw"}

@@ -81,3 +81,10 @@ def test_imports_flow_one_way_without_circles():
     circles = [c for c in circles if not any(c == m or c.startswith(m + ".") for m in
                                              ("nnunetv2_rehrseg.trainers", "nnunetv2_rehrseg.planners"))]
     assert not circles, circles
+    # the console scripts sit on top: nothing below them imports from cli/
+    upward = sorted(f"{name} -> {t}" for name, targets in graph.items() if not name.startswith("nnunetv2_rehrseg.cli")
+                    for t in targets if t.startswith("nnunetv2_rehrseg.cli"))
+    assert not upward, upward
+    # the package's top level holds the method's own modules; tooling lives in tools/
+    top_level = {p.stem for p in package.glob("*.py")}
+    assert not top_level & {"selftest", "wheelhouse", "step_timing", "phantom", "commands", "io"}, top_level

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
+from nnunetv2_rehrseg.degradation import blur_subsample
 from nnunetv2_rehrseg.selfsr.config import configure
-from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.inference import TrainedSelfSR, super_resolve_volume
 from nnunetv2_rehrseg.selfsr.pairs import PairSampler, SRCase
 from nnunetv2_rehrseg.selfsr.training import FINAL, LATEST, PLAIN, build_network, load_network, train_selfsr
 
@@ -77,6 +78,19 @@ def test_loss_falls_on_a_tiny_volume(tmp_path):
     assert ((result["uncertainty"] > 0) & (result["uncertainty"] < 1)).all()
     image_only = super_resolve_volume(net, cases[0].image, None, torch.device("cpu"))
     assert image_only["image"].shape == (1, 24, 32, 32)
+
+    # the per-case entry point (stage 1's generation, rehrseg_super_resolve) follows the trained configuration:
+    # without back-projection the network's image as it is; with it, closer to the acquired thick slices
+    def per_case(iterations):
+        selfsr = TrainedSelfSR(net, replace(loaded_config, back_projection_iterations=iterations))
+        return selfsr.super_resolve_case(cases[0].image, cases[0].labels, torch.device("cpu"), 4.0, "gaussian")
+
+    def thick_slice_error(image):
+        return np.abs(blur_subsample(image[0], 0, 4, 4.0) - cases[0].image[0]).mean()
+    np.testing.assert_array_equal(per_case(0)["image"], result["image"])
+    corrected = per_case(5)
+    assert thick_slice_error(corrected["image"]) < 0.8 * thick_slice_error(result["image"])
+    np.testing.assert_array_equal(corrected["probabilities"], result["probabilities"])
 
 
 class Interrupt(Exception):

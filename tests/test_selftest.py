@@ -9,8 +9,8 @@ import torch
 
 from nnunetv2_rehrseg.cli.selftest import selftest_entry
 from nnunetv2_rehrseg.geometry import Grid
-from nnunetv2_rehrseg.selftest import SelfTest, grid_mismatch, losses_finite_and_falling, same_state
-from nnunetv2_rehrseg.step_timing import seconds_per_step
+from nnunetv2_rehrseg.tools.selftest import SelfTest, grid_mismatch, losses_finite_and_falling, same_state
+from nnunetv2_rehrseg.tools.step_timing import seconds_per_step
 
 
 @pytest.fixture

@@ -119,6 +119,9 @@ def test_augmented_probabilities_stay_aligned_with_the_labels_and_the_uncertaint
     probabilities = dequantise(quantise(_one_hot(labels[None], 3)[0].numpy()))
     transforms = _augmentation(mirror)
     image, hr_labels, lr_uncertainty = degrade_patch(volume, labels, uncertainty, r, fwhm, "gaussian", margin)
+    # the soft path carries the HR uncertainty itself: without it degrade_patch makes the same sample, no LR map
+    image_alone, labels_alone, none = degrade_patch(volume, labels, None, r, fwhm, "gaussian", margin)
+    assert none is None and torch.equal(image_alone, image) and torch.equal(labels_alone, hr_labels)
 
     np.random.seed(3)
     torch.manual_seed(0)

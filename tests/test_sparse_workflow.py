@@ -7,7 +7,7 @@ import pytest
 
 from conftest import read_array as read
 from conftest import train_tiny_and_predict, tree_checksum
-from nnunetv2_rehrseg.phantom import SPARSE_IGNORE
+from nnunetv2_rehrseg.tools.phantom import SPARSE_IGNORE
 
 
 @pytest.fixture(scope="module")

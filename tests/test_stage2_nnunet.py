@@ -41,7 +41,8 @@ def planned(tmp_path_factory):
     stock = {p: tree_checksum(pre / p) if (pre / p).is_dir() else (pre / p).read_bytes()
              for p in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json", "nnUNetPlans_3d_fullres",
                        "gt_segmentations", "splits_final.json")}
-    run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-iterations", "12", "-np", "1", env=env)
+    run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-pl", "ExperimentPlanner", "-iterations", "12",
+        "-np", "1", env=env)
     from research_trainers import with_research_trainers
 
     # the plugin's trainers (rehrseg_env) and the benchmark's research trainers (an ablation below)
@@ -501,13 +502,13 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     assert not torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
     tiny.load_checkpoint(str(fold / "checkpoint_final.pth"))
     assert torch.equal(tiny.distillation.adapter.weight, saved["adapter.weight"])
-    # a checkpoint of the other HR head form is refused by name, with the trainer to continue it with
+    # a checkpoint of another HR head form is refused, naming both forms and what to do
     from research_trainers import REHRSegTrainer_transposedHead
 
     transposed = make(REHRSegTrainer_transposedHead)
     transposed.initialize()
     assert transposed.network.hr_head.form == "transposed" and tiny.network.hr_head.form == "linear"
-    with pytest.raises(RuntimeError, match="'linear' form.*continue that run with REHRSegTrainer or"):
+    with pytest.raises(RuntimeError, match="'linear' form.*builds 'transposed'.*start it again"):
         transposed.load_checkpoint(str(fold / "checkpoint_final.pth"))
 
     # an LR nnU-Net checkpoint initialises the encoder and decoder (nnU-Net's own loader, as run_training calls it)

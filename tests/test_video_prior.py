@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels
-from nnunetv2_rehrseg.phantom import phantom
+from nnunetv2_rehrseg.tools.phantom import phantom
 from nnunetv2_rehrseg.selfsr.inference import DIHEDRAL, TTA_TRANSFORMS, super_resolve_volume
 from nnunetv2_rehrseg.selfsr.video_prior import (WEIGHTS_ENV, FrameInterpolator, find_rife_weights,
                                                  interpolate_thick_axis, load_frame_interpolator, read_rife_state,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nnunetv2_rehrseg.cli.wheelhouse import wheelhouse_entry
-from nnunetv2_rehrseg.wheelhouse import compatible_platform_tags, split_into_parts
+from nnunetv2_rehrseg.tools.wheelhouse import compatible_platform_tags, split_into_parts
 
 
 def fake_wheel(folder: Path, name: str, requires=(), payload_mb: float = 0.0, extras=()) -> Path:
@@ -145,7 +145,7 @@ def test_a_dependency_required_with_extras_brings_the_extras_dependencies():
     must not hide h2 (the offline install failed with 'No matching distribution found for h2')."""
     from packaging.requirements import Requirement
 
-    from nnunetv2_rehrseg.wheelhouse import Package, closure
+    from nnunetv2_rehrseg.tools.wheelhouse import Package, closure
 
     def package(name, *requires):
         return Package(name, "1.0", [Requirement(r) for r in requires])

@@ -33,7 +33,7 @@ from nnunetv2.utilities.helpers import dummy_context, softmax_helper_dim1
 
 from nnunetv2_rehrseg.segmenter.augmentation import for_lr_grid_samples
 from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_safe, load_trained_checkpoint, save_atomic
-from nnunetv2_rehrseg.io import copy_atomic
+from nnunetv2_rehrseg.image_io import copy_atomic
 from nnunetv2_rehrseg.layout import Stage1Folder
 from nnunetv2_rehrseg.segmenter.dataloading import REHRSegDataLoader, REHRSegDataset
 from nnunetv2_rehrseg.segmenter.distillation import (StructuralDistillation, all_reduce_gradients,
@@ -53,9 +53,6 @@ from nnunetv2_rehrseg.selfsr.training import network_from_checkpoint
 SELFSR_COPY = "selfsr_checkpoint.pth"          # beside plans.json in the trained model's folder
 KD_CHECKPOINT_KEY = "rehrseg_kd_adapter"
 pretrained.install()   # -pretrained_weights of an LR nnU-Net of the same labels: its LR segmentation layers too
-# the trainer (with budget variants) that builds each HR head form, for checkpoints of an earlier default
-TRAINER_OF_HEAD_FORM = {"linear": "REHRSegTrainer", "subslice": "REHRSegTrainer_subsliceHead",
-                        "subpixel": "REHRSegTrainer_subpixelHead", "transposed": "REHRSegTrainer_transposedHead"}
 
 
 class REHRSegTrainer(nnUNetTrainer):
@@ -451,11 +448,11 @@ class REHRSegTrainer(nnUNetTrainer):
         checkpoint = load_trained_checkpoint(filename_or_checkpoint, self.device)
         saved_form = hr_head_form_of(checkpoint["network_weights"])
         if saved_form != self.hr_head_form:
-            same_form = TRAINER_OF_HEAD_FORM[saved_form]
+            # the HR head's form has changed over versions; a run cannot change form half-way
             raise RuntimeError(
                 f"{filename_or_checkpoint} holds an HR head of the '{saved_form}' form, {self.__class__.__name__} "
-                f"builds '{self.hr_head_form}' (the default form has changed over versions): continue that run with "
-                f"{same_form} or one of its budget variants (rename the model folder to match), or start it again")
+                f"builds '{self.hr_head_form}': finish that run with the plugin version that started it, or start "
+                f"it again (without --c)")
         super().load_checkpoint(filename_or_checkpoint)
         if self.distillation is not None:
             state: Optional[dict] = checkpoint.get(KD_CHECKPOINT_KEY)

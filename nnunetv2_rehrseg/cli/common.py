@@ -13,8 +13,9 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_stage1_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-preset", default="fast", choices=("fast", "default"),
-                        help="self-SR budget: 'fast' is CPU-practical, 'default' is sized for a GPU")
+    parser.add_argument("-preset", default=None, choices=("fast", "default"),
+                        help="self-SR budget: 'fast' is CPU-practical, 'default' is sized for a GPU (default: "
+                             "'default' on cuda, else 'fast')")
     parser.add_argument("-r", type=int, default=None, help="scale factor (default: round(slice/target spacing))")
     parser.add_argument("-target_spacing", type=float, default=None,
                         help="HR spacing along the thick axis in mm (default: median in-plane spacing)")

@@ -37,7 +37,7 @@ def demo_entry(argv=None) -> None:
     setup_logging()
     import torch
 
-    from nnunetv2_rehrseg.commands import clean_output
+    from nnunetv2_rehrseg.tools.commands import clean_output
     from nnunetv2_rehrseg.demo.pipeline import Pipeline, resolve_preset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -69,7 +69,7 @@ def _refuse_other_stage1_settings(folder, args) -> None:
 def _require_pseudo_hr_foreground(stage1) -> None:
     """Pseudo-HR labels without any foreground (a self-SR stopped far too early) would only crash nnU-Net's
     fingerprinting; say what happened instead."""
-    from nnunetv2_rehrseg.io import read_image
+    from nnunetv2_rehrseg.image_io import read_image
     from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING
 
     labels = sorted(stage1.pseudo_hr_labels.glob(f"*{PSEUDO_HR_ENDING}"))
@@ -79,20 +79,40 @@ def _require_pseudo_hr_foreground(stage1) -> None:
                          f"and rerun with more -iterations (or -preset default)")
 
 
+def _stock_lr_plans(dataset_id: int, rehrseg_plans: str, plans_name: str, num_processes: int) -> None:
+    """Stock plans of the LR data derived from the REHRSeg plans (same LR topology, patch, batch: its checkpoints
+    fit REHRSeg's -pretrained_weights), preprocessed by nnU-Net's own preprocessing."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+
+    from nnunetv2_rehrseg.planners.plans import CONFIGURATION, save_stock_lr_plans
+
+    if plans_name == rehrseg_plans:
+        raise InputError(f"-stock_lr_plans {plans_name}: the REHRSeg plans have that name; choose another (e.g. "
+                         f"nnUNetPlans_rehrsegLR)")
+    save_stock_lr_plans(dataset_id, plans_name, rehrseg_plans)
+    preprocess_dataset(dataset_id, plans_name, (CONFIGURATION,), (num_processes,), verbose=False)
+    logger.info("stock LR plans %s (REHRSeg's LR topology) written and preprocessed", plans_name)
+
+
 @exits_cleanly
 def plan_and_preprocess_entry(argv=None) -> None:
     parser = argparse.ArgumentParser(description="REHRSeg: run stage 1 (self-SR) if needed, then nnU-Net fingerprint "
                                                  "extraction, planning and preprocessing of the pseudo-HR data")
     parser.add_argument("-d", required=True, help="dataset name or id (the user's own LR dataset)")
     parser.add_argument("-np", type=int, default=2, help="processes for reading, fingerprinting and preprocessing")
-    parser.add_argument("-pl", default="ExperimentPlanner",
-                        help="nnU-Net planner whose network class and memory budget to use, e.g. "
-                             "nnUNetPlannerResEncM (default: ExperimentPlanner, PlainConvUNet), or REHRSegPlannerCPU "
-                             "(16..128 features, small patch: CPU-practical)")
+    parser.add_argument("-pl", default=None,
+                        help="nnU-Net planner whose network class and memory budget to use: ExperimentPlanner "
+                             "(PlainConvUNet, the default on cuda), nnUNetPlannerResEncM/L, or REHRSegPlannerCPU "
+                             "(16..128 features, small patch: CPU-practical, the default elsewhere). Planning on a "
+                             "CPU machine for training on a GPU: pass -pl ExperimentPlanner")
     parser.add_argument("-gpu_memory_target", type=float, default=None,
                         help="GPU memory target in GB for the planner (default: the planner's own)")
     parser.add_argument("-overwrite_plans_name", default=PLANS_NAME,
                         help=f"plans name (default {PLANS_NAME}; pass the same to -p when training)")
+    parser.add_argument("-stock_lr_plans", default=None, metavar="PLANS_NAME",
+                        help="also write stock nnU-Net plans PLANS_NAME for the LR data with REHRSeg's LR topology, "
+                             "patch and batch, and preprocess them: the LR nnU-Net to train first (nnUNetv2_train "
+                             "-p PLANS_NAME) and start REHRSeg from (rehrseg_train -pretrained_weights)")
     parser.add_argument("--verify_dataset_integrity", action="store_true",
                         help="run nnU-Net's dataset integrity check on the raw LR dataset first")
     add_stage1_flags(parser)
@@ -110,10 +130,13 @@ def plan_and_preprocess_entry(argv=None) -> None:
     from nnunetv2_rehrseg.layout import Stage1Folder
     from nnunetv2_rehrseg.selfsr.stage1 import run_stage1
 
+    from nnunetv2_rehrseg.device_budget import PLANNER, default_for
+
     t0 = time.time()
     dataset = open_raw_dataset(args.d)
     dataset_id = int(dataset.name[len("Dataset"):len("Dataset") + 3])
-    planner_class = rehrseg_planner_class(args.pl)
+    device = resolve_device(args.device)
+    planner_class = rehrseg_planner_class(default_for(args.pl, PLANNER, device.type, "-pl", "the segmenter's plans"))
     if args.verify_dataset_integrity:
         verify_dataset_integrity(str(dataset.folder), args.np)
     folder = Stage1Folder.of(dataset.name)
@@ -121,7 +144,7 @@ def plan_and_preprocess_entry(argv=None) -> None:
         logger.info("stage 1 found in %s", folder.root)
         _refuse_other_stage1_settings(folder, args)
     else:
-        run_stage1(dataset.name, resolve_device(args.device), **stage1_kwargs(args))
+        run_stage1(dataset.name, device, **stage1_kwargs(args, device.type))
     t_stage1 = time.time()
 
     _require_pseudo_hr_foreground(folder)
@@ -130,6 +153,17 @@ def plan_and_preprocess_entry(argv=None) -> None:
                                 verbose=False)
     plans_name = plan_dataset(dataset_id, planner_class, args.gpu_memory_target, args.overwrite_plans_name)
     output = preprocess_pseudo_hr(dataset.name, plans_name, args.np)
+    if args.stock_lr_plans:
+        _stock_lr_plans(dataset_id, plans_name, args.stock_lr_plans, args.np)
     logger.info("stage 1 %.0f s, planning + preprocessing %.0f s", t_stage1 - t0, time.time() - t_stage1)
-    print(f"preprocessed pseudo-HR data: {output}\n"
-          f"train with: rehrseg_train {dataset_id} 3d_fullres FOLD -p {plans_name}")
+    print(f"preprocessed pseudo-HR data: {output}")
+    if args.stock_lr_plans:
+        from nnunetv2_rehrseg.planners.plans import CONFIGURATION
+
+        checkpoint = (f"$nnUNet_results/{dataset.name}/nnUNetTrainer__{args.stock_lr_plans}__{CONFIGURATION}/"
+                      f"fold_FOLD/checkpoint_final.pth")
+        print(f"train the LR nnU-Net with: nnUNetv2_train {dataset_id} {CONFIGURATION} FOLD -p {args.stock_lr_plans}\n"
+              f"then REHRSeg from it: rehrseg_train {dataset_id} {CONFIGURATION} FOLD -p {plans_name} "
+              f"-pretrained_weights {checkpoint}")
+    else:
+        print(f"train with: rehrseg_train {dataset_id} 3d_fullres FOLD -p {plans_name}")

@@ -6,8 +6,12 @@ from nnunetv2_rehrseg.cli.common import (add_device_flag, add_parts_flags, add_s
 from nnunetv2_rehrseg.errors import exits_cleanly
 
 
-def stage1_kwargs(args: argparse.Namespace) -> dict:
-    return dict(preset=args.preset, r=args.r, target_spacing=args.target_spacing,
+def stage1_kwargs(args: argparse.Namespace, device_type: str) -> dict:
+    """run_stage1's keyword arguments from the stage-1 flags (an unset -preset follows the device)."""
+    from nnunetv2_rehrseg.device_budget import STAGE1_PRESET, default_for
+
+    preset = default_for(args.preset, STAGE1_PRESET, device_type, "-preset", "stage 1's self-SR")
+    return dict(preset=preset, r=args.r, target_spacing=args.target_spacing,
                 slice_thickness=args.slice_thickness, profile=args.slice_profile, num_processes=args.np,
                 init_checkpoint=args.init_checkpoint, video_prior=args.video_prior, iterations=args.iterations,
                 seed=args.seed, label_sources=args.label_sources)
@@ -29,8 +33,9 @@ def selfsr_entry(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     check_part(args)
-    folder = run_stage1(args.d, resolve_device(args.device), num_parts=args.num_parts, part_id=args.part_id,
-                        **stage1_kwargs(args))
+    device = resolve_device(args.device)
+    folder = run_stage1(args.d, device, num_parts=args.num_parts, part_id=args.part_id,
+                        **stage1_kwargs(args, device.type))
     complete = (folder / "summary.json").is_file()
     print(f"stage 1 done: {folder}" if complete else f"stage 1 part {args.part_id} done: {folder} (complete when "
           f"every part has run)")

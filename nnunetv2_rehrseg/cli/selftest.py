@@ -21,8 +21,8 @@ def selftest_entry(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete a non-empty output folder first")
     args = parser.parse_args(argv)
     setup_logging()
-    from nnunetv2_rehrseg.commands import clean_output
-    from nnunetv2_rehrseg.selftest import SelfTest, summary_table
+    from nnunetv2_rehrseg.tools.commands import clean_output
+    from nnunetv2_rehrseg.tools.selftest import SelfTest, summary_table
 
     device = resolve_device(args.device)
     out = Path(args.o).resolve()

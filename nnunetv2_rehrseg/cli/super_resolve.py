@@ -17,14 +17,14 @@ from nnunetv2_rehrseg.errors import InputError, exits_cleanly
 logger = logging.getLogger(__name__)
 
 
-
 def selfsr_from_model(folder: Path, checkpoint_name: str, device):
-    """({r: network}, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint
+    """({r: TrainedSelfSR}, Stage1Settings) from a trained REHRSeg model folder: the self-SR embedded in a fold checkpoint
     (the dataset's r), the geometry from the plans' rehrseg block."""
     import json
 
     from nnunetv2_rehrseg.checkpoint import SELFSR_CHECKPOINT_KEY, load_trained_checkpoint
     from nnunetv2_rehrseg.planners.plans import CONFIGURATION, REHRSegPlanBlock
+    from nnunetv2_rehrseg.selfsr.inference import TrainedSelfSR
     from nnunetv2_rehrseg.selfsr.stage1 import Stage1Settings
     from nnunetv2_rehrseg.selfsr.training import network_from_checkpoint
 
@@ -41,8 +41,8 @@ def selfsr_from_model(folder: Path, checkpoint_name: str, device):
                          f"before it was embedded); use the dataset's stage-1 folder (-d without a trained model)")
     plans = json.loads((folder / "plans.json").read_text())
     block = REHRSegPlanBlock.from_configuration(plans["configurations"][CONFIGURATION], str(folder / "plans.json"))
-    net, _ = network_from_checkpoint(checkpoint[SELFSR_CHECKPOINT_KEY], device)
-    return {net.r: net}, Stage1Settings.from_plan_block(block)
+    selfsr = TrainedSelfSR(*network_from_checkpoint(checkpoint[SELFSR_CHECKPOINT_KEY], device))
+    return {selfsr.network.r: selfsr}, Stage1Settings.from_plan_block(block)
 
 
 def load_selfsr(args, device):
@@ -71,10 +71,7 @@ def super_resolve_entry(argv=None) -> None:
     from nnunetv2_rehrseg.degradation import profile_fwhm_in_voxels
     from nnunetv2_rehrseg.geometry import slice_geometry
     from nnunetv2_rehrseg.raw_dataset import LoadedCase, group_channel_files, read_channels
-    from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
-    from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
-    from nnunetv2_rehrseg.selfsr.stage1 import (consistent_image, intensity_range, lr_first, to_unit,
-                                                write_super_resolved)
+    from nnunetv2_rehrseg.selfsr.stage1 import intensity_range, lr_first, to_unit, write_super_resolved
 
     parser = argparse.ArgumentParser(description="Super-resolve LR images with a dataset's trained self-SR: writes "
                                                  "OUT/<id>_0000<ending> (pseudo-HR, ready for nnUNetv2_predict) and "
@@ -96,7 +93,7 @@ def super_resolve_entry(argv=None) -> None:
         raise InputError(f"{out_folder}: output folder equals the input folder; choose another -o")
     device = resolve_device(args.device)
     networks, settings = load_selfsr(args, device)
-    any_net = next(iter(networks.values()))
+    any_net = next(iter(networks.values())).network
     ending = args.file_ending or detect_file_ending(in_folder, "_0000")
     cases = group_channel_files(in_folder, ending, any_net.image_channels)
     cases = {k: cases[k] for k in sorted(cases)[args.part_id::args.num_parts]}   # nnU-Net's split over machines
@@ -118,9 +115,7 @@ def super_resolve_entry(argv=None) -> None:
         image = lr_first(case.image, axis)
         ranges = intensity_range(image)
         unit = to_unit(image, ranges)
-        result = super_resolve_volume(networks[r], unit, None, device)
-        result["image"] = consistent_image(result["image"], unit, r, fwhm, settings.profile,
-                                           SelfSRConfig.back_projection_iterations)
+        result = networks[r].super_resolve_case(unit, None, device, fwhm, settings.profile)
         paths = {"images": [out_folder / f"{case.identifier}_{c:04d}{ending}" for c in range(any_net.image_channels)],
                  "label": None, "uncertainty": out_folder / "uncertainty" / f"{case.identifier}{ending}"}
         write_super_resolved(case, result, ranges, axis, r, paths)

@@ -1,23 +1,9 @@
 """rehrseg_train (nnUNetv2_train with REHRSeg's trainers found) and rehrseg_env (the export line)."""
-import os
 import sys
-from pathlib import Path
 
-EXT_TRAINER_FOLDER = Path(__file__).resolve().parent.parent / "nnunet_ext"
+from nnunetv2_rehrseg.trainer_registration import EXT_TRAINER_FOLDER, register_ext_trainers
+
 DEFAULTS = {"-tr": "REHRSegTrainer", "-p": "REHRSegPlans"}
-
-
-def with_plugin_trainers(ext_trainer: str) -> str:
-    """An nnUNet_extTrainer value with our shim folder listed (other plugins' folders stay listed)."""
-    folders = [f for f in (ext_trainer or "").split(os.pathsep) if f]
-    if str(EXT_TRAINER_FOLDER) in folders:
-        return os.pathsep.join(folders)
-    return os.pathsep.join([str(EXT_TRAINER_FOLDER)] + folders)
-
-
-def register_ext_trainers() -> None:
-    """Add our shim folder to this process's nnUNet_extTrainer."""
-    os.environ["nnUNet_extTrainer"] = with_plugin_trainers(os.environ.get("nnUNet_extTrainer", ""))
 
 
 def train_entry(argv=None) -> None:

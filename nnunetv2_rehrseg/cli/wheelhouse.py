@@ -39,7 +39,7 @@ def wheelhouse_entry(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger().setLevel(logging.INFO)
-    from nnunetv2_rehrseg.wheelhouse import Target, build_wheelhouse, fetch_project
+    from nnunetv2_rehrseg.tools.wheelhouse import Target, build_wheelhouse, fetch_project
 
     out = Path(args.o).resolve()
     project = fetch_project(args.project or default_project(), out)

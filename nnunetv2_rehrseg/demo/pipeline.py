@@ -20,14 +20,13 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_rehrseg.commands import nnunet_tree, run_command
+from nnunetv2_rehrseg.tools.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID, REHRSEG_FROM_BASELINE
-from nnunetv2_rehrseg.demo.report import write_report
+from nnunetv2_rehrseg.demo.report import LEARNED_DICE, write_report
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
-from nnunetv2_rehrseg.io import read_image, write_image
-from nnunetv2_rehrseg.planners.plans import save_stock_lr_plans
+from nnunetv2_rehrseg.image_io import read_image, write_image
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,9 @@ PRESETS = {
 
 def resolve_preset(name: Optional[str], device: str, **overrides) -> DemoPreset:
     """The named preset (default: 'default' on CUDA, 'fast' elsewhere) with the given non-None fields replaced."""
-    preset = PRESETS[name or ("default" if device == "cuda" else "fast")]
+    from nnunetv2_rehrseg.device_budget import DEMO_PRESET, default_for
+
+    preset = PRESETS[default_for(name, DEMO_PRESET, device, "-preset", "the demo")]
     return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -74,6 +75,7 @@ class Pipeline:
         self.command_seconds: Dict[str, float] = {}
         self.current_stage: Optional[str] = None
         self.model_selection: Dict[str, float] = {}
+        self.baseline_dice: Dict[str, float] = {}
 
     def run(self, *command: str) -> float:
         """A public command (see run_command); returns its wall time and records its peak memory against the current
@@ -97,11 +99,11 @@ class Pipeline:
         return build_demo_dataset(self.out / "nnUNet_raw", self.out / "truth", DATASET_ID, self.n_train, self.n_test,
                                   self.r, self.axis, self.spacing_mm, seed=self.seed, keep_training_truth=True)
 
-    def plan_rehrseg(self, dataset_id: int) -> None:
+    def plan_rehrseg(self, dataset_id: int, *flags: str) -> None:
         """rehrseg_plan_and_preprocess with the preset's planner and self-SR budget, then fold 0's split."""
         iterations = [] if self.preset.selfsr_iterations is None else ["-iterations", str(self.preset.selfsr_iterations)]
         self.run("rehrseg_plan_and_preprocess", "-d", str(dataset_id), "-pl", self.preset.planner, "-np", "2",
-                 "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations)
+                 "-device", self.device, "-preset", self.preset.selfsr_preset, *iterations, *flags)
         self.write_splits(dataset_id)
 
     def write_splits(self, dataset_id: int) -> None:
@@ -113,11 +115,8 @@ class Pipeline:
         path.write_text(json.dumps([{"train": ids[:-1], "val": ids[-1:]}]))
 
     def plan(self) -> None:
-        self.plan_rehrseg(DATASET_ID)
         # arm 1 gets the same LR topology, patch and budget: stock plans derived from ours, stock preprocessing
-        save_stock_lr_plans(DATASET_ID, BASELINE_PLANS)
-        self.run("nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", BASELINE_PLANS, "-c", "3d_fullres",
-                 "-np", "2")
+        self.plan_rehrseg(DATASET_ID, "-stock_lr_plans", BASELINE_PLANS)
 
     def train(self, trainer: str, plans: str, dataset_id: int = DATASET_ID, *flags: str) -> None:
         """rehrseg_train on fold 0; a run interrupted after one of its checkpoints continues from it (nnU-Net's --c,
@@ -133,6 +132,13 @@ class Pipeline:
         """Arm 1's final checkpoint (fold 0)."""
         return (self.out / "nnUNet_results" / self.data.raw_folder.name /
                 f"{self.baseline_trainer}__{BASELINE_PLANS}__3d_fullres" / "fold_0" / "checkpoint_final.pth")
+
+    def baseline_label_dice(self) -> Dict[str, float]:
+        """Arm 1's Dice per label on fold 0's validation subject (nnU-Net's validation/summary.json, LR grid): whether
+        the baseline learned every label before it is compared."""
+        summary = self.baseline_checkpoint().parent / "validation" / "summary.json"
+        per_label = json.loads(summary.read_text())["mean"]
+        return {label: float(per_label[label]["Dice"]) for label in sorted(per_label, key=int)}
 
     def train_rehrseg(self) -> None:
         flags = ("-pretrained_weights", str(self.baseline_checkpoint())) if self.preset.rehrseg_from_baseline else ()
@@ -165,7 +171,7 @@ class Pipeline:
 
     def predict_stock(self, images: str, arm: str, dataset_id: int, trainer: str, plans: str,
                       probabilities: bool = False) -> None:
-        from nnunetv2_rehrseg.cli.train import with_plugin_trainers
+        from nnunetv2_rehrseg.trainer_registration import with_plugin_trainers
 
         self.env["nnUNet_extTrainer"] = with_plugin_trainers(self.env.get("nnUNet_extTrainer", ""))
         self.command_seconds[arm] = self.run(
@@ -237,6 +243,12 @@ class Pipeline:
         self.data = self.timed("build subjects", self.build_data)
         self.timed("stage 1 + planning + preprocessing", self.plan)
         self.timed("train LR nnU-Net (arm 1)", self.train, self.baseline_trainer, BASELINE_PLANS)
+        self.baseline_dice = self.baseline_label_dice()
+        missed = [label for label, dice in self.baseline_dice.items() if dice < LEARNED_DICE]
+        if missed:
+            logger.warning("arm 1 has not learned label(s) %s (validation Dice %s): the comparison says more about "
+                           "this run of the baseline than about REHRSeg", ", ".join(missed),
+                           ", ".join(f"{self.baseline_dice[m]:.3f}" for m in missed))
         self.timed("train REHRSeg", self.train_rehrseg)
         self.model_selection = self.timed("model selection (nnUNetv2_find_best_configuration)", self.select_models)
         self.timed("predict test subjects", self.predict)

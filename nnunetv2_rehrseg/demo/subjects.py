@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from nnunetv2_rehrseg.degradation import blur_subsample, majority_labels, profile_fwhm_in_voxels
 from nnunetv2_rehrseg.demo.anatomy import ANATOMIES, LABELS
 from nnunetv2_rehrseg.geometry import Grid, lr_grid, numpy_axis_of
-from nnunetv2_rehrseg.io import write_image
+from nnunetv2_rehrseg.image_io import write_image
 
 
 def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:

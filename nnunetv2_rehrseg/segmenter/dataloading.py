@@ -51,7 +51,7 @@ class REHRSegDataLoader(nnUNetDataLoader):
         super().__init__(*args, **kwargs)
         self.num_classes, self.deep_supervision_scales = num_classes, deep_supervision_scales
         self.ignore_label = ignore_label
-        self._thread_pools = None       # found once per process: a fresh search took 3 of a batch's ~40 ms
+        self._thread_pools = None       # found once per process: a fresh search is a noticeable share of a batch
         self.r, self.fwhm, self.slice_profile, self.margin = r, fwhm, slice_profile, margin
         self.random_phase = random_phase
         self.annotated_phase_probability = annotated_phase_probability   # None: every phase alike
@@ -78,10 +78,11 @@ class REHRSegDataLoader(nnUNetDataLoader):
         the HR uncertainty and class probabilities (`hr_regression_target`) instead of the LR uncertainty."""
         hr_uncertainty = torch.tensor(crop_and_pad_nd(self._data.load_uncertainty(key), bbox, 0),  # mmap
                                       dtype=torch.float32)
+        # with soft targets the HR uncertainty rides in the regression target: degrade_patch need not average it
         image, labels, uncertainty = degrade_patch(
             torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float(),
-            torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)), hr_uncertainty,
-            self.r, self.fwhm, self.slice_profile, self.margin)
+            torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)),
+            None if self.soft_targets else hr_uncertainty, self.r, self.fwhm, self.slice_profile, self.margin)
         if self.soft_targets:
             probabilities = dequantise(crop_and_pad_nd(self._data.load_soft_targets(key), bbox, 0))
             uncertainty = hr_regression_target(hr_uncertainty, probabilities, self.r, self.margin)

@@ -28,16 +28,19 @@ def margin_slices(r: int, fwhm: float, profile: str) -> int:
     return r * -(-reach // r)
 
 
-def degrade_patch(hr_image: torch.Tensor, hr_labels: torch.Tensor, hr_uncertainty: torch.Tensor, r: int,
-                  fwhm: float, profile: str, margin: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def degrade_patch(hr_image: torch.Tensor, hr_labels: torch.Tensor, hr_uncertainty: Optional[torch.Tensor], r: int,
+                  fwhm: float, profile: str, margin: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """HR patch with `margin` slices of context on both ends of the LR axis -> (pseudo-LR image with D slices, HR
-    labels of the r*D core slices, uncertainty averaged per thick slice with D slices). Any leading dimensions."""
+    labels of the r*D core slices, uncertainty averaged per thick slice with D slices, or None without an HR
+    uncertainty: a caller that carries the HR map itself). Any leading dimensions."""
     n_lr = (hr_image.shape[LR_AXIS] - 2 * margin) // r
     image = blur_subsample_core(hr_image, r, fwhm, profile, margin, n_lr)
     labels = hr_labels.narrow(LR_AXIS, margin, r * n_lr)
-    core = hr_uncertainty.narrow(LR_AXIS, margin, r * n_lr)
-    *lead, _, h, w = core.shape
-    uncertainty = core.reshape(*lead, n_lr, r, h, w).mean(-3)
+    uncertainty = None
+    if hr_uncertainty is not None:
+        core = hr_uncertainty.narrow(LR_AXIS, margin, r * n_lr)
+        *lead, _, h, w = core.shape
+        uncertainty = core.reshape(*lead, n_lr, r, h, w).mean(-3)
     return image.to(hr_image.dtype).contiguous(), labels.contiguous(), uncertainty
 
 

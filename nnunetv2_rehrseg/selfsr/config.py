@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence, Tuple
 
 PRESETS = {
-    # CPU-practical: about 0.65 s per iteration on 2 cores (batch 8, 4x48x48 windows), about 13 minutes
+    # the CPU budget: small enough to train in minutes on a 2-core CPU (batch 8, 4x48x48 windows)
     "fast": dict(features=(16, 32, 64), fused_features=64, blocks_per_stage=1, patch=48, batch_size=8,
                  iterations=1200),
     # a GPU budget: wider, deeper, larger patches, longer schedule
@@ -33,7 +33,7 @@ class SelfSRConfig:
     iterations: int = 1200
     uasr_fraction: float = 0.25        # last part of the schedule: UASR head fine-tuning (R4)
     learning_rate: float = 3e-3
-    # image L1 (about 0.01 on [0, 1] images) is weighed against CE + Dice (about 0.5): unweighted, the label terms
+    # image L1 on [0, 1] images is far smaller than CE + Dice: unweighted, the label terms
     # dominate the shared backbone and the image barely beats cubic interpolation (benchmarks/selfsr.py)
     image_loss_weight: float = 20.0
     label_dropout: float = 0.5         # the same model must super-resolve unlabelled images

@@ -1,5 +1,6 @@
 """Self-SR inference: sliding windows of thick slices over the LR axis (ends edge-replicated, so Z thick slices give
 r*Z thin ones), full in-plane extent per window."""
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import one_hot
+from nnunetv2_rehrseg.degradation import back_project, noise_sigma, one_hot
+from nnunetv2_rehrseg.selfsr.config import SelfSRConfig
 from nnunetv2_rehrseg.selfsr.network import SelfSRNet
 
 
@@ -80,3 +82,31 @@ def super_resolve_volume(net: SelfSRNet, image: np.ndarray, labels: Optional[np.
     if out_u is not None:
         result["uncertainty"] = out_u
     return result
+
+
+def consistent_image(image: np.ndarray, lr_image: np.ndarray, r: int, fwhm: float, profile: str,
+                     iterations: int) -> np.ndarray:
+    """The pseudo-HR image (C, rZ, Y, X) corrected towards the acquired thick slices (C, Z, Y, X), both in [0, 1]
+    units, with the case's slice profile (FWHM in HR voxels), no closer than the thick slices' own noise; below-zero
+    overshoot clipped."""
+    image = np.stack([back_project(image[c], lr_image[c], 0, r, fwhm, profile, iterations,
+                                   noise_sigma(lr_image[c])) for c in range(image.shape[0])])
+    return np.clip(image, 0.0, None)
+
+
+@dataclass
+class TrainedSelfSR:
+    """A trained self-SR network with the configuration it was trained under (its use follows that configuration,
+    e.g. the back-projection iterations that make its images consistent with the thick slices)."""
+    network: SelfSRNet
+    config: SelfSRConfig
+
+    def super_resolve_case(self, image: np.ndarray, labels: Optional[np.ndarray], device: torch.device, fwhm: float,
+                           profile: str) -> Dict[str, np.ndarray]:
+        """One case's pseudo-HR data, as stage 1 writes it and rehrseg_super_resolve returns it: the network's
+        output (super_resolve_volume) with the image made consistent with the case's thick slices (its slice profile
+        `profile`, FWHM `fwhm` in HR voxels)."""
+        result = super_resolve_volume(self.network, image, labels, device)
+        result["image"] = consistent_image(result["image"], image, self.network.r, fwhm, profile,
+                                           self.config.back_projection_iterations)
+        return result

@@ -19,19 +19,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, back_project, majority_labels, noise_sigma,
-                                          profile_fwhm_in_voxels)
+from nnunetv2_rehrseg.degradation import (SLICE_PROFILES, majority_labels, profile_fwhm_in_voxels)
 from nnunetv2_rehrseg.checkpoint import load_safe, save_atomic
 from nnunetv2_rehrseg.class_probabilities import quantise
 from nnunetv2_rehrseg.errors import InputError
 from nnunetv2_rehrseg.geometry import (SCALE_WARNING_FRACTION, SliceGeometry, hr_grid, numpy_axis_of, resolve_scale,
                                        slice_geometry)
-from nnunetv2_rehrseg.io import write_image, write_json_atomic
+from nnunetv2_rehrseg.image_io import write_image, write_json_atomic
 from nnunetv2_rehrseg.layout import PSEUDO_HR_ENDING, SELFSR_FINAL, Stage1Folder
 from nnunetv2_rehrseg.qc import dice_per_label, save_montage
 from nnunetv2_rehrseg.raw_dataset import LoadedCase, RawDataset, load_case, open_raw_dataset
 from nnunetv2_rehrseg.selfsr.config import configure
-from nnunetv2_rehrseg.selfsr.inference import super_resolve_volume
+from nnunetv2_rehrseg.selfsr.inference import TrainedSelfSR
 from nnunetv2_rehrseg.selfsr.label_sources import (SAFETY_MARGIN, SELFSR_ONLY, LabelSources, decide_label_sources,
                                                    interpolation_probabilities, written_targets)
 from nnunetv2_rehrseg.selfsr.pairs import SRCase
@@ -349,8 +348,8 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
     if prior_weights is not None:
         fit_video_prior(prior_weights, stage1, sr_cases, settings, config, device, part_id, num_parts)
     train_seconds = time.time() - t_train
-    networks = {r: load_network(path, device)[0] for r, path in checkpoints.items()}
-    net = networks[settings.r]
+    networks = {r: TrainedSelfSR(*load_network(path, device)) for r, path in checkpoints.items()}
+    net = networks[settings.r].network
     todo = [(case, sr_case, rng) for case, sr_case, rng in list(zip(cases, sr_cases, ranges))[part_id::num_parts]
             if not _case_done(stage1, case.identifier, dataset.num_channels, num_classes)]
     older = [c.identifier for c, _, _ in todo if stage1.case_qc(c.identifier).is_file()]
@@ -363,8 +362,7 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
 
     t_infer = time.time()
     job = GenerationJob(stage1.root, settings, dataset.num_channels, dataset.label_values,
-                        config.back_projection_iterations, prior_weights is not None, config.video_prior_weight,
-                        sources, dataset.ignore_label)
+                        prior_weights is not None, config.video_prior_weight, sources, dataset.ignore_label)
     montage_rows = []
     progress = tqdm(total=len(todo), desc=f"pseudo-HR data (part {part_id + 1} of {num_parts})")
 
@@ -442,7 +440,6 @@ class GenerationJob:
     settings: Stage1Settings
     num_channels: int
     label_values: List[int]
-    back_projection_iterations: int = 0
     video_prior: bool = False          # stage1.video_prior holds the fine-tuned frame interpolator
     video_prior_weight: float = 0.0
     sources: Optional[LabelSources] = None     # None: the self-SR's probabilities for every label
@@ -460,14 +457,15 @@ class GenerationJob:
             back_to_lr = np.where(lr_labels == self.ignore_label, lr_labels, back_to_lr)
         return dice_per_label(back_to_lr, lr_labels, self.label_values[1:])
 
-    def generate(self, networks: Dict[int, object], device: torch.device, case: LoadedCase, sr_case: SRCase,
+    def generate(self, networks: Dict[int, TrainedSelfSR], device: torch.device, case: LoadedCase, sr_case: SRCase,
                  rng: np.ndarray):
         """Pseudo-HR image, labels and uncertainty of one case written (by the self-SR network of its r, on its own HR
         grid), with its QC record; returns its montage row."""
         stage1 = Stage1Folder(self.stage1_root)
         geometry = self.settings.case(case.identifier)
         r, num_classes = geometry.r, self.num_classes
-        result = super_resolve_volume(networks[r], sr_case.image, sr_case.labels, device)
+        result = networks[r].super_resolve_case(sr_case.image, sr_case.labels, device,
+                                                self.settings.fwhm_of(geometry), self.settings.profile)
         if self.video_prior:
             carried = interpolate_thick_axis(_video_prior_network(stage1.video_prior, device), sr_case.image, r,
                                              sr_case.labels, num_classes, device)["probabilities"]
@@ -493,8 +491,6 @@ class GenerationJob:
         written_dice = self.annotated_dice(consistent, sr_case.labels, r)
         relabelled = float(np.mean(consistent != result["labels"]))
         result["labels"], result["soft"] = consistent, soft
-        result["image"] = consistent_image(result["image"], sr_case.image, r, self.settings.fwhm_of(geometry),
-                                           self.settings.profile, self.back_projection_iterations)
         write_super_resolved(case, result, rng, geometry.axis, r,
                              {**stage1.pseudo_hr_case(case.identifier, self.num_channels),
                               "probabilities": stage1.pseudo_hr_probabilities(case.identifier, num_classes)})
@@ -541,17 +537,7 @@ def label_sources_for(stage1: Stage1Folder, net, cases: List[LoadedCase], sr_cas
     return sources
 
 
-def consistent_image(image: np.ndarray, lr_image: np.ndarray, r: int, fwhm: float, profile: str,
-                     iterations: int) -> np.ndarray:
-    """The pseudo-HR image (C, rZ, Y, X) corrected towards the acquired thick slices (C, Z, Y, X), both in [0, 1]
-    units, with the case's slice profile (FWHM in HR voxels), no closer than the thick slices' own noise; below-zero
-    overshoot clipped."""
-    image = np.stack([back_project(image[c], lr_image[c], 0, r, fwhm, profile, iterations,
-                                   noise_sigma(lr_image[c])) for c in range(image.shape[0])])
-    return np.clip(image, 0.0, None)
-
-
-_worker_networks: Dict[int, object] = {}
+_worker_networks: Dict[int, TrainedSelfSR] = {}
 # what starting a generation worker costs (a Python process importing torch and loading the network): workers are
 # used only when the parallel part of the remaining cases saves more than this
 WORKER_START_SECONDS = 15.0
@@ -592,7 +578,7 @@ def fit_video_prior(weights: Path, stage1: Stage1Folder, sr_cases: List[SRCase],
 def _start_generation_worker(checkpoints: Dict[int, str], threads: int) -> None:
     global _worker_networks
     torch.set_num_threads(threads)
-    _worker_networks = {r: load_network(path, torch.device("cpu"))[0] for r, path in checkpoints.items()}
+    _worker_networks = {r: TrainedSelfSR(*load_network(path, torch.device("cpu"))) for r, path in checkpoints.items()}
 
 
 def _generate_in_worker(job: GenerationJob, case: LoadedCase, sr_case: SRCase, rng: np.ndarray):
@@ -621,8 +607,8 @@ def _write_pseudo_dataset_json(stage1: Stage1Folder, dataset: RawDataset, settin
     write_json_atomic(stage1.pseudo_hr / "dataset.json", dataset_json)
 
 
-def load_stage1(dataset_name_or_id, device: torch.device):
-    """({r: network}, Stage1Settings) of a completed stage 1: a self-SR network per r among its cases."""
+def load_stage1(dataset_name_or_id, device: torch.device) -> Tuple[Dict[int, TrainedSelfSR], Stage1Settings]:
+    """({r: trained self-SR}, Stage1Settings) of a completed stage 1: a self-SR network per r among its cases."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     try:
@@ -637,5 +623,5 @@ def load_stage1(dataset_name_or_id, device: torch.device):
     for r in settings.ratios:
         path = selfsr_folder(stage1, settings, r) / SELFSR_FINAL
         if path.is_file():
-            networks[r] = load_network(path, device)[0]
+            networks[r] = TrainedSelfSR(*load_network(path, device))
     return networks, settings

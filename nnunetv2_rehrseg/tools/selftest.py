@@ -27,12 +27,12 @@ import SimpleITK as sitk
 import torch
 
 from nnunetv2_rehrseg.checkpoint import load_trained_checkpoint
-from nnunetv2_rehrseg.commands import nnunet_tree, run_command
+from nnunetv2_rehrseg.tools.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
-from nnunetv2_rehrseg.io import write_json_atomic
-from nnunetv2_rehrseg.phantom import make_raw_dataset
+from nnunetv2_rehrseg.image_io import write_json_atomic
+from nnunetv2_rehrseg.tools.phantom import make_raw_dataset
 from nnunetv2_rehrseg.planners.plans import load_dataset_plans, save_stock_lr_plans
-from nnunetv2_rehrseg.step_timing import compare_step_times, seconds_per_step
+from nnunetv2_rehrseg.tools.step_timing import compare_step_times, seconds_per_step
 
 logger = logging.getLogger(__name__)
 DATASET_ID = 989
