@@ -86,9 +86,6 @@ def _stock_lr_plans(dataset_id: int, rehrseg_plans: str, plans_name: str, num_pr
 
     from nnunetv2_rehrseg.planners.plans import CONFIGURATION, save_stock_lr_plans
 
-    if plans_name == rehrseg_plans:
-        raise InputError(f"-stock_lr_plans {plans_name}: the REHRSeg plans have that name; choose another (e.g. "
-                         f"nnUNetPlans_rehrsegLR)")
     save_stock_lr_plans(dataset_id, plans_name, rehrseg_plans)
     preprocess_dataset(dataset_id, plans_name, (CONFIGURATION,), (num_processes,), verbose=False)
     logger.info("stock LR plans %s (REHRSeg's LR topology) written and preprocessed", plans_name)
@@ -135,6 +132,9 @@ def plan_and_preprocess_entry(argv=None) -> None:
     t0 = time.time()
     dataset = open_raw_dataset(args.d)
     dataset_id = int(dataset.name[len("Dataset"):len("Dataset") + 3])
+    if args.stock_lr_plans == args.overwrite_plans_name:   # refused before stage 1 and planning run
+        raise InputError(f"-stock_lr_plans {args.stock_lr_plans}: the REHRSeg plans have that name; choose another "
+                         f"(e.g. nnUNetPlans_rehrsegLR)")
     device = resolve_device(args.device)
     planner_class = rehrseg_planner_class(default_for(args.pl, PLANNER, device.type, "-pl", "the segmenter's plans"))
     if args.verify_dataset_integrity:

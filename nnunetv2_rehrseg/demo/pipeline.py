@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from nnunetv2_rehrseg.tools.commands import nnunet_tree, run_command
 from nnunetv2_rehrseg.demo.arms import ARMS, BASELINE_PLANS, DATASET_ID, REHRSEG_FROM_BASELINE
-from nnunetv2_rehrseg.demo.report import LEARNED_DICE, write_report
+from nnunetv2_rehrseg.demo.report import missed_labels, write_report
 from nnunetv2_rehrseg.demo.subjects import build_demo_dataset
 from nnunetv2_rehrseg.evaluation import evaluate_folders, write_metrics
 from nnunetv2_rehrseg.geometry import Grid, hr_grid
@@ -244,7 +244,7 @@ class Pipeline:
         self.timed("stage 1 + planning + preprocessing", self.plan)
         self.timed("train LR nnU-Net (arm 1)", self.train, self.baseline_trainer, BASELINE_PLANS)
         self.baseline_dice = self.baseline_label_dice()
-        missed = [label for label, dice in self.baseline_dice.items() if dice < LEARNED_DICE]
+        missed = missed_labels(self.baseline_dice)
         if missed:
             logger.warning("arm 1 has not learned label(s) %s (validation Dice %s): the comparison says more about "
                            "this run of the baseline than about REHRSeg", ", ".join(missed),

@@ -133,11 +133,16 @@ def write_csv(rows: List[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def missed_labels(label_dice: dict, learned_dice: float = LEARNED_DICE) -> List[str]:
+    """The labels (as keyed in `label_dice`) the baseline has not learned."""
+    return [k for k, v in label_dice.items() if v < learned_dice]
+
+
 def baseline_check(label_dice: dict, learned_dice: float) -> str:
     """The report's sentence on whether arm 1 learned every label before it is compared (fold 0's validation
     subject, LR grid)."""
     scores = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in label_dice.items())
-    missed = [NAMES.get(k, k) for k, v in label_dice.items() if v < learned_dice]
+    missed = [NAMES.get(k, k) for k in missed_labels(label_dice, learned_dice)]
     if not missed:
         return f"Arm 1 learned every label before the comparison (validation Dice per label, LR grid: {scores})."
     return (f"**Arm 1 has not learned {', '.join(missed)}** (validation Dice per label, LR grid: {scores}): in this "
