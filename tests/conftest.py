@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 # the benchmark's modules (not installed with the plugin: research trainers, harness) for the tests that cover them
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -15,6 +16,14 @@ if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
 from nnunetv2_rehrseg.tools.phantom import OBLIQUE, make_raw_dataset, phantom, write  # noqa: E402,F401 (the tests' imports)
+
+# Under pytest-xdist the workers share the machine: each gets its share of the cores (and so do the commands the tests
+# start, which inherit the environment), since torch's default of one thread per core in every worker oversubscribes
+# the cores and spends the difference spinning.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 def tree_checksum(folder: Path) -> str:
@@ -36,8 +45,8 @@ def nnunet_env(tmp_path, monkeypatch):
 
 def command_env(root: Path) -> dict:
     """The environment of the tests that run the real commands: an nnU-Net tree under `root`, no data-augmentation
-    workers, no compile, two threads."""
-    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2")
+    workers, no compile, the worker's threads (below)."""
+    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir()
         env[name] = str(root / name)
@@ -92,3 +101,11 @@ def train_tiny_and_predict(root: Path, dataset_id: int, kind: str) -> dict:
 
 def read_array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end (`slow`) tests first, in their own order: pytest-xdist hands whole files to its two
+    workers in collection order (--dist loadfile --no-loadscope-reorder), so the long files start early and the short
+    ones fill whichever worker finishes first, instead of a long file starting last on one worker."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

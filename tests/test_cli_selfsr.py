@@ -22,6 +22,7 @@ def assert_on_hr_grid(path, lr_path, lr_axis, r):
     np.testing.assert_allclose(got.direction, expected.direction, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_selfsr_end_to_end_then_super_resolve(nnunet_env, tmp_path):
     raw = make_raw_dataset(nnunet_env["nnUNet_raw"])
     before = tree_checksum(raw)
@@ -211,6 +212,7 @@ def test_scale_and_thickness_flags_out_of_range_give_one_line(nnunet_env, capsys
     assert not any(nnunet_env["nnUNet_preprocessed"].iterdir())
 
 
+@pytest.mark.slow
 def test_stage1_in_parts_equals_one_run(nnunet_env, capsys, monkeypatch):
     """rehrseg_selfsr -num_parts 2: part 0 trains the self-SR once and both parts generate their cases; together they
     write what one call writes (same data, same seed: the CPU fit is deterministic). The whole run generates its last

@@ -10,6 +10,7 @@ from nnunetv2_rehrseg.demo.arms import BASELINE_PLANS
 from nnunetv2_rehrseg.demo.report import LEARNED_DICE, baseline_check
 
 
+@pytest.mark.slow
 def test_miniature_demo_writes_the_report(tmp_path, monkeypatch):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(name, str(tmp_path / "unused"))   # the demo sets its own; restored afterwards

@@ -72,6 +72,7 @@ def mixed(tmp_path_factory):
     return {"root": root, "env": env, "raw": raw, "pre": pre, "fold": fold, "tests": tests, "checksum": checksum}
 
 
+@pytest.mark.slow
 def test_stage1_gives_each_case_its_own_r_axis_and_hr_grid(mixed):
     stage1 = mixed["pre"] / "rehrseg"
     settings = json.loads((stage1 / "settings.json").read_text())
@@ -93,6 +94,7 @@ def test_stage1_gives_each_case_its_own_r_axis_and_hr_grid(mixed):
     assert tree_checksum(mixed["raw"]) == mixed["checksum"]
 
 
+@pytest.mark.slow
 def test_final_validation_writes_each_case_on_its_own_grids(mixed):
     fold, stage1 = mixed["fold"], mixed["pre"] / "rehrseg"
     for case in ("case01", "case03"):
@@ -102,6 +104,7 @@ def test_final_validation_writes_each_case_on_its_own_grids(mixed):
                        Grid.of(sitk.ReadImage(str(mixed["raw"] / "labelsTr" / f"{case}.nii.gz"))))
 
 
+@pytest.mark.slow
 def test_prediction_at_any_thickness_and_along_another_axis(mixed):
     out = mixed["root"] / "predicted"
     inputs = mixed["root"] / "inputs"
@@ -126,6 +129,7 @@ def test_prediction_at_any_thickness_and_along_another_axis(mixed):
     assert not any(p.name.startswith(".rehrseg_partial") for p in out.iterdir())
 
 
+@pytest.mark.slow
 def test_super_resolve_takes_each_case_with_the_network_of_its_r(mixed):
     out = mixed["root"] / "super_resolved"
     run("rehrseg_super_resolve", "-i", str(mixed["tests"]), "-o", str(out), "-d", "997", "-device", "cpu",

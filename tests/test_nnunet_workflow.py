@@ -50,7 +50,7 @@ def read(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("workflow")
-    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", OMP_NUM_THREADS="2", nnUNet_def_n_proc="1")
+    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_compile="0", nnUNet_def_n_proc="1")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir()
         env[name] = str(root / name)

@@ -36,6 +36,7 @@ def test_the_plugin_offers_the_users_trainers_and_no_research_code():
         "REHRSegTrainer", "REHRSegTrainer_fromLR", "REHRSegTrainer_softTargets", "REHRSegTrainer_fast",
         "REHRSegTrainer_5epochs",
         "REHRSegTrainer_50epochs", "REHRSegTrainer_tiny", "nnUNetTrainer_rehrsegFastBudget",
+        "nnUNetTrainer_rehrsegDemoBaselineBudget",
         "nnUNetTrainer_rehrsegTinyBudget", "REHRSegTrainer_selftest", "REHRSegTrainer_selftestCPU",
         "nnUNetTrainer_rehrsegSelftestBudget", "nnUNetTrainer_rehrsegSelftestCPUBudget"}
     package = ROOT / "nnunetv2_rehrseg"

@@ -14,6 +14,9 @@ from conftest import read_array as read
 from conftest import run_command_line as run
 from conftest import train_tiny_and_predict, tree_checksum
 
+pytestmark = pytest.mark.slow   # every test here shares the end-to-end run of the module fixture
+
+
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory):
     return train_tiny_and_predict(tmp_path_factory.mktemp("regions"), 983, "regions")

@@ -20,6 +20,7 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
 
 
+@pytest.mark.slow
 def test_selftest_on_cpu_passes_and_writes_json(tmp_path, isolated_env, capsys):
     out = tmp_path / "check"
     selftest_entry(["-o", str(out), "-device", "cpu"])       # returns (no SystemExit) only when every check passed

@@ -9,6 +9,8 @@ from conftest import read_array as read
 from conftest import train_tiny_and_predict, tree_checksum
 from nnunetv2_rehrseg.tools.phantom import SPARSE_IGNORE
 
+pytestmark = pytest.mark.slow   # every test here shares the end-to-end run of the module fixture
+
 
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory):

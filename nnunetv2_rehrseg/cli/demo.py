@@ -13,9 +13,9 @@ def demo_entry(argv=None) -> None:
                                                  "nnU-Net baseline and the label round trip; writes DIR/report.md")
     parser.add_argument("-o", required=True, help="output folder (holds its own nnU-Net tree)")
     parser.add_argument("-preset", choices=("fast", "default"), default=None,
-                        help="fast: 2 CPU cores, <= 30 min (16..128 features, 800 steps per learned arm); default: a "
-                             "GPU (nnU-Net's width, 1 mm template, 50 x 250 steps). Default: 'default' on cuda, "
-                             "else 'fast'")
+                        help="fast: 2 CPU cores, <= 30 min (16..128 features; arm 1 1600 steps, REHRSeg 800 on top); "
+                             "default: a GPU (nnU-Net's width, 1 mm template, 50 x 250 steps each). Default: "
+                             "'default' on cuda, else 'fast'")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
                         help="default: cuda when available, else cpu")
     parser.add_argument("-r", type=int, default=4, help="thick-slice factor")
@@ -26,7 +26,8 @@ def demo_entry(argv=None) -> None:
     parser.add_argument("-n_test", type=int)
     parser.add_argument("-iterations", type=int, help="self-SR iterations")
     parser.add_argument("-tr", help="REHRSeg trainer")
-    parser.add_argument("-tr_baseline", help="arm 1 trainer (give it the same iteration budget as -tr)")
+    parser.add_argument("-tr_baseline", help="arm 1 trainer (a budget at which stock nnU-Net learns every label: the "
+                                                "report checks)")
     parser.add_argument("-rehrseg_init", choices=("baseline", "scratch"), default=None,
                         help="baseline: REHRSeg starts from arm 1's final checkpoint (-pretrained_weights) and trains "
                              "its own budget on top, as recommended when an LR nnU-Net exists (the presets' "

@@ -9,4 +9,4 @@ ARMS = {"lr_nnunet_linear": "(1) LR nnU-Net, softmax linearly resampled to HR",
         "label_round_trip_shape": "(2b) label round-trip oracle (HR truth -> LR -> shape-based)",
         "rehrseg": "(5) REHRSeg (this plugin)"}
 
-REHRSEG_FROM_BASELINE = "(5b) REHRSeg started from arm 1's checkpoint (steps: arm 1's + as many again)"
+REHRSEG_FROM_BASELINE = "(5b) REHRSeg started from arm 1's checkpoint (arm 1's steps + its own)"

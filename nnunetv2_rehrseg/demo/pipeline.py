@@ -40,16 +40,17 @@ class DemoPreset:
     selfsr_preset: str
     selfsr_iterations: Optional[int]   # None: the self-SR preset's own budget
     trainer: str                # REHRSeg
-    baseline_trainer: str       # arm 1: the same iteration budget
+    baseline_trainer: str       # arm 1 (stock nnU-Net): a budget at which it learns every label
     # REHRSeg starts from arm 1's final checkpoint (-pretrained_weights, the paper's protocol and the documented
     # recommendation for users who have an LR nnU-Net) and trains its own budget on top; False: from scratch
     rehrseg_from_baseline: bool = False
 
 
 PRESETS = {
-    # 2 CPU cores, <= 30 minutes: 16..128 features, 16 x 50 steps per learned arm, 300 self-SR iterations
+    # 2 CPU cores, <= 30 minutes: 16..128 features, arm 1 32 x 50 steps, REHRSeg 16 x 50 on top of it, 300 self-SR
+    # iterations
     "fast": DemoPreset(2.0, 6, 2, "REHRSegPlannerCPU", "fast", 300, "REHRSegTrainer_fast",
-                       "nnUNetTrainer_rehrsegFastBudget", rehrseg_from_baseline=True),
+                       "nnUNetTrainer_rehrsegDemoBaselineBudget", rehrseg_from_baseline=True),
     # a GPU: nnU-Net's default width, 1 mm template, full self-SR preset, 50 epochs x 250 steps per learned arm
     "default": DemoPreset(1.0, 8, 2, "ExperimentPlanner", "default", None, "REHRSegTrainer_50epochs",
                           "nnUNetTrainer_50epochs", rehrseg_from_baseline=True),

@@ -138,6 +138,14 @@ def missed_labels(label_dice: dict, learned_dice: float = LEARNED_DICE) -> List[
     return [k for k, v in label_dice.items() if v < learned_dice]
 
 
+def steps(trainer: str) -> str:
+    """", N steps" for a trainer whose budget the plugin declares, else nothing."""
+    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import training_steps
+
+    n = training_steps(trainer)
+    return f", {n} steps" if n else ""
+
+
 def baseline_check(label_dice: dict, learned_dice: float) -> str:
     """The report's sentence on whether arm 1 learned every label before it is compared (fold 0's validation
     subject, LR grid)."""
@@ -172,8 +180,9 @@ def write_report(pipeline, results: dict, peak_gb: float) -> None:
 
 MNI152 T1 ({pipeline.spacing_mm} mm) subjects, thick slices simulated at r={pipeline.r} along axis {pipeline.axis}
 (SimpleITK order); {pipeline.n_train} training subjects (fold 0: last one validates), {pipeline.n_test} test
-subjects scored on their HR truth. Trainers: `{pipeline.trainer}` (REHRSeg) and `{pipeline.baseline_trainer}`
-(arm 1), same LR network (`{pipeline.preset.planner}`) and iteration budget{started}. Device: {pipeline.device}.
+subjects scored on their HR truth. Trainers: `{pipeline.trainer}` (REHRSeg{steps(pipeline.trainer)}) and
+`{pipeline.baseline_trainer}` (arm 1{steps(pipeline.baseline_trainer)}), the same LR network
+(`{pipeline.preset.planner}`){started}. Device: {pipeline.device}.
 
 {check}
 
