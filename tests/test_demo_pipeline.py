@@ -62,3 +62,14 @@ def test_the_report_names_labels_the_baseline_missed():
     assert baseline_check({"1": 0.61, "2": 0.82}, LEARNED_DICE).startswith("Arm 1 learned every label")
     missed = baseline_check({"1": 0.61, "4": 0.0}, LEARNED_DICE)
     assert "has not learned ventricles" in missed and "ventricles 0.000" in missed and "CSF 0.610" in missed
+
+
+def test_the_cpu_preset_trains_arm_1_twice_as_long_and_the_report_says_how_long():
+    from nnunetv2_rehrseg.demo.pipeline import PRESETS
+    from nnunetv2_rehrseg.demo.report import steps
+    from nnunetv2_rehrseg.trainers.REHRSegTrainer_variants import training_steps
+
+    fast = PRESETS["fast"]
+    assert fast.rehrseg_from_baseline      # REHRSeg's own steps come on top of arm 1's
+    assert training_steps(fast.baseline_trainer) == 2 * training_steps(fast.trainer) == 1600
+    assert steps(fast.trainer) == ", 800 steps" and steps("MyOwnTrainer") == ""
