@@ -411,9 +411,14 @@ def run_stage1(dataset_name_or_id, device: torch.device, preset: str = "fast", r
                                                  "label_sources": sources.chosen,
                                                  "hr_fraction_relabelled_to_agree": relabelled,
                                                  "pseudo_hr_volumes": volumes})
+    # the network's own labels, before each label's source is chosen and the labels are made consistent: how well the
+    # self-SR alone agrees with the annotation (the written labels agree exactly: written_min_per_label)
     for identifier, scores in qc.items():
-        logger.info("QC %s: LR Dice of pseudo-HR labels degraded back = %s", identifier,
+        logger.info("QC %s: LR Dice of the self-SR's own labels degraded back = %s", identifier,
                     ", ".join(f"{k}: {v:.3f}" for k, v in scores.items()))
+    if written_min:
+        logger.info("QC: the written pseudo-HR labels degraded back, lowest LR Dice per label = %s (1 by construction)",
+                    ", ".join(f"{k}: {v:.3f}" for k, v in written_min.items()))
     if montage_rows:   # the cases this call generated (a resumed or last part: its own)
         save_montage([row for row, _ in montage_rows], [name for _, name in montage_rows], stage1.qc / "montage.png",
                      title="stage-1 QC (LR axis vertical)", label_max=num_classes - 1)
