@@ -34,24 +34,26 @@ class TrainingBudget:
         self.save_every = max(1, min(self.save_every, self.num_epochs // 6))
 
 
-def training_steps(trainer_name: str, *namespaces: dict) -> Optional[int]:
-    """Training steps of a budget variant by name (looked up here and in `namespaces`), epochs x iterations; None
-    for a trainer whose budget is not declared here (the user's own)."""
+def declared_budget(trainer_name: str, *namespaces: dict) -> Optional[Tuple[int, int, int]]:
+    """The budget of a budget variant by name (looked up in `namespaces`, then here); None for a trainer that
+    declares none (nnU-Net's own, the user's)."""
     for namespace in (*namespaces, globals()):
         budget = getattr(namespace.get(trainer_name), "budget", None)
         if budget:
-            return budget[0] * budget[1]
+            return budget
     return None
 
 
+def training_steps(trainer_name: str, *namespaces: dict) -> Optional[int]:
+    """Training steps (epochs x iterations) of a budget variant by name; None where no budget is declared."""
+    budget = declared_budget(trainer_name, *namespaces)
+    return budget[0] * budget[1] if budget else None
+
+
 def iterations_per_epoch(trainer_name: str, *namespaces: dict) -> int:
-    """Training iterations per epoch of a trainer by name (looked up here and in `namespaces`): a budget variant's,
-    else nnU-Net's default 250."""
-    for namespace in (*namespaces, globals()):
-        budget = getattr(namespace.get(trainer_name), "budget", None)
-        if budget:
-            return budget[1]
-    return 250
+    """Training iterations per epoch of a trainer by name: a budget variant's, else nnU-Net's default 250."""
+    budget = declared_budget(trainer_name, *namespaces)
+    return budget[1] if budget else 250
 
 
 class REHRSegTrainer_5epochs(TrainingBudget, REHRSegTrainer):
