@@ -14,6 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
+from nnunetv2_rehrseg.demo.pipeline import validation_label_dice
 from nnunetv2_rehrseg.demo.report import LEARNED_DICE, missed_labels
 
 LR_ARMS = ("(1) ", "(1b)")         # the arms a user has without REHRSeg that the lead is taken against
@@ -27,8 +28,7 @@ def run_summary(folder: Path) -> dict:
     rehrseg = next(name for name in arms if name.startswith("(5"))
     best_lr = max(v["dice"] for name, v in arms.items() if name.startswith(LR_ARMS) and "nearest" not in name)
     baseline_fold = next((folder / "nnUNet_results").glob("Dataset700_*/nnUNetTrainer_*__*/fold_0"))
-    per_label = json.loads((baseline_fold / "validation" / "summary.json").read_text())["mean"]
-    baseline_dice = {label: float(v["Dice"]) for label, v in per_label.items()}
+    baseline_dice = validation_label_dice(baseline_fold)
     timings = json.loads((folder / "timings.json").read_text())
     selection = json.loads((folder / "model_selection.json").read_text())["all_results"]
     return {"folder": str(folder), "arms": arms, "rehrseg_arm": rehrseg,

@@ -65,6 +65,12 @@ def resolve_preset(name: Optional[str], device: str, **overrides) -> DemoPreset:
     return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def validation_label_dice(fold: Path) -> Dict[str, float]:
+    """Dice per label of a trained fold's final validation (nnU-Net's validation/summary.json), in label order."""
+    per_label = json.loads((fold / "validation" / "summary.json").read_text())["mean"]
+    return {label: float(per_label[label]["Dice"]) for label in sorted(per_label, key=int)}
+
+
 class Pipeline:
     def __init__(self, out: Path, device: str, r: int, axis: int, preset: DemoPreset, seed: int):
         self.out, self.device, self.r, self.axis, self.preset, self.seed = out, device, r, axis, preset, seed
@@ -137,9 +143,7 @@ class Pipeline:
     def baseline_label_dice(self) -> Dict[str, float]:
         """Arm 1's Dice per label on fold 0's validation subject (nnU-Net's validation/summary.json, LR grid): whether
         the baseline learned every label before it is compared."""
-        summary = self.baseline_checkpoint().parent / "validation" / "summary.json"
-        per_label = json.loads(summary.read_text())["mean"]
-        return {label: float(per_label[label]["Dice"]) for label in sorted(per_label, key=int)}
+        return validation_label_dice(self.baseline_checkpoint().parent)
 
     def train_rehrseg(self) -> None:
         flags = ("-pretrained_weights", str(self.baseline_checkpoint())) if self.preset.rehrseg_from_baseline else ()
