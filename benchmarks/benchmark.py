@@ -301,10 +301,9 @@ class Benchmark(Pipeline):
         """All stages (finished ones skipped), then the report; report_only: the report of the finished stages."""
         t0 = time.time()
         self.data = self.build_data()   # deterministic; rewriting it keeps a resumed run's files identical
-        if report_only:
-            self.load_finished_stages()
-        else:
+        if not report_only:
             self.run_stages()
+        self.load_finished_stages()     # a run of some -arms reports the whole tree's times, not only its own
         results = self.timed("evaluate", self.evaluate)
         quality = self.image_quality()
         curves = learning_curves(self.out / "nnUNet_results")
